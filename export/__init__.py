@@ -1,0 +1,1 @@
+"""ONNX export behind a parity gate, model cards, and the BentoML model store."""

@@ -1,0 +1,81 @@
+"""python -m export <model>|all [--checkpoint PATH] [--data-dir DIR] [--if-missing]
+
+Exports the latest training run of each model (or --checkpoint) to ONNX, checks parity with
+PyTorch at batch sizes 1, an odd size and the maximum batch, writes the model card and saves the
+model into the BentoML model store ($BENTOML_HOME, default runs/bentoml). Exits non-zero, naming
+the model, output, batch size and error, when the parity gate fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from training.runtime import runs_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    from training import registry
+
+    p = argparse.ArgumentParser(prog="python -m export", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", help=f"one of: {', '.join(registry.REGISTRY)}, or 'all'")
+    p.add_argument("--checkpoint", type=Path, help="default: the latest training run of the model")
+    p.add_argument("--data-dir", type=Path, help="MNIST IDX folder, for checkpoints trained on it")
+    p.add_argument("--runs", type=Path, help="runs directory (default: $EE559_RUNS or ./runs)")
+    p.add_argument("--if-missing", action="store_true",
+                   help="skip models whose latest checkpoint is already in the model store")
+    args = p.parse_args(argv)
+    if args.model != "all" and args.model not in registry.REGISTRY:
+        p.error(f"unknown model {args.model!r}; registered: {', '.join(registry.REGISTRY)}")
+    if args.checkpoint and args.model == "all":
+        p.error("--checkpoint needs a single model name")
+    runs = args.runs or runs_dir()
+    os.environ.setdefault("BENTOML_HOME", str(runs / "bentoml"))
+
+    from training.data import load_dataset
+    from training.train import latest_checkpoint, load_checkpoint
+
+    from .onnx_export import (CARD, ONNX_FILE, ParityError, build_card, export_onnx, parity_inputs,
+                              save_to_store, sha256, stored_card, validate)
+
+    names = list(registry.REGISTRY) if args.model == "all" else [args.model]
+    for name in names:
+        entry = registry.get(name)
+        ckpt_path = args.checkpoint or latest_checkpoint(name, runs)
+        if ckpt_path is None:
+            print(f"export: no checkpoint for {name!r}; train it first: python -m training {name}",
+                  file=sys.stderr)
+            return 2
+        if args.if_missing and (card := stored_card(name)) and card["checkpoint"]["sha256"] == sha256(ckpt_path):
+            print(f"{name}: {name}:{card['version']} is in the model store for {ckpt_path}; skipping")
+            continue
+        model, ckpt = load_checkpoint(ckpt_path, entry)
+        splits = load_dataset(ckpt["dataset"], ckpt["seed"], args.data_dir)
+        folder = runs / "export" / name / time.strftime("%Y%m%d-%H%M%S")
+        folder.mkdir(parents=True, exist_ok=True)
+        import torch
+
+        sample = (torch.from_numpy(splits.test.x[:2]),)
+        onnx_path = export_onnx(model, entry.export, sample, folder / ONNX_FILE)
+        try:
+            parity = validate(name, entry.export, model, onnx_path, parity_inputs(entry.export, splits.test.x))
+        except ParityError as exc:
+            print(f"export: parity gate FAILED: {exc}", file=sys.stderr)
+            return 1
+        card = build_card(entry, ckpt, ckpt_path, onnx_path, parity)
+        (folder / CARD).write_text(json.dumps(card, indent=2))
+        tag = save_to_store(card, folder)
+        worst = max(o["max_abs_error"] for r in parity for o in r["outputs"].values())
+        sizes = ", ".join(str(r["batch_size"]) for r in parity)
+        print(f"{name}: parity OK at batch sizes {sizes} (max abs error {worst:.2e} <= {entry.export.atol:g}); "
+              f"test accuracy {card['metrics']['test_accuracy']:.4f}; saved {tag} ({folder / ONNX_FILE})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

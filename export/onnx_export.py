@@ -1,0 +1,197 @@
+"""Export a trained model to ONNX, gate it on parity with PyTorch, write its model card and
+save it into the BentoML model store.
+
+The gate checks names, then shapes, then values (as Optimum's `validate_model_outputs` does),
+but fails the export instead of warning.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import platform
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from service.ort_runtime import make_session
+from training.registry import CourseModel
+
+from .spec import BATCH_AXIS, ExportSpec
+
+CARD = "model_card.json"
+ONNX_FILE = "model.onnx"
+PROJECT_LABEL = "ee559"
+
+
+class ParityError(RuntimeError):
+    """ONNX Runtime does not reproduce PyTorch within the model's tolerance."""
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def export_onnx(model: nn.Module, spec: ExportSpec, sample: tuple[torch.Tensor, ...], path: Path) -> Path:
+    """torch.export-based ONNX export with named inputs/outputs and named dynamic axes."""
+    model.eval()
+    # The exporter warns about every torchvision op it cannot register; we use none of them.
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
+    # Positional, one entry per input: torch.export keys dicts by forward()'s argument names.
+    dynamic_shapes = tuple(
+        {i: torch.export.Dim(d, min=1, max=4096) if d == BATCH_AXIS else torch.export.Dim(d)
+         for i, d in t.dynamic_axes.items()}
+        for t in spec.inputs
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    program = torch.onnx.export(
+        model, sample, dynamo=True, input_names=[t.name for t in spec.inputs],
+        output_names=[t.name for t in spec.outputs], opset_version=spec.opset,
+        dynamic_shapes=dynamic_shapes, external_data=False, optimize=True, verbose=False,
+    )
+    program.save(str(path))
+    onnx.checker.check_model(str(path), full_check=True)
+    return path
+
+
+def _dims(value_info: onnx.ValueInfoProto) -> tuple[int | str, ...]:
+    return tuple(d.dim_param or d.dim_value for d in value_info.type.tensor_type.shape.dim)
+
+
+def validate(name: str, spec: ExportSpec, model: nn.Module, onnx_path: Path,
+             inputs: list[np.ndarray]) -> list[dict[str, Any]]:
+    """Compare ORT with PyTorch on `inputs` (one array per batch, first input only for now).
+
+    Returns one record per batch size; raises ParityError naming the model, output, batch size and
+    error when any check fails.
+    """
+    graph = onnx.load(str(onnx_path)).graph
+    want_in, want_out = [t.name for t in spec.inputs], [t.name for t in spec.outputs]
+    got_in = [i.name for i in graph.input]
+    got_out = [o.name for o in graph.output]
+    if got_in != want_in or got_out != want_out:
+        raise ParityError(f"{name}: graph inputs/outputs {got_in}/{got_out}, spec says {want_in}/{want_out}")
+    for vi, t in zip([*graph.input, *graph.output], [*spec.inputs, *spec.outputs]):
+        if _dims(vi) != t.shape:
+            raise ParityError(f"{name}: {t.name} has shape {_dims(vi)} in the graph, spec says {t.shape}")
+
+    session, _, _ = make_session(onnx_path, "cpu")
+    model.eval()
+    records = []
+    for x in inputs:
+        batch = len(x)
+        with torch.no_grad():
+            ref = model(torch.from_numpy(x))
+        ref = [ref] if isinstance(ref, torch.Tensor) else list(ref)
+        got = session.run(want_out, {want_in[0]: x})
+        record: dict[str, Any] = {"batch_size": batch, "outputs": {}}
+        for out_name, r, g in zip(want_out, ref, got):
+            r = r.numpy()
+            if r.shape != g.shape:
+                raise ParityError(f"{name}: output {out_name!r} at batch size {batch}: ONNX Runtime shape "
+                                  f"{g.shape}, PyTorch {r.shape}")
+            err = float(np.max(np.abs(r - g))) if r.size else 0.0
+            entry: dict[str, Any] = {"max_abs_error": err, "tolerance": spec.atol}
+            if out_name in spec.check_top1:
+                entry["top1_agreement"] = float(np.mean(r.argmax(-1) == g.argmax(-1)))
+            record["outputs"][out_name] = entry
+            if not np.isfinite(err) or err > spec.atol:
+                raise ParityError(f"{name}: output {out_name!r} at batch size {batch}: max abs error "
+                                  f"{err:.3g} > tolerance {spec.atol:g}")
+            if entry.get("top1_agreement", 1.0) < 1.0:
+                raise ParityError(f"{name}: output {out_name!r} at batch size {batch}: top-1 agreement "
+                                  f"{entry['top1_agreement']:.4f} < 1")
+        records.append(record)
+    return records
+
+
+def parity_inputs(spec: ExportSpec, held_out: np.ndarray) -> list[np.ndarray]:
+    """Real held-out inputs at each parity batch size (cycled if the split is small)."""
+    out = []
+    for b in spec.parity_batch_sizes:
+        idx = np.arange(b) % len(held_out)
+        out.append(np.ascontiguousarray(held_out[idx], dtype=np.float32))
+    return out
+
+
+def library_versions() -> dict[str, str]:
+    import onnxruntime
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__, "numpy": np.__version__}
+
+
+def build_card(entry: CourseModel, ckpt: dict[str, Any], ckpt_path: Path, onnx_path: Path,
+               parity: list[dict[str, Any]]) -> dict[str, Any]:
+    spec = entry.export
+    cfg = ckpt["config"]
+    digest = sha256(onnx_path)
+    return {
+        "name": entry.name,
+        "version": digest[:16],
+        "chapter": entry.chapter,
+        "task": entry.task,
+        "format": "onnx",
+        "file": ONNX_FILE,
+        "sha256": digest,
+        "opset": spec.opset,
+        "inputs": [asdict(t) for t in spec.inputs],
+        "outputs": [asdict(t) for t in spec.outputs],
+        "max_batch_size": spec.max_batch_size,
+        "labels": [str(i) for i in range(cfg.get("num_classes", 10))],
+        "preprocessing": {
+            "image_size": list(spec.inputs[0].shape[-2:]),
+            "channels": spec.inputs[0].shape[1],
+            "pixel_range": [0.0, 1.0],
+            "ink": "bright on dark (MNIST convention)",
+            "invert_light_background": True,
+            "normalisation": f"in graph: (x - {cfg.get('mean')}) / {cfg.get('std')}",
+        },
+        "parity": {"tolerance_abs": spec.atol, "provider": "CPUExecutionProvider", "batches": parity},
+        "metrics": {k: v for k, v in ckpt["metrics"].items() if k != "history"},
+        "dataset": {"name": ckpt["dataset"], "source": ckpt["data_source"], "seed": ckpt["seed"]},
+        "checkpoint": {"path": str(ckpt_path), "sha256": sha256(ckpt_path)},
+        "config": cfg,
+        "libraries": library_versions(),
+    }
+
+
+def save_to_store(card: dict[str, Any], folder: Path) -> str:
+    """Put the ONNX file and its card into the BentoML model store; return the tag."""
+    import bentoml
+
+    tag = f"{card['name']}:{card['version']}"
+    try:
+        existing = bentoml.models.get(tag)
+        return str(existing.tag)  # the same bytes were exported before
+    except bentoml.exceptions.NotFound:
+        pass
+    labels = {"project": PROJECT_LABEL, "task": card["task"]}
+    metadata = {"sha256": card["sha256"], "opset": card["opset"],
+                "test_accuracy": card["metrics"].get("test_accuracy")}
+    with bentoml.models.create(tag, labels=labels, metadata=metadata, module="ee559.onnx") as m:
+        for f in (ONNX_FILE, CARD):
+            shutil.copyfile(folder / f, Path(m.path) / f)
+    return tag
+
+
+def stored_card(name: str) -> dict[str, Any] | None:
+    """The card of the newest stored model called `name`, if any."""
+    import bentoml
+
+    try:
+        model = bentoml.models.get(f"{name}:latest")
+    except bentoml.exceptions.NotFound:
+        return None
+    return json.loads((Path(model.path) / CARD).read_text())

@@ -1,0 +1,42 @@
+"""Declarative export specs (torch-free), one per registered model, in the spirit of Optimum's
+ONNX configs: tensor names, named dynamic axes, opset and the parity tolerance."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# Opset 18 is the newest that torch.onnx's exporter and every ONNX Runtime >= 1.14 both cover
+# fully; pinning it keeps graphs identical across re-exports.
+OPSET = 18
+BATCH_AXIS = "batch_size"
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    shape: tuple[int | str, ...]  # str entries are named dynamic axes
+    dtype: str = "float32"
+
+    @property
+    def dynamic_axes(self) -> dict[int, str]:
+        return {i: d for i, d in enumerate(self.shape) if isinstance(d, str)}
+
+
+@dataclass(frozen=True)
+class ExportSpec:
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    opset: int = OPSET
+    atol: float = 1e-5  # max |ORT - torch| on every output, fp32 CPU
+    parity_batch_sizes: tuple[int, ...] = (1, 7, 64)  # one, an odd size, the maximum batch
+    max_batch_size: int = 64
+    # The task's top-1 must agree on every parity input (classification outputs only).
+    check_top1: tuple[str, ...] = field(default=())
+
+
+def image_classifier_spec(shape: tuple[int, int, int] = (1, 28, 28), num_classes: int = 10) -> ExportSpec:
+    return ExportSpec(
+        inputs=(TensorSpec("image", (BATCH_AXIS, *shape)),),
+        outputs=(TensorSpec("logits", (BATCH_AXIS, num_classes)),),
+        check_top1=("logits",),
+    )

@@ -1,0 +1,59 @@
+"""Image preprocessing shared by training and serving (numpy + Pillow only, no torch).
+
+Every image model of the course takes float32 pixels in [0, 1] with ink bright on a dark
+background (as in MNIST). Normalisation (mean/std) is baked into the ONNX graph, so this module
+only brings pixels to the declared size and range; training builds its tensors with the same
+functions, so the served path cannot drift from what the model saw.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+# Refuse decompression bombs before Pillow allocates them (a 28x28 model needs nothing larger).
+MAX_IMAGE_PIXELS = 4096 * 4096
+Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+
+ACCEPTED_IMAGE_FORMATS = ("PNG", "JPEG")
+
+
+class PreprocessError(ValueError):
+    """The input cannot be turned into a model input; the message says what is accepted."""
+
+
+def resize_unit_image(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize a 2-D float image in [0, 1] to `size` (H, W) with bilinear filtering."""
+    if pixels.shape == size:
+        return pixels.astype(np.float32, copy=False)
+    img = Image.fromarray(pixels.astype(np.float32), mode="F")
+    out = img.resize((size[1], size[0]), resample=Image.Resampling.BILINEAR)
+    return np.clip(np.asarray(out, dtype=np.float32), 0.0, 1.0)
+
+
+def decode_image(data: bytes, size: tuple[int, int], invert_light_background: bool = True) -> np.ndarray:
+    """Decode a PNG/JPEG upload into a (H, W) float32 array in [0, 1], ink bright.
+
+    Photos and scans of digits are usually dark ink on light paper; the models expect the
+    opposite (MNIST convention), so a mostly-light image is inverted.
+    """
+    try:
+        img = Image.open(io.BytesIO(data))
+        if img.format not in ACCEPTED_IMAGE_FORMATS:
+            raise PreprocessError(
+                f"image format {img.format!r} is not accepted; send PNG or JPEG"
+            )
+        img.draft("L", (size[1] * 4, size[0] * 4))  # JPEG: decode at reduced size
+        img = img.convert("L")
+    except PreprocessError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise PreprocessError(f"image too large: at most {MAX_IMAGE_PIXELS} pixels are accepted") from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise PreprocessError("the upload is not a readable PNG or JPEG image") from exc
+    pixels = np.asarray(img, dtype=np.float32) / 255.0
+    if invert_light_background and float(pixels.mean()) > 0.5:
+        pixels = 1.0 - pixels
+    return resize_unit_image(pixels, size)

@@ -1,0 +1,1 @@
+"""Training for the EE-559 course models: data, model definitions, the registry and the CLI."""

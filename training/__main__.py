@@ -1,0 +1,45 @@
+"""python -m training <model>|all [--dataset digits|mnist] [--data-dir DIR] [--epochs N]
+[--preset quick|full] [--out DIR] [--seed S] [--if-missing]"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from . import registry
+from .data import DATASETS
+from .runtime import DEFAULT_SEED
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m training", description=__doc__)
+    p.add_argument("model", help=f"one of: {', '.join(registry.REGISTRY)}, or 'all'")
+    p.add_argument("--dataset", choices=DATASETS, help="default: the model's own (digits)")
+    p.add_argument("--data-dir", type=Path, help="folder with MNIST IDX files (for --dataset mnist)")
+    p.add_argument("--epochs", type=int, help="override the preset's epoch count")
+    p.add_argument("--preset", default="full", choices=("quick", "full"))
+    p.add_argument("--out", type=Path, help="runs directory (default: $EE559_RUNS or ./runs)")
+    p.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--if-missing", action="store_true", help="skip models that already have a checkpoint")
+    args = p.parse_args(argv)
+
+    from .train import latest_checkpoint, run
+
+    names = list(registry.REGISTRY) if args.model == "all" else [args.model]
+    for name in names:
+        try:
+            entry = registry.get(name)
+        except KeyError as exc:
+            p.error(str(exc.args[0]))
+        if args.if_missing and (ckpt := latest_checkpoint(name, args.out)) is not None:
+            print(f"{name}: reusing {ckpt} (pass no --if-missing to retrain)")
+            continue
+        path = run(entry, args.dataset, args.data_dir, args.preset, args.epochs, args.out, args.seed, args.device)
+        print(f"{name}: checkpoint {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""One file per course model: a config dataclass, then the module."""

@@ -1,0 +1,139 @@
+"""train(...), evaluate(...), fit(...): the training loop shared by every registered model."""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from .data import Split, Splits, load_dataset
+from .registry import CourseModel, TrainConfig
+from .runtime import DEFAULT_SEED, pick_device, runs_dir, seed_everything
+
+CHECKPOINT = "checkpoint.pt"
+
+
+def batches(split: Split, batch_size: int, generator: torch.Generator | None = None):
+    n = len(split)
+    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+    for i in range(0, n, batch_size):
+        idx = order[i:i + batch_size].numpy()
+        yield torch.from_numpy(split.x[idx]), torch.from_numpy(split.y[idx])
+
+
+def train_epoch(model: nn.Module, split: Split, opt: torch.optim.Optimizer, tc: TrainConfig,
+                gen: torch.Generator, device: torch.device, desc: str) -> float:
+    model.train()
+    total, count = 0.0, 0
+    bar = tqdm(batches(split, tc.batch_size, gen), total=-(-len(split) // tc.batch_size), desc=desc,
+               leave=False, dynamic_ncols=True, disable=None)
+    for x, y in bar:
+        x, y = x.to(device), y.to(device)
+        loss = nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        total += loss.item() * len(y)
+        count += len(y)
+        bar.set_postfix(loss=f"{total / count:.4f}")
+    return total / max(count, 1)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, split: Split, device: torch.device, batch_size: int = 512) -> dict[str, float]:
+    model.eval()
+    loss, correct = 0.0, 0
+    for x, y in batches(split, batch_size):
+        logits = model(x.to(device))
+        loss += nn.functional.cross_entropy(logits, y.to(device), reduction="sum").item()
+        correct += (logits.argmax(1).cpu() == y).sum().item()
+    n = max(len(split), 1)
+    return {"loss": loss / n, "accuracy": correct / n}
+
+
+def fit(entry: CourseModel, splits: Splits, tc: TrainConfig, seed: int = DEFAULT_SEED,
+        device: str = "auto") -> tuple[nn.Module, dict[str, Any]]:
+    """Train `entry`'s model; keep the weights of the best validation epoch."""
+    gen = seed_everything(seed)
+    dev = pick_device(device)
+    model = entry.build({"num_classes": splits.num_classes}).to(dev)
+    train = splits.train if tc.limit_train is None else Split(splits.train.x[:tc.limit_train],
+                                                              splits.train.y[:tc.limit_train])
+    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(tc.epochs, 1))
+    history: list[dict[str, float]] = []
+    best_acc, best_state = -1.0, None
+    start = time.perf_counter()
+    for epoch in range(1, tc.epochs + 1):
+        train_loss = train_epoch(model, train, opt, tc, gen, dev, f"{entry.name} {epoch}/{tc.epochs}")
+        sched.step()
+        val = evaluate(model, splits.val, dev)
+        history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val["loss"],
+                        "val_accuracy": val["accuracy"]})
+        print(f"{entry.name} epoch {epoch:3d}/{tc.epochs}  train loss {train_loss:.4f}  "
+              f"val loss {val['loss']:.4f}  val acc {val['accuracy']:.4f}", flush=True)
+        if val["accuracy"] > best_acc:
+            best_acc, best_state = val["accuracy"], copy.deepcopy(model.state_dict())
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    test = evaluate(model, splits.test, dev)
+    metrics = {"test_accuracy": test["accuracy"], "test_loss": test["loss"], "best_val_accuracy": best_acc,
+               "train_seconds": round(time.perf_counter() - start, 2), "history": history}
+    return model.cpu(), metrics
+
+
+def save_checkpoint(run_dir: Path, entry: CourseModel, model: nn.Module, tc: TrainConfig, dataset: str,
+                    source: str, seed: int, metrics: dict[str, Any]) -> Path:
+    """A self-describing checkpoint: state_dict + config, enough to rebuild the model alone."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    meta = {"name": entry.name, "config": asdict(model.cfg), "train": asdict(tc), "dataset": dataset,
+            "data_source": source, "seed": seed, "metrics": metrics}
+    torch.save({"model": model.state_dict(), **meta}, run_dir / CHECKPOINT)
+    (run_dir / "metrics.json").write_text(json.dumps(meta, indent=2))
+    return run_dir / CHECKPOINT
+
+
+def load_checkpoint(path: Path, entry: CourseModel) -> tuple[nn.Module, dict[str, Any]]:
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)  # never unpickle code
+    if ckpt.get("name") != entry.name:
+        raise ValueError(f"{path} holds a {ckpt.get('name')!r} checkpoint, not {entry.name!r}")
+    model = entry.build(ckpt["config"])
+    model.load_state_dict(ckpt["model"])
+    return model.eval(), ckpt
+
+
+def model_runs(name: str, root: Path | None = None) -> Path:
+    return (root or runs_dir()) / "train" / name
+
+
+def latest_checkpoint(name: str, root: Path | None = None) -> Path | None:
+    runs = sorted(p for p in model_runs(name, root).glob(f"*/{CHECKPOINT}"))
+    return runs[-1] if runs else None
+
+
+def run(entry: CourseModel, dataset: str | None = None, data_dir: Path | None = None, preset: str = "full",
+        epochs: int | None = None, out: Path | None = None, seed: int = DEFAULT_SEED,
+        device: str = "auto") -> Path:
+    """Train one registered model end to end and write its checkpoint; return the checkpoint path."""
+    dataset = dataset or entry.dataset
+    tc = entry.presets[preset]
+    if epochs is not None:
+        tc = replace(tc, epochs=epochs)
+    splits = load_dataset(dataset, seed, data_dir)
+    print(f"{entry.name}: {len(splits.train)} train / {len(splits.val)} val / {len(splits.test)} test "
+          f"images from {splits.source}", flush=True)
+    model, metrics = fit(entry, splits, tc, seed, device)
+    print(f"{entry.name}: test accuracy {metrics['test_accuracy']:.4f} "
+          f"({len(splits.test)} held-out images)", flush=True)
+    run_dir = model_runs(entry.name, out) / time.strftime("%Y%m%d-%H%M%S")
+    while run_dir.exists():  # two runs within one second
+        run_dir = run_dir.with_name(run_dir.name + "x")
+    return save_checkpoint(run_dir, entry, model, tc, dataset, splits.source, seed, metrics)
