@@ -1,0 +1,140 @@
+"""Reading requests: size-limited bodies, content types, and image inputs (JSON arrays, PNG/JPEG
+uploads) validated into float32 arrays before anything is allocated for the model."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+
+from .errors import ClientError
+from .preprocess import PreprocessError, decode_image
+
+JSON = "application/json"
+MULTIPART = "multipart/form-data"
+IMAGE_TYPES = ("image/png", "image/jpeg")
+ACCEPTED_TYPES = f"{JSON}, {MULTIPART} (field 'image' with a PNG/JPEG file), {', '.join(IMAGE_TYPES)}"
+
+
+def max_body_bytes() -> int:
+    return int(os.environ.get("EE559_MAX_BODY_BYTES", 4 * 1024 * 1024))
+
+
+@dataclass
+class ImageRequest:
+    fields: dict[str, Any]  # the other fields (model, top_k, ...), as sent
+    pixels: np.ndarray  # (C, H, W) float32 in [0, 1], shape checked against the model
+
+
+def media_type(request: Request) -> str:
+    return request.headers.get("content-type", JSON).split(";")[0].strip().lower()
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 as soon as it is known to exceed `limit` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            size = int(declared)
+        except ValueError:
+            raise ClientError(400, "bad_header", "Content-Length is not a number") from None
+        if size > limit:
+            raise ClientError(413, "too_large", f"request body of {size} bytes is over the limit of {limit} bytes")
+    chunks, total = [], 0
+    async for chunk in request.stream():
+        total += len(chunk)
+        if total > limit:
+            raise ClientError(413, "too_large", f"request body is over the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_json_object(body: bytes) -> dict[str, Any]:
+    if not body:
+        raise ClientError(400, "bad_json", "empty body; send a JSON object such as "
+                                           '{"model": "lenet", "image": [[...28 numbers...], ...]}')
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise ClientError(400, "bad_json", f"malformed JSON: {exc.args[0] if exc.args else 'parse error'}") from None
+    if not isinstance(data, dict):
+        raise ClientError(400, "bad_json", f"the body must be a JSON object, not a JSON {type(data).__name__}")
+    return data
+
+
+def array_from_json(value: Any, shape: tuple[int, int, int]) -> np.ndarray:
+    """A nested list of numbers -> (C, H, W) float32 in [0, 1]; (H, W) is accepted when C == 1."""
+    c, h, w = shape
+    accepted = f"a {h}x{w}" + (f" (or {c}x{h}x{w})" if c == 1 else f" {c}x{h}x{w}") + " array of numbers in [0, 1]"
+    if not isinstance(value, list):
+        raise ClientError(400, "bad_shape", f"'image' must be {accepted}, not a JSON {type(value).__name__}")
+    try:
+        arr = np.array(value)
+    except (ValueError, TypeError):
+        raise ClientError(400, "bad_shape", f"'image' is a ragged nested list; it must be {accepted}") from None
+    if arr.dtype.kind not in "iuf":
+        raise ClientError(400, "bad_dtype", f"'image' holds {arr.dtype.kind!r}-kind values (strings, booleans or "
+                                            f"nulls); it must be {accepted}")
+    if c == 1 and arr.shape == (h, w):
+        arr = arr[None]
+    if arr.shape != shape:
+        raise ClientError(400, "bad_shape", f"'image' has shape {list(arr.shape)}; it must be {accepted}")
+    arr = arr.astype(np.float32)
+    if not np.isfinite(arr).all():
+        raise ClientError(400, "not_finite", f"'image' holds NaN or infinite values; it must be {accepted}")
+    if arr.min() < 0.0 or arr.max() > 1.0:
+        raise ClientError(400, "out_of_range", f"'image' values span [{arr.min():g}, {arr.max():g}]; "
+                                               f"it must be {accepted}")
+    return arr
+
+
+def array_from_upload(data: bytes, shape: tuple[int, int, int]) -> np.ndarray:
+    c, h, w = shape
+    if c != 1:
+        raise ClientError(415, "bad_image", "image uploads are accepted for single-channel models only")
+    try:
+        return decode_image(data, (h, w))[None]
+    except PreprocessError as exc:
+        raise ClientError(415, "bad_image", str(exc)) from None
+
+
+async def read_image_request(request: Request, shape_of) -> ImageRequest:
+    """Parse a JSON, multipart or raw-image request. `shape_of(fields)` gives the (C, H, W) the
+    chosen model takes, or raises ClientError for an unknown model."""
+    kind = media_type(request)
+    limit = max_body_bytes()
+    if kind == JSON:
+        data = parse_json_object(await read_body(request, limit))
+        if "image" not in data:
+            raise ClientError(400, "missing_field", "missing field 'image' (a JSON array, or send a PNG/JPEG as "
+                                                    f"{MULTIPART} or {', '.join(IMAGE_TYPES)})")
+        image = data.pop("image")
+        return ImageRequest(data, array_from_json(image, shape_of(data)))
+    if kind in IMAGE_TYPES:
+        fields = dict(request.query_params)
+        shape = shape_of(fields)
+        return ImageRequest(fields, array_from_upload(await read_body(request, limit), shape))
+    if kind == MULTIPART:
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise ClientError(413, "too_large", f"request body of {declared} bytes is over the limit of {limit} bytes")
+        try:
+            form = await request.form(max_files=1, max_fields=16, max_part_size=limit)
+        except Exception as exc:  # starlette raises several types for malformed multipart bodies
+            raise ClientError(400, "bad_multipart", f"malformed multipart body ({type(exc).__name__}); send "
+                                                    "fields 'model' and 'image' (a PNG/JPEG file)") from None
+        fields = {k: v for k, v in form.items() if not isinstance(v, UploadFile)}
+        upload = form.get("image")
+        if not isinstance(upload, UploadFile):
+            raise ClientError(400, "missing_field", "multipart request without a file field 'image' (PNG or JPEG)")
+        shape = shape_of(fields)
+        data = await upload.read(limit + 1)
+        if len(data) > limit:
+            raise ClientError(413, "too_large", f"uploaded image is over the limit of {limit} bytes")
+        return ImageRequest(fields, array_from_upload(data, shape))
+    raise ClientError(415, "unsupported_media_type", f"content type {kind!r} is not accepted; accepted: {ACCEPTED_TYPES}")

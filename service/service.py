@@ -1,0 +1,176 @@
+"""The BentoML services.
+
+    clients --HTTP--> EE559 (front: parsing, validation, tasks, /classify)
+                        --bentoml.depends--> Inference (ONNX Runtime sessions, adaptive batching)
+
+The front reads raw request bodies through a mounted Starlette app (BentoML's documented ASGI
+integration), so size limits, content types and error messages are ours; the inference service
+batches concurrent requests with `@bentoml.api(batchable=True)` and runs each model's group as
+one ONNX Runtime call. Models come from the BentoML model store (see store.py); the service never
+imports torch or the training code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from typing import Any
+
+import anyio
+import bentoml
+import numpy as np
+import orjson
+from bentoml.models import BentoModel
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from . import metrics, store
+from .errors import ClientError
+from .io import read_image_request
+from .ort_runtime import PROVIDERS, make_session
+from .tasks import TASKS
+
+log = logging.getLogger("ee559.service")
+
+MAX_BATCH_SIZE = int(os.environ.get("EE559_MAX_BATCH_SIZE", "64"))
+# Generous on purpose: the dispatcher answers 503 to requests it expects to miss this deadline,
+# and a tight value turns ordinary load into errors.
+MAX_LATENCY_MS = int(os.environ.get("EE559_MAX_LATENCY_MS", "2000"))
+SERVED = store.discover(store.requested_names())  # name -> tag; a directory listing, nothing loaded
+
+
+def _with_models(cls: type) -> type:
+    """Declare every served model at class level, so `bentoml build` packs them into the Bento."""
+    for name, tag in SERVED.items():
+        setattr(cls, f"model_{name}", BentoModel(tag))
+    return cls
+
+
+@bentoml.service(name="ee559_inference", workers=1, traffic={"timeout": 30})
+@_with_models
+class Inference:
+    """ONNX Runtime sessions for every served model, warmed up before the worker reports ready."""
+
+    def __init__(self) -> None:
+        requested = os.environ.get("EE559_PROVIDER", "auto").lower()
+        if requested not in PROVIDERS:
+            raise ValueError(f"EE559_PROVIDER={requested!r}; accepted: {', '.join(PROVIDERS)}")
+        if not SERVED:
+            raise store.ModelStoreError("no exported models in the model store; run: python -m export all")
+        self.sessions: dict[str, Any] = {}
+        self.providers: dict[str, str] = {}
+        self.cards: dict[str, dict[str, Any]] = {}
+        fallback_reasons = set()
+        for name, tag in SERVED.items():
+            model = store.load(tag)
+            session, provider, why = make_session(model.onnx_path, requested)
+            if why:
+                fallback_reasons.add(why)
+            self.sessions[name], self.providers[name], self.cards[name] = session, provider, model.card
+            self._warm_up(name)
+            metrics.model_info().labels(model=name, version=model.card["version"], opset=str(model.card["opset"]),
+                                        provider=provider).set(1)
+        for why in fallback_reasons:
+            log.warning("execution provider: CPU (CUDA not used: %s)", why)
+        log.info("serving %s", ", ".join(f"{n} on {p}" for n, p in self.providers.items()))
+
+    def _warm_up(self, name: str) -> None:
+        spec = self.cards[name]["inputs"][0]
+        for batch in (1, min(MAX_BATCH_SIZE, self.cards[name]["max_batch_size"])):
+            x = np.zeros((batch, *spec["shape"][1:]), dtype=spec["dtype"])
+            self.sessions[name].run(None, {spec["name"]: x})
+
+    def _run(self, name: str, x: np.ndarray) -> np.ndarray:
+        card = self.cards[name]
+        start = time.perf_counter()
+        (out,) = self.sessions[name].run([card["outputs"][0]["name"]], {card["inputs"][0]["name"]: x})
+        metrics.inference_seconds().labels(model=name, provider=self.providers[name]).observe(
+            time.perf_counter() - start)
+        metrics.batch_size().labels(model=name).observe(len(x))
+        return out
+
+    @bentoml.api(batchable=True, max_batch_size=MAX_BATCH_SIZE, max_latency_ms=MAX_LATENCY_MS)
+    async def infer(self, items: list[Any]) -> list[Any]:
+        """items: (model name, one input array) pairs from any number of requests; each model's
+        inputs run as one batch. Returns (output row, provider) per item, in order."""
+        groups: dict[str, list[int]] = {}
+        for i, (name, _) in enumerate(items):
+            groups.setdefault(name, []).append(i)
+        results: list[Any] = [None] * len(items)
+        for name, idx in groups.items():
+            x = np.stack([items[i][1] for i in idx])
+            out = await anyio.to_thread.run_sync(self._run, name, x)
+            for row, i in zip(out, idx):
+                results[i] = (row, self.providers[name])
+        return results
+
+
+def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(data), status_code=status, media_type="application/json", headers=headers)
+
+
+def _error(exc: ClientError) -> Response:
+    metrics.rejected_requests().labels(reason=exc.reason).inc()
+    headers = {"Retry-After": "1"} if exc.status in (429, 503) else None
+    return _json({"error": exc.message}, exc.status, headers)
+
+
+def task_endpoint(task_name: str):
+    task = TASKS[task_name]
+
+    async def endpoint(request: Request) -> Response:
+        svc: EE559 = bentoml.get_current_service()
+        try:
+            card_box: list[dict[str, Any]] = []
+
+            def shape_of(fields: dict[str, Any]) -> tuple[int, ...]:
+                card = svc.card_for(fields.get("model"), task_name)
+                card_box.append(card)
+                return tuple(card["inputs"][0]["shape"][1:])
+
+            req = await read_image_request(request, shape_of)
+            card = card_box[0]
+            options = task.options(card, req.fields)
+            (output, provider), = await svc.run(card["name"], req.pixels)
+            return _json(task.respond(card, output, provider, **options))
+        except ClientError as exc:
+            return _error(exc)
+
+    return endpoint
+
+
+http_app = Starlette(routes=[Route(f"/{name}", task_endpoint(name), methods=["POST"]) for name in TASKS])
+
+
+@bentoml.asgi_app(http_app, path="/")
+@bentoml.service(name="ee559", workers=int(os.environ.get("EE559_WORKERS", "1")), traffic={"timeout": 30})
+class EE559:
+    """The public service: task endpoints (POST /classify) over every exported model."""
+
+    inference = bentoml.depends(Inference)
+
+    def __init__(self) -> None:
+        self.cards = {name: store.load(tag).card for name, tag in SERVED.items()}
+
+    def card_for(self, name: Any, task_name: str) -> dict[str, Any]:
+        served = [n for n, c in self.cards.items() if c["task"] == task_name]
+        if not isinstance(name, str) or not name:
+            raise ClientError(400, "missing_field", f"field 'model' must name a model; served for "
+                                                    f"{task_name}: {', '.join(served)}")
+        card = self.cards.get(name)
+        if card is None:
+            raise ClientError(404, "unknown_model", f"model {name[:64]!r} is not served; served for {task_name}: "
+                                                    f"{', '.join(served)}")
+        if card["task"] != task_name:
+            raise ClientError(400, "wrong_task", f"model {name!r} serves /{card['task']}, not /{task_name}")
+        return card
+
+    async def run(self, name: str, x: np.ndarray) -> list[Any]:
+        try:
+            return await self.inference.infer([(name, x)])
+        except bentoml.exceptions.ServiceUnavailable:
+            raise ClientError(503, "overloaded", "the server is at capacity; retry after a second") from None

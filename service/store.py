@@ -1,0 +1,88 @@
+"""Find the exported models in the BentoML model store and check them against their cards.
+
+The service is driven by artifacts, as Triton is by its model repository: every model the
+exporter saved (label project=ee559) is served, newest version per name, unless EE559_MODELS
+names a subset. Nothing here imports torch or the training code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+PROJECT_LABEL = "ee559"
+CARD = "model_card.json"
+
+
+class ModelStoreError(RuntimeError):
+    """The model store does not hold what the service needs, or a file does not match its card."""
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    name: str
+    tag: str
+    path: Path
+    card: dict[str, Any]
+
+    @property
+    def onnx_path(self) -> Path:
+        return self.path / self.card["file"]
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def requested_names() -> list[str] | None:
+    raw = os.environ.get("EE559_MODELS", "").strip()
+    return [n.strip() for n in raw.split(",") if n.strip()] or None
+
+
+def discover(names: list[str] | None = None) -> dict[str, str]:
+    """name -> concrete tag of the newest exported model of that name in the store."""
+    import bentoml
+
+    newest: dict[str, Any] = {}
+    for m in bentoml.models.list():
+        if m.info.labels.get("project") != PROJECT_LABEL:
+            continue
+        name = m.tag.name
+        if name not in newest or m.info.creation_time > newest[name].info.creation_time:
+            newest[name] = m
+    if names is not None:
+        missing = [n for n in names if n not in newest]
+        if missing:
+            raise ModelStoreError(
+                f"EE559_MODELS asks for {', '.join(missing)}, not in the model store "
+                f"({os.environ.get('BENTOML_HOME', '~/bentoml')}); export them first: python -m export all"
+            )
+        newest = {n: newest[n] for n in names}
+    return {name: str(m.tag) for name, m in sorted(newest.items())}
+
+
+def load(tag: str) -> ServedModel:
+    """Read a stored model's card and refuse it if the ONNX file is not the one the card describes."""
+    import bentoml
+
+    model = bentoml.models.get(tag)
+    path = Path(model.path)
+    try:
+        card = json.loads((path / CARD).read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelStoreError(f"{tag}: unreadable model card {path / CARD}: {exc}") from exc
+    onnx_file = (path / card["file"]).resolve()
+    if onnx_file.parent != path.resolve():
+        raise ModelStoreError(f"{tag}: the card points outside the model directory: {card['file']!r}")
+    digest = _file_sha256(onnx_file)
+    if digest != card["sha256"]:
+        raise ModelStoreError(f"{tag}: {onnx_file} has sha256 {digest}, its model card says {card['sha256']}")
+    return ServedModel(name=model.tag.name, tag=str(model.tag), path=path, card=card)
