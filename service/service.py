@@ -50,7 +50,10 @@ def _with_models(cls: type) -> type:
     return cls
 
 
-@bentoml.service(name="ee559_inference", workers=1, traffic={"timeout": 30})
+# runner_connection: BentoML's client refreshes its connection pool every 100 requests (or 300 s)
+# by closing the old pool under in-flight requests, which fails them under load; we keep one pool.
+@bentoml.service(name="ee559_inference", workers=1, traffic={"timeout": 30},
+                 runner_connection={"max_requests": 2**62, "max_age": 10.0**9})
 @_with_models
 class Inference:
     """ONNX Runtime sessions for every served model, warmed up before the worker reports ready."""

@@ -1,0 +1,50 @@
+# Two commands on a fresh machine:
+#   make run    train (on the embedded digits), export behind the parity gate, serve on http://127.0.0.1:3000
+#   make test   the test suite (what CI runs)
+# Artifacts live under runs/ (EE559_RUNS); the BentoML model store under runs/bentoml (BENTOML_HOME).
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+HOST ?= 127.0.0.1
+PORT ?= 3000
+export EE559_RUNS ?= $(CURDIR)/runs
+export BENTOML_HOME ?= $(EE559_RUNS)/bentoml
+export BENTOML_DO_NOT_TRACK ?= true
+# RETRAIN=1 trains and exports again even when a checkpoint / stored model exists.
+REUSE := $(if $(RETRAIN),,--if-missing)
+
+.PHONY: run install train export serve test loadtest build clean
+
+run: export
+	@echo "Serving every exported model on http://$(HOST):$(PORT) (POST /classify, GET /readyz, GET /metrics)"
+	$(VENV)/bin/bentoml serve service.service:EE559 --host $(HOST) --port $(PORT)
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+train: install
+	$(PY) -m training all $(REUSE)
+
+export: train
+	$(PY) -m export all $(REUSE)
+
+serve: install
+	$(VENV)/bin/bentoml serve service.service:EE559 --host $(HOST) --port $(PORT)
+
+test: install
+	$(PY) -m pytest -q
+
+loadtest: install
+	$(PY) -m loadtests --host http://$(HOST):$(PORT)
+
+build: export
+	$(VENV)/bin/bentoml build
+
+clean:
+	rm -rf runs
