@@ -30,6 +30,23 @@ def _cuda_driver_present() -> bool:
         return False
 
 
+def cuda_unavailable_reason() -> str | None:
+    """Why CUDA certainly cannot be used here (cheap checks, no session), or None."""
+    if CUDA not in ort.get_available_providers():
+        return f"this onnxruntime build ({ort.__version__}) has no CUDA execution provider"
+    if not _cuda_driver_present():
+        return "no NVIDIA driver (libcuda.so.1) on this machine"
+    return None
+
+
+def preflight(provider: str) -> None:
+    """Fail fast, before any worker starts, when the provider setting cannot be honoured."""
+    if provider not in PROVIDERS:
+        raise ValueError(f"unknown execution provider {provider!r}; accepted: {', '.join(PROVIDERS)}")
+    if provider == "cuda" and (why := cuda_unavailable_reason()):
+        raise ProviderError(f"CUDA was required (provider=cuda) but cannot be used: {why}")
+
+
 def session_options(intra_op_threads: int | None = None) -> ort.SessionOptions:
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -46,16 +63,12 @@ def make_session(path: Path | str, provider: str = "auto",
     Returns the session, the provider really used, and why CUDA was not used (None if it was,
     or if it was not asked for), for the caller to report once.
     """
-    if provider not in PROVIDERS:
-        raise ValueError(f"unknown execution provider {provider!r}; accepted: {', '.join(PROVIDERS)}")
+    preflight(provider)
     so = session_options(intra_op_threads)
     why = None
     if provider != "cpu":
-        if CUDA not in ort.get_available_providers():
-            why = f"this onnxruntime build ({ort.__version__}) has no CUDA execution provider"
-        elif not _cuda_driver_present():
-            why = "no NVIDIA driver (libcuda.so.1) on this machine"
-        else:
+        why = cuda_unavailable_reason()
+        if why is None:
             try:
                 ort.preload_dlls()
             except Exception as exc:  # noqa: BLE001 - reported below; the session check decides

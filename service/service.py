@@ -31,7 +31,7 @@ from starlette.routing import Route
 from . import metrics, store
 from .errors import ClientError
 from .io import read_image_request
-from .ort_runtime import PROVIDERS, make_session
+from .ort_runtime import make_session, preflight
 from .tasks import TASKS
 
 log = logging.getLogger("ee559.service")
@@ -40,6 +40,8 @@ MAX_BATCH_SIZE = int(os.environ.get("EE559_MAX_BATCH_SIZE", "64"))
 # Generous on purpose: the dispatcher answers 503 to requests it expects to miss this deadline,
 # and a tight value turns ordinary load into errors.
 MAX_LATENCY_MS = int(os.environ.get("EE559_MAX_LATENCY_MS", "2000"))
+PROVIDER = os.environ.get("EE559_PROVIDER", "auto").lower()
+preflight(PROVIDER)  # provider=cuda without CUDA: `bentoml serve` exits now instead of retrying workers
 SERVED = store.discover(store.requested_names())  # name -> tag; a directory listing, nothing loaded
 
 
@@ -59,9 +61,6 @@ class Inference:
     """ONNX Runtime sessions for every served model, warmed up before the worker reports ready."""
 
     def __init__(self) -> None:
-        requested = os.environ.get("EE559_PROVIDER", "auto").lower()
-        if requested not in PROVIDERS:
-            raise ValueError(f"EE559_PROVIDER={requested!r}; accepted: {', '.join(PROVIDERS)}")
         if not SERVED:
             raise store.ModelStoreError("no exported models in the model store; run: python -m export all")
         self.sessions: dict[str, Any] = {}
@@ -70,7 +69,7 @@ class Inference:
         fallback_reasons = set()
         for name, tag in SERVED.items():
             model = store.load(tag)
-            session, provider, why = make_session(model.onnx_path, requested)
+            session, provider, why = make_session(model.onnx_path, PROVIDER)
             if why:
                 fallback_reasons.add(why)
             self.sessions[name], self.providers[name], self.cards[name] = session, provider, model.card

@@ -1,0 +1,99 @@
+"""Fixtures: a private runs directory and model store for the whole session, every registered
+model trained (full preset: seconds on digits) and exported once, and a real `bentoml serve`."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+# Before anything imports bentoml: the store and runs of this session are private and temporary.
+_SESSION_DIR = Path(tempfile.mkdtemp(prefix="ee559-tests-"))
+os.environ["EE559_RUNS"] = str(_SESSION_DIR / "runs")
+os.environ["BENTOML_HOME"] = str(_SESSION_DIR / "runs" / "bentoml")
+os.environ["BENTOML_DO_NOT_TRACK"] = "true"
+os.environ.pop("EE559_MODELS", None)
+
+
+@pytest.fixture(scope="session")
+def runs() -> Path:
+    return Path(os.environ["EE559_RUNS"])
+
+
+@pytest.fixture(scope="session")
+def exported(runs: Path) -> dict[str, Path]:
+    """Train (full preset) and export every registered model; name -> model card path."""
+    from export.__main__ import main as export_main
+    from training.registry import REGISTRY
+    from training.train import run
+
+    for entry in REGISTRY.values():
+        run(entry, preset="full", out=runs)
+    assert export_main(["all", "--runs", str(runs)]) == 0
+    return {name: sorted((runs / "export" / name).glob("*/model_card.json"))[-1] for name in REGISTRY}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"bentoml serve exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(f"{url}/readyz", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.3)
+    raise TimeoutError(f"{url} not ready after {timeout} s")
+
+
+def start_server(env_extra: dict[str, str] | None = None, log: Path | None = None) -> tuple[str, subprocess.Popen]:
+    port = free_port()
+    env = {**os.environ, **(env_extra or {})}
+    out = open(log, "wb") if log else subprocess.DEVNULL
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bentoml", "serve", "service.service:EE559", "--host", "127.0.0.1",
+         "--port", str(port)], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    return f"http://127.0.0.1:{port}", proc
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, 15)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+            proc.wait()
+
+
+@pytest.fixture(scope="session")
+def server(exported, runs: Path):
+    """A real `bentoml serve` of every exported model on a free port; yields its base URL."""
+    log = runs / "serve.log"
+    url, proc = start_server(log=log)
+    try:
+        wait_ready(url, proc)
+        yield url
+    except Exception:
+        print(log.read_text()[-5000:])
+        raise
+    finally:
+        stop_server(proc)

@@ -1,0 +1,179 @@
+"""A real `bentoml serve` over HTTP: classification (JSON and PNG), readiness, metrics, adaptive
+batching, and every bad input answered with a 4xx while the server keeps serving."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import requests
+from PIL import Image
+
+from training.data import load_dataset
+from training.registry import REGISTRY
+from training.runtime import DEFAULT_SEED
+
+from ..conftest import start_server, stop_server, wait_ready
+
+
+@pytest.fixture(scope="module")
+def held_out():
+    split = load_dataset("digits", DEFAULT_SEED).test  # never seen in training
+    return split.x, split.y
+
+
+def png_of(pixels: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray((pixels * 255).round().astype(np.uint8), mode="L").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def classify(url: str, model: str, image, **extra) -> requests.Response:
+    return requests.post(f"{url}/classify", json={"model": model, "image": image, **extra}, timeout=30)
+
+
+def test_ready_and_live(server):
+    assert requests.get(f"{server}/readyz", timeout=5).status_code == 200
+    assert requests.get(f"{server}/livez", timeout=5).status_code == 200
+
+
+@pytest.mark.parametrize("name", [n for n, e in REGISTRY.items() if e.task == "classify"])
+def test_classify_json_on_unseen_digits(server, held_out, name: str):
+    x, y = held_out
+    correct = 0
+    for i in range(100):
+        r = classify(server, name, x[i, 0].tolist())
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["model"] == name and len(body["probabilities"]) == 10
+        assert abs(sum(body["probabilities"]) - 1) < 1e-4
+        assert body["label"] == str(body["class_index"]) == body["top_k"][0]["label"]
+        assert body["provider"] == "CPUExecutionProvider"
+        correct += body["class_index"] == y[i]
+    assert correct >= 95, f"{name}: {correct}/100 held-out digits right"
+
+
+def test_classify_accepts_chw_and_top_k(server, held_out):
+    x, y = held_out
+    r = classify(server, "lenet", x[0].tolist(), top_k=5)
+    assert r.status_code == 200 and len(r.json()["top_k"]) == 5
+    probs = [t["probability"] for t in r.json()["top_k"]]
+    assert probs == sorted(probs, reverse=True)
+
+
+def test_classify_png_upload_multipart_and_raw(server, held_out):
+    x, y = held_out
+    right = 0
+    for i in range(20):
+        data = png_of(x[i, 0])
+        r1 = requests.post(f"{server}/classify", data={"model": "lenet"},
+                           files={"image": ("digit.png", data, "image/png")}, timeout=30)
+        r2 = requests.post(f"{server}/classify", params={"model": "lenet"}, data=data,
+                           headers={"Content-Type": "image/png"}, timeout=30)
+        assert r1.status_code == r2.status_code == 200, r1.text + r2.text
+        assert r1.json()["class_index"] == r2.json()["class_index"]
+        right += r1.json()["class_index"] == y[i]
+    assert right >= 18
+
+
+def test_concurrent_requests_are_batched(server, held_out):
+    x, _ = held_out
+
+    def one(i):
+        return classify(server, "lenet", x[i % len(x), 0].tolist()).status_code
+
+    def batches():
+        text = requests.get(f"{server}/metrics", timeout=5).text
+        count = float(re.search(r'ee559_inference_batch_size_count\{model="lenet"\} (\S+)', text).group(1))
+        total = float(re.search(r'ee559_inference_batch_size_sum\{model="lenet"\} (\S+)', text).group(1))
+        return count, total
+
+    before = batches()
+    with ThreadPoolExecutor(32) as pool:
+        codes = list(pool.map(one, range(256)))
+    assert codes == [200] * 256
+    after = batches()
+    calls, items = after[0] - before[0], after[1] - before[1]
+    assert items == 256 and calls < 256, f"{calls} ORT calls for {items} requests: nothing was batched"
+
+
+def test_metrics_are_prometheus_with_our_series(server, held_out):
+    classify(server, "lenet", held_out[0][0, 0].tolist())
+    classify(server, "no-such-model", held_out[0][0, 0].tolist())
+    text = requests.get(f"{server}/metrics", timeout=5).text
+    assert re.search(r'ee559_inference_duration_seconds_bucket\{le="[^"]+",model="lenet",'
+                     r'provider="CPUExecutionProvider"\}', text)
+    assert re.search(r'ee559_model_info\{model="lenet",opset="18",provider="CPUExecutionProvider",'
+                     r'version="[0-9a-f]{16}"\} 1\.0', text)
+    assert 'ee559_rejected_requests_total{reason="unknown_model"}' in text
+    assert "ee559_inference_batch_size_bucket" in text
+    assert "bentoml_service_request_total" in text
+
+
+NOT_28 = [[0.5] * 27] * 28
+BAD_INPUTS = [
+    # (description, request kwargs, expected status, words the message must contain)
+    ("wrong shape", dict(json={"model": "lenet", "image": NOT_28}), 400, ["shape", "28x28"]),
+    ("3 channels", dict(json={"model": "lenet", "image": [[[0.1] * 28] * 28] * 3}), 400, ["shape", "28x28"]),
+    ("strings", dict(json={"model": "lenet", "image": [["a"] * 28] * 28}), 400, ["28x28"]),
+    ("out of range", dict(json={"model": "lenet", "image": [[255] * 28] * 28}), 400, ["[0, 1]"]),
+    ("NaN literal", dict(data='{"model": "lenet", "image": [[NaN]]}', headers={"Content-Type": "application/json"}),
+     400, ["JSON"]),
+    ("huge exponent", dict(data='{"model":"lenet","image":' + json.dumps([[1e308] * 28] * 28).replace("1e+308", "1e999")
+                           + "}", headers={"Content-Type": "application/json"}), 400, []),
+    ("empty body", dict(data=b"", headers={"Content-Type": "application/json"}), 400, ["empty"]),
+    ("malformed JSON", dict(data=b'{"model": "lenet", "image": [[', headers={"Content-Type": "application/json"}),
+     400, ["malformed JSON"]),
+    ("JSON list", dict(json=[1, 2, 3]), 400, ["object"]),
+    ("missing image", dict(json={"model": "lenet"}), 400, ["image"]),
+    ("missing model", dict(json={"image": NOT_28}), 400, ["model", "lenet"]),
+    ("unknown model", dict(json={"model": "resnet152", "image": NOT_28}), 404, ["not served", "lenet"]),
+    ("unknown field", dict(json={"model": "lenet", "image": [[0.0] * 28] * 28, "colour": 1}), 400, ["colour"]),
+    ("bad top_k", dict(json={"model": "lenet", "image": [[0.0] * 28] * 28, "top_k": 11}), 400, ["top_k"]),
+    ("non-image upload", dict(data={"model": "lenet"}, files={"image": ("x.png", b"not an image", "image/png")}),
+     415, ["PNG", "JPEG"]),
+    ("raw non-image", dict(params={"model": "lenet"}, data=b"GIF89a....", headers={"Content-Type": "image/png"}),
+     415, ["PNG"]),
+    ("multipart without file", dict(data={"model": "lenet"}, files={"other": ("a", b"b")}), 400, ["image"]),
+    ("pickle", dict(data=b"\x80\x04K\x01.", headers={"Content-Type": "application/vnd.bentoml+pickle"}), 415,
+     ["not accepted", "application/json"]),
+    ("text/plain", dict(data=b"hello", headers={"Content-Type": "text/plain"}), 415, ["accepted"]),
+    ("over the body limit", dict(data=b"{" + b" " * (5 * 1024 * 1024) + b"}",
+                                 headers={"Content-Type": "application/json"}), 413, ["limit"]),
+]
+
+
+@pytest.mark.parametrize("desc, kwargs, status, words", BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS])
+def test_bad_input_gets_a_clear_client_error(server, desc, kwargs, status, words):
+    r = requests.post(f"{server}/classify", timeout=30, **kwargs)
+    assert r.status_code == status, f"{desc}: {r.status_code} {r.text[:300]}"
+    message = r.json()["error"]
+    for w in words:
+        assert w in message, f"{desc}: {message!r} lacks {w!r}"
+    assert "Traceback" not in r.text and "/work/" not in r.text and ".py" not in r.text
+
+
+def test_server_keeps_serving_after_bad_input_and_never_answered_500(server, held_out):
+    for _, kwargs, _, _ in BAD_INPUTS:
+        requests.post(f"{server}/classify", timeout=30, **kwargs)
+    assert classify(server, "lenet", held_out[0][0, 0].tolist()).status_code == 200
+    text = requests.get(f"{server}/metrics", timeout=5).text
+    assert not re.search(r'http_response_code="5\d\d"[^}]*\} [1-9]', text), "a request was answered 5xx"
+
+
+@pytest.mark.skipif(__import__("service.ort_runtime", fromlist=["x"])._cuda_driver_present(),
+                    reason="this machine has an NVIDIA driver")
+def test_start_up_fails_when_cuda_is_required_but_missing(exported, runs):
+    log = runs / "serve-cuda.log"
+    url, proc = start_server({"EE559_PROVIDER": "cuda"}, log=log)
+    try:
+        with pytest.raises(RuntimeError, match="exited"):
+            wait_ready(url, proc, timeout=60)
+    finally:
+        stop_server(proc)
+    assert proc.returncode != 0
+    assert "CUDA was required" in log.read_text()

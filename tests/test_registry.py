@@ -1,0 +1,35 @@
+"""Meta-test: every registered model has an export spec, a parity test, an endpoint and a load-test task."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from training.registry import REGISTRY
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("name", list(REGISTRY))
+def test_registered_model_is_covered_end_to_end(name: str):
+    from loadtests.tasks import TASK_LOADS
+    from service.tasks import TASKS
+    from tests.export import test_parity
+
+    entry = REGISTRY[name]
+    assert entry.export.inputs and entry.export.outputs and entry.export.atol > 0
+    assert len(entry.export.parity_batch_sizes) == 3
+    assert entry.task in TASKS, f"{name}: no serving task {entry.task!r}"
+    assert (ROOT / "tests" / "service" / "test_http.py").read_text().count(f'"{entry.task}"') >= 1
+    assert entry.task in TASK_LOADS, f"{name}: no Locust task for {entry.task!r}"
+    assert any(name in fn.__name__ for fn in TASK_LOADS[entry.task](entry)), f"{name}: no Locust task"
+    parity_tests = [f for f in dir(test_parity) if f.startswith("test_")]
+    assert "test_card_records_parity_within_tolerance_at_three_batch_sizes" in parity_tests
+    assert {"quick", "full"} <= set(entry.presets)
+
+
+def test_every_registered_model_is_served(exported):
+    from service import store
+
+    assert set(store.discover()) == set(REGISTRY)

@@ -1,0 +1,61 @@
+"""Every registered model: output shapes, checkpoints that rebuild the model alone, quick training."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from training.registry import REGISTRY
+from training.train import latest_checkpoint, load_checkpoint, run
+
+
+@pytest.mark.parametrize("name", list(REGISTRY))
+def test_output_shape(name: str):
+    entry = REGISTRY[name]
+    model = entry.build().eval()
+    for batch in (1, 5):
+        x = torch.rand(batch, *entry.export.inputs[0].shape[1:])
+        out = model(x)
+        assert out.shape == (batch, *entry.export.outputs[0].shape[1:])
+
+
+@pytest.mark.parametrize("name", list(REGISTRY))
+def test_quick_preset_trains_and_checkpoint_rebuilds_model(name: str, tmp_path: Path):
+    entry = REGISTRY[name]
+    path = run(entry, preset="quick", out=tmp_path)
+    assert latest_checkpoint(name, tmp_path) == path
+    model, ckpt = load_checkpoint(path, entry)
+    assert 0.0 <= ckpt["metrics"]["test_accuracy"] <= 1.0
+    assert ckpt["train"]["epochs"] == 1
+    x = torch.rand(3, *entry.export.inputs[0].shape[1:])
+    with torch.no_grad():
+        rebuilt = model(x)
+        again = load_checkpoint(path, entry)[0](x)
+    torch.testing.assert_close(rebuilt, again)
+
+
+def test_checkpoint_of_another_model_is_refused(tmp_path: Path):
+    names = list(REGISTRY)
+    path = run(REGISTRY[names[0]], preset="quick", out=tmp_path)
+    with pytest.raises(ValueError, match="checkpoint"):
+        load_checkpoint(path, REGISTRY[names[1]])
+
+
+def test_training_cli(tmp_path: Path, capsys):
+    from training.__main__ import main
+
+    assert main(["lenet", "--preset", "quick", "--out", str(tmp_path)]) == 0
+    assert "test accuracy" in capsys.readouterr().out
+    assert main(["lenet", "--preset", "quick", "--out", str(tmp_path), "--if-missing"]) == 0
+    assert "reusing" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["no-such-model"])
+
+
+def test_lenet_reaches_its_accuracy_target(exported):
+    import json
+
+    card = json.loads(exported["lenet"].read_text())
+    assert card["metrics"]["test_accuracy"] >= 0.97
