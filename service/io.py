@@ -3,6 +3,7 @@ uploads) validated into float32 arrays before anything is allocated for the mode
 
 from __future__ import annotations
 
+import io
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +19,10 @@ from .preprocess import PreprocessError, decode_image
 JSON = "application/json"
 MULTIPART = "multipart/form-data"
 IMAGE_TYPES = ("image/png", "image/jpeg")
-ACCEPTED_TYPES = f"{JSON}, {MULTIPART} (field 'image' with a PNG/JPEG file), {', '.join(IMAGE_TYPES)}"
+NPY = "application/x-npy"
+RAW = "application/octet-stream"
+ACCEPTED_TYPES = (f"{JSON}, {MULTIPART} (field 'image' with a PNG/JPEG file), {', '.join(IMAGE_TYPES)}, "
+                  f"{NPY} (.npy, no pickles), {RAW} (little-endian float32 with an X-Tensor-Shape header)")
 
 
 def max_body_bytes() -> int:
@@ -67,16 +71,27 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
     return data
 
 
+def _accepted(shape: tuple[int, int, int]) -> str:
+    c, h, w = shape
+    return f"a {h}x{w}" + (f" (or {c}x{h}x{w})" if c == 1 else f" {c}x{h}x{w}") + " array of numbers in [0, 1]"
+
+
 def array_from_json(value: Any, shape: tuple[int, int, int]) -> np.ndarray:
     """A nested list of numbers -> (C, H, W) float32 in [0, 1]; (H, W) is accepted when C == 1."""
-    c, h, w = shape
-    accepted = f"a {h}x{w}" + (f" (or {c}x{h}x{w})" if c == 1 else f" {c}x{h}x{w}") + " array of numbers in [0, 1]"
+    accepted = _accepted(shape)
     if not isinstance(value, list):
         raise ClientError(400, "bad_shape", f"'image' must be {accepted}, not a JSON {type(value).__name__}")
     try:
         arr = np.array(value)
     except (ValueError, TypeError):
         raise ClientError(400, "bad_shape", f"'image' is a ragged nested list; it must be {accepted}") from None
+    return checked_array(arr, shape)
+
+
+def checked_array(arr: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+    """Dtype, shape, finiteness and range checks shared by every way of sending an array."""
+    c, h, w = shape
+    accepted = _accepted(shape)
     if arr.dtype.kind not in "iuf":
         raise ClientError(400, "bad_dtype", f"'image' holds {arr.dtype.kind!r}-kind values (strings, booleans or "
                                             f"nulls); it must be {accepted}")
@@ -91,6 +106,32 @@ def array_from_json(value: Any, shape: tuple[int, int, int]) -> np.ndarray:
         raise ClientError(400, "out_of_range", f"'image' values span [{arr.min():g}, {arr.max():g}]; "
                                                f"it must be {accepted}")
     return arr
+
+
+def array_from_npy(data: bytes, shape: tuple[int, int, int]) -> np.ndarray:
+    try:
+        arr = np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise ClientError(400, "bad_npy", f"not a readable .npy array without pickled objects ({type(exc).__name__})"
+                          ) from None
+    if not isinstance(arr, np.ndarray):
+        raise ClientError(400, "bad_npy", "send one .npy array, not an .npz archive")
+    return checked_array(arr, shape)
+
+
+def array_from_raw(data: bytes, header: str | None, shape: tuple[int, int, int]) -> np.ndarray:
+    """Raw little-endian float32 bytes with the shape in X-Tensor-Shape (e.g. "1,28,28")."""
+    try:
+        dims = tuple(int(d) for d in (header or "").split(","))
+    except ValueError:
+        dims = ()
+    if not dims or any(d <= 0 for d in dims) or len(dims) > 4:
+        raise ClientError(400, "bad_header", f"{RAW} bodies need an X-Tensor-Shape header such as "
+                                             f"\"{','.join(map(str, shape))}\"")
+    if len(data) != 4 * int(np.prod(dims)):
+        raise ClientError(400, "bad_shape", f"X-Tensor-Shape {list(dims)} needs {4 * int(np.prod(dims))} bytes of "
+                                            f"float32, the body has {len(data)}")
+    return checked_array(np.frombuffer(data, dtype="<f4").reshape(dims), shape)
 
 
 def array_from_upload(data: bytes, shape: tuple[int, int, int]) -> np.ndarray:
@@ -115,10 +156,15 @@ async def read_image_request(request: Request, shape_of) -> ImageRequest:
                                                     f"{MULTIPART} or {', '.join(IMAGE_TYPES)})")
         image = data.pop("image")
         return ImageRequest(data, array_from_json(image, shape_of(data)))
-    if kind in IMAGE_TYPES:
+    if kind in (*IMAGE_TYPES, NPY, RAW):  # binary bodies: the other fields come as query parameters
         fields = dict(request.query_params)
         shape = shape_of(fields)
-        return ImageRequest(fields, array_from_upload(await read_body(request, limit), shape))
+        body = await read_body(request, limit)
+        if kind == NPY:
+            return ImageRequest(fields, array_from_npy(body, shape))
+        if kind == RAW:
+            return ImageRequest(fields, array_from_raw(body, request.headers.get("x-tensor-shape"), shape))
+        return ImageRequest(fields, array_from_upload(body, shape))
     if kind == MULTIPART:
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:

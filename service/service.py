@@ -12,7 +12,6 @@ imports torch or the training code.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import time
@@ -21,18 +20,12 @@ from typing import Any
 import anyio
 import bentoml
 import numpy as np
-import orjson
 from bentoml.models import BentoModel
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
 
 from . import metrics, store
+from .api import http_app
 from .errors import ClientError
-from .io import read_image_request
 from .ort_runtime import make_session, preflight
-from .tasks import TASKS
 
 log = logging.getLogger("ee559.service")
 
@@ -86,72 +79,37 @@ class Inference:
             x = np.zeros((batch, *spec["shape"][1:]), dtype=spec["dtype"])
             self.sessions[name].run(None, {spec["name"]: x})
 
-    def _run(self, name: str, x: np.ndarray) -> np.ndarray:
+    def _run(self, name: str, x: np.ndarray) -> list[np.ndarray]:
+        """Every output of `name` for the batch `x`, in model-card order."""
         card = self.cards[name]
         start = time.perf_counter()
-        (out,) = self.sessions[name].run([card["outputs"][0]["name"]], {card["inputs"][0]["name"]: x})
+        outs = self.sessions[name].run([o["name"] for o in card["outputs"]], {card["inputs"][0]["name"]: x})
         metrics.inference_seconds().labels(model=name, provider=self.providers[name]).observe(
             time.perf_counter() - start)
         metrics.batch_size().labels(model=name).observe(len(x))
-        return out
+        return outs
 
     @bentoml.api(batchable=True, max_batch_size=MAX_BATCH_SIZE, max_latency_ms=MAX_LATENCY_MS)
     async def infer(self, items: list[Any]) -> list[Any]:
-        """items: (model name, one input array) pairs from any number of requests; each model's
-        inputs run as one batch. Returns (output row, provider) per item, in order."""
+        """items: (model name, one input row) pairs from any number of requests; each model's rows
+        run as one batch. Returns (output rows in card order, provider) per item, in order."""
         groups: dict[str, list[int]] = {}
         for i, (name, _) in enumerate(items):
             groups.setdefault(name, []).append(i)
         results: list[Any] = [None] * len(items)
         for name, idx in groups.items():
             x = np.stack([items[i][1] for i in idx])
-            out = await anyio.to_thread.run_sync(self._run, name, x)
-            for row, i in zip(out, idx):
-                results[i] = (row, self.providers[name])
+            outs = await anyio.to_thread.run_sync(self._run, name, x)
+            for j, i in enumerate(idx):
+                results[i] = ([o[j] for o in outs], self.providers[name])
         return results
-
-
-def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(orjson.dumps(data), status_code=status, media_type="application/json", headers=headers)
-
-
-def _error(exc: ClientError) -> Response:
-    metrics.rejected_requests().labels(reason=exc.reason).inc()
-    headers = {"Retry-After": "1"} if exc.status in (429, 503) else None
-    return _json({"error": exc.message}, exc.status, headers)
-
-
-def task_endpoint(task_name: str):
-    task = TASKS[task_name]
-
-    async def endpoint(request: Request) -> Response:
-        svc: EE559 = bentoml.get_current_service()
-        try:
-            card_box: list[dict[str, Any]] = []
-
-            def shape_of(fields: dict[str, Any]) -> tuple[int, ...]:
-                card = svc.card_for(fields.get("model"), task_name)
-                card_box.append(card)
-                return tuple(card["inputs"][0]["shape"][1:])
-
-            req = await read_image_request(request, shape_of)
-            card = card_box[0]
-            options = task.options(card, req.fields)
-            (output, provider), = await svc.run(card["name"], req.pixels)
-            return _json(task.respond(card, output, provider, **options))
-        except ClientError as exc:
-            return _error(exc)
-
-    return endpoint
-
-
-http_app = Starlette(routes=[Route(f"/{name}", task_endpoint(name), methods=["POST"]) for name in TASKS])
 
 
 @bentoml.asgi_app(http_app, path="/")
 @bentoml.service(name="ee559", workers=int(os.environ.get("EE559_WORKERS", "1")), traffic={"timeout": 30})
 class EE559:
-    """The public service: task endpoints (POST /classify) over every exported model."""
+    """The public service: task endpoints (POST /classify) and the Open Inference Protocol (/v2)
+    over every exported model."""
 
     inference = bentoml.depends(Inference)
 
@@ -171,8 +129,16 @@ class EE559:
             raise ClientError(400, "wrong_task", f"model {name!r} serves /{card['task']}, not /{task_name}")
         return card
 
-    async def run(self, name: str, x: np.ndarray) -> list[Any]:
+    async def run(self, name: str, x: np.ndarray) -> tuple[list[np.ndarray], str]:
+        """Run a batch `x` (N, ...) of `name`; the rows join other requests' in adaptive batches.
+        Returns every output (N, ...) in model-card order, and the provider used."""
         try:
-            return await self.inference.infer([(name, x)])
+            rows = await self.inference.infer([(name, row) for row in x])
         except bentoml.exceptions.ServiceUnavailable:
             raise ClientError(503, "overloaded", "the server is at capacity; retry after a second") from None
+        outputs = [np.stack([r[0][k] for r in rows]) for k in range(len(rows[0][0]))]
+        return outputs, rows[0][1]
+
+    async def is_ready(self) -> bool:
+        proxy = self.inference
+        return await proxy.is_ready(2) if hasattr(proxy, "is_ready") else True

@@ -1,0 +1,52 @@
+"""The HTTP routes of the front service, mounted into BentoML as a Starlette app so that bodies are
+read raw (size limits, content types and error messages are ours):
+
+- task endpoints, one per serving task: POST /classify, ...
+- the Open Inference Protocol (KServe v2 / Triton HTTP), with the binary tensor data extension.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import bentoml
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from .errors import ClientError
+from .io import read_image_request
+from .responses import error_response, json_response
+from .tasks import TASKS
+from .v2 import V2_ROUTES
+
+
+def task_endpoint(task_name: str):
+    task = TASKS[task_name]
+
+    async def endpoint(request: Request) -> Response:
+        svc = bentoml.get_current_service()
+        try:
+            chosen: list[dict[str, Any]] = []
+
+            def shape_of(fields: dict[str, Any]) -> tuple[int, ...]:
+                card = svc.card_for(fields.get("model"), task_name)
+                chosen.append(card)
+                return tuple(card["inputs"][0]["shape"][1:])
+
+            req = await read_image_request(request, shape_of)
+            card = chosen[0]
+            options = task.options(card, req.fields)
+            outputs, provider = await svc.run(card["name"], req.pixels[None])
+            return json_response(task.respond(card, outputs[0][0], provider, **options))
+        except ClientError as exc:
+            return error_response(exc)
+
+    return endpoint
+
+
+http_app = Starlette(routes=[
+    *(Route(f"/{name}", task_endpoint(name), methods=["POST"]) for name in TASKS),
+    *V2_ROUTES,
+])

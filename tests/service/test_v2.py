@@ -1,0 +1,136 @@
+"""Open Inference Protocol (KServe v2) checked with Triton's own client, against ONNX Runtime
+called directly; plus the protocol's error answers and the compact binary forms of /classify."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import requests
+import tritonclient.http as th
+from tritonclient.utils import InferenceServerException
+
+from training.registry import REGISTRY
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return th.InferenceServerClient(server.removeprefix("http://"), network_timeout=30)
+
+
+def direct(exported, name: str, x: np.ndarray) -> np.ndarray:
+    sess = ort.InferenceSession(str(exported[name].with_name("model.onnx")), providers=["CPUExecutionProvider"])
+    return sess.run(None, {sess.get_inputs()[0].name: x})[0]
+
+
+def test_health_and_server_metadata(client):
+    assert client.is_server_live() and client.is_server_ready()
+    meta = client.get_server_metadata()
+    assert meta["name"] == "ee559" and "binary_tensor_data" in meta["extensions"]
+
+
+@pytest.mark.parametrize("name", list(REGISTRY))
+def test_model_metadata_from_the_card(client, exported, name: str):
+    card = json.loads(exported[name].read_text())
+    assert client.is_model_ready(name) and client.is_model_ready(name, card["version"])
+    meta = client.get_model_metadata(name)
+    assert meta["versions"] == [card["version"]]
+    assert meta["inputs"] == [{"name": "image", "datatype": "FP32", "shape": [-1, 1, 28, 28]}]
+    assert meta["outputs"] == [{"name": "logits", "datatype": "FP32", "shape": [-1, 10]}]
+    assert client.get_model_metadata(name, card["version"])["name"] == name
+
+
+@pytest.mark.parametrize("binary_in, binary_out", [(False, False), (True, True), (True, False), (False, True)])
+@pytest.mark.parametrize("name", list(REGISTRY))
+def test_infer_matches_onnx_runtime(client, exported, name: str, binary_in: bool, binary_out: bool):
+    x = np.random.default_rng(0).random((5, 1, 28, 28), dtype=np.float32)
+    inp = th.InferInput("image", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x, binary_data=binary_in)
+    result = client.infer(name, [inp], outputs=[th.InferRequestedOutput("logits", binary_data=binary_out)],
+                          request_id="req-7")
+    got = result.as_numpy("logits")
+    assert got.shape == (5, 10) and got.dtype == np.float32
+    np.testing.assert_allclose(got, direct(exported, name, x), rtol=0, atol=1e-5)
+    assert result.get_response()["id"] == "req-7"
+
+
+def test_unknown_model_and_version_are_404(client, server):
+    with pytest.raises(InferenceServerException, match="not served"):
+        client.get_model_metadata("resnet152")
+    with pytest.raises(InferenceServerException, match="no version"):
+        client.get_model_metadata("lenet", "0")
+    assert not client.is_model_ready("resnet152")
+    r = requests.post(f"{server}/v2/models/nope/infer", json={"inputs": []}, timeout=10)
+    assert r.status_code == 404 and "error" in r.json()
+
+
+V2_BAD = [
+    ("not JSON", b"{", {}),
+    ("no inputs", json.dumps({"x": 1}).encode(), {}),
+    ("wrong input name", json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 1, 28, 28],
+                                                 "data": [0] * 784}]}).encode(), {}),
+    ("wrong datatype", json.dumps({"inputs": [{"name": "image", "datatype": "INT64", "shape": [1, 1, 28, 28],
+                                               "data": [0] * 784}]}).encode(), {}),
+    ("wrong shape", json.dumps({"inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 28, 28],
+                                            "data": [0] * 784}]}).encode(), {}),
+    ("batch over max", json.dumps({"inputs": [{"name": "image", "datatype": "FP32", "shape": [10**6, 1, 28, 28],
+                                               "data": [0]}]}).encode(), {}),
+    ("data count", json.dumps({"inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 1, 28, 28],
+                                           "data": [0] * 10}]}).encode(), {}),
+    ("strings", json.dumps({"inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 1, 28, 28],
+                                        "data": ["a"] * 784}]}).encode(), {}),
+    ("binary size lies", json.dumps({"inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 1, 28, 28],
+                                                 "parameters": {"binary_data_size": 4 * 784}}]}).encode() + b"\0" * 8,
+     {"Inference-Header-Content-Length": "X"}),
+    ("unknown output", json.dumps({"inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 1, 28, 28],
+                                               "data": [0] * 784}], "outputs": [{"name": "probs"}]}).encode(), {}),
+]
+
+
+@pytest.mark.parametrize("desc, body, headers", V2_BAD, ids=[b[0] for b in V2_BAD])
+def test_bad_infer_requests_are_400(server, desc, body, headers):
+    if headers.get("Inference-Header-Content-Length") == "X":
+        headers = {"Inference-Header-Content-Length": str(body.index(b"\0"))}
+    r = requests.post(f"{server}/v2/models/lenet/infer", data=body, timeout=10,
+                      headers={"Content-Type": "application/json", **headers})
+    assert r.status_code == 400, f"{desc}: {r.status_code} {r.text[:200]}"
+    assert set(r.json()) == {"error"} and r.json()["error"]
+
+
+def test_classify_accepts_npy_and_raw_float32(server, exported):
+    x = np.random.default_rng(1).random((1, 28, 28), dtype=np.float32)
+    expected = int(direct(exported, "lenet", x[None]).argmax())
+    buf = io.BytesIO()
+    np.save(buf, x)
+    r1 = requests.post(f"{server}/classify", params={"model": "lenet"}, data=buf.getvalue(),
+                       headers={"Content-Type": "application/x-npy"}, timeout=10)
+    r2 = requests.post(f"{server}/classify", params={"model": "lenet"}, data=x.astype("<f4").tobytes(),
+                       headers={"Content-Type": "application/octet-stream", "X-Tensor-Shape": "1,28,28"}, timeout=10)
+    assert r1.status_code == r2.status_code == 200
+    assert r1.json()["class_index"] == r2.json()["class_index"] == expected
+
+
+def test_npy_with_pickled_objects_is_refused(server, tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Boom:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    buf = io.BytesIO()
+    np.save(buf, np.array([Boom()], dtype=object), allow_pickle=True)
+    r = requests.post(f"{server}/classify", params={"model": "lenet"}, data=buf.getvalue(),
+                      headers={"Content-Type": "application/x-npy"}, timeout=10)
+    assert r.status_code == 400 and "pickled" in r.json()["error"]
+    assert not marker.exists()
+
+
+def test_raw_float32_needs_a_matching_shape_header(server):
+    body = np.zeros(784, dtype="<f4").tobytes()
+    for headers in ({}, {"X-Tensor-Shape": "28,29"}, {"X-Tensor-Shape": "a,b"}, {"X-Tensor-Shape": "2,28,28"}):
+        r = requests.post(f"{server}/classify", params={"model": "lenet"}, data=body, timeout=10,
+                          headers={"Content-Type": "application/octet-stream", **headers})
+        assert r.status_code == 400, headers
