@@ -6,6 +6,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+TRITON_PYTHON ?= /usr/bin/python3.11
 HOST ?= 127.0.0.1
 PORT ?= 3000
 export EE559_RUNS ?= $(CURDIR)/runs
@@ -14,7 +15,7 @@ export BENTOML_DO_NOT_TRACK ?= true
 # RETRAIN=1 trains and exports again even when a checkpoint / stored model exists.
 REUSE := $(if $(RETRAIN),,--if-missing)
 
-.PHONY: run install train export serve test loadtest build clean
+.PHONY: run install train export serve test loadtest bench build clean
 
 run: export
 	@echo "Serving every exported model on http://$(HOST):$(PORT) (POST /classify, GET /readyz, GET /metrics)"
@@ -42,6 +43,13 @@ test: install
 
 loadtest: install
 	$(PY) -m loadtests --host http://$(HOST):$(PORT)
+
+bench: export
+	command -v wrk >/dev/null || (apt-get update -q && apt-get install -y -q wrk)
+	$(PY) -m pip install --quiet -r requirements-bench.txt
+	# PyTriton's Python-backend stub links the system libpython3.11: its venv must use that interpreter.
+	test -x .venv-triton/bin/python || ($(TRITON_PYTHON) -m venv .venv-triton && .venv-triton/bin/pip install --quiet -r requirements-triton.txt)
+	$(PY) -m loadtests.bench $(BENCH_ARGS)
 
 build: export
 	$(VENV)/bin/bentoml build

@@ -1,0 +1,341 @@
+"""python -m loadtests.bench [--model lenet] [--duration 5] [--connections 1,8,32] [--device cpu|cuda]
+
+Measures, in one run and on one machine, for one exported model:
+  1. in-process: bare ONNX Runtime at batch 1 (the physical limit), and ORT vs PyTorch eager at
+     batch 1 for every registered model (with --device cuda: ORT CUDA with and without IO binding
+     against PyTorch CUDA);
+  2. over HTTP with wrk at each connection count: a minimal FastAPI+ORT server, Triton through
+     PyTriton (if .venv-triton exists: `make bench` creates it), and this project's service
+     (friendly JSON /classify, v2 JSON, v2 binary): req/s, p50, p99, errors, server and client CPU,
+     and the ratios to Triton and to bare ORT;
+  3. the service's cold start (process start to /readyz 200) and resident memory per process.
+A run whose load generator was CPU-bound is printed as VOID rather than trusted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+TRITON_PY = ROOT / ".venv-triton" / "bin" / "python"
+CPU_BOUND = 0.9  # wrk runs one thread: above 90% of a core it measures itself
+
+
+@dataclass
+class Run:
+    target: str
+    endpoint: str
+    connections: int
+    rps: float = 0.0
+    p50_ms: float = 0.0
+    p99_ms: float = 0.0
+    errors: int = 0
+    server_cpu: float = 0.0
+    client_cpu: float = 0.0
+
+    @property
+    def void(self) -> bool:
+        return self.client_cpu >= CPU_BOUND
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, proc: subprocess.Popen, timeout: float = 120) -> float:
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode} before {url} answered")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return time.monotonic() - start
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise TimeoutError(url)
+
+
+def tree(proc: subprocess.Popen) -> list[psutil.Process]:
+    p = psutil.Process(proc.pid)
+    return [p, *p.children(recursive=True)]
+
+
+def cpu_seconds(procs: list[psutil.Process]) -> float:
+    total = 0.0
+    for p in procs:
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def _ms(value: str, unit: str) -> float:
+    return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
+
+
+def wrk(url: str, body_file: Path, headers: dict[str, str], connections: int, duration: float,
+        server: subprocess.Popen, target: str, endpoint: str, workdir: Path) -> Run:
+    lua = workdir / f"{abs(hash((url, str(body_file))))}.lua"
+    lines = ['wrk.method = "POST"', f'local f = io.open("{body_file}", "rb")', "wrk.body = f:read(\"*a\")", "f:close()"]
+    lines += [f'wrk.headers["{k}"] = "{v}"' for k, v in headers.items()]
+    lua.write_text("\n".join(lines) + "\n")
+    procs = tree(server)
+    cpu0, ru0, t0 = cpu_seconds(procs), resource.getrusage(resource.RUSAGE_CHILDREN), time.monotonic()
+    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{duration:g}s", "--latency", "-s", str(lua), url],
+                         capture_output=True, text=True, check=True).stdout
+    wall = time.monotonic() - t0
+    ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    run = Run(target, endpoint, connections)
+    run.server_cpu = (cpu_seconds(procs) - cpu0) / wall
+    run.client_cpu = ((ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)) / wall
+    run.rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    lat = dict(re.findall(r"^\s+(\d+)%\s+([\d.]+\w+)", out, re.M))
+    for key, attr in (("50", "p50_ms"), ("99", "p99_ms")):
+        m = re.match(r"([\d.]+)(\w+)", lat[key])
+        setattr(run, attr, _ms(*m.groups()))
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    run.errors = (int(non2xx.group(1)) if non2xx else 0) + (sum(map(int, sock.groups())) if sock else 0)
+    return run
+
+
+def bodies(model: str, x: np.ndarray, workdir: Path) -> dict[str, tuple[Path, dict[str, str]]]:
+    """Request bodies per endpoint kind, all carrying the same held-out image."""
+    flat = x.ravel().tolist()
+    v2_json = {"inputs": [{"name": "image", "datatype": "FP32", "shape": [1, *x.shape], "data": flat}]}
+    header = json.dumps({"inputs": [{"name": "image", "datatype": "FP32", "shape": [1, *x.shape],
+                                     "parameters": {"binary_data_size": x.size * 4}}],
+                         "parameters": {"binary_data_output": True}}).encode()
+    files = {
+        "friendly JSON": (json.dumps({"model": model, "image": x[0].tolist()}).encode(), {"Content-Type": "application/json"}),
+        "fastapi JSON": (json.dumps({"image": x[0].tolist()}).encode(), {"Content-Type": "application/json"}),
+        "v2 JSON": (json.dumps(v2_json).encode(), {"Content-Type": "application/json"}),
+        "v2 binary": (header + x.astype("<f4").tobytes(), {"Content-Type": "application/octet-stream",
+                                                           "Inference-Header-Content-Length": str(len(header))}),
+    }
+    out = {}
+    for kind, (data, headers) in files.items():
+        path = workdir / (kind.replace(" ", "_") + ".body")
+        path.write_bytes(data)
+        out[kind] = (path, headers)
+    return out
+
+
+def in_process(onnx_path: Path, device: str, seconds: float = 2.0) -> dict[str, float]:
+    """Bare ORT calls/s at batch 1 on one thread, and ORT vs PyTorch eager for every model."""
+    import onnxruntime as ort
+    import torch
+
+    from service import store
+    from training.registry import REGISTRY
+    from training.train import load_checkpoint
+
+    def rate(fn) -> float:
+        for _ in range(20):
+            fn()
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            fn()
+            n += 1
+        return n / (time.perf_counter() - t0)
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    torch.set_num_threads(1)
+    results: dict[str, float] = {}
+    x1 = np.random.default_rng(0).random((1, 1, 28, 28), dtype=np.float32)
+    sess = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
+    results["bare ORT batch 1 (calls/s)"] = rate(lambda: sess.run(None, {"image": x1}))
+    for name, tag in store.discover(list(REGISTRY)).items():
+        served = store.load(tag)  # the exported model and the checkpoint it came from
+        model, _ = load_checkpoint(Path(served.card["checkpoint"]["path"]), REGISTRY[name])
+        onnx_file = served.onnx_path
+        s = ort.InferenceSession(str(onnx_file), so, providers=["CPUExecutionProvider"])
+        xt = torch.from_numpy(x1)
+        with torch.inference_mode():
+            t = rate(lambda: model(xt))
+        o = rate(lambda: s.run(None, {"image": x1}))
+        results[f"{name}: ORT / PyTorch eager, batch 1, CPU"] = o / t
+        if device == "cuda":
+            results.update(cuda_compare(name, model, onnx_file, rate))
+    return results
+
+
+def cuda_compare(name: str, model, onnx_file: Path, rate) -> dict[str, float]:
+    """ORT CUDA (numpy in/out, and IO binding) vs PyTorch CUDA, at batch 1 and 128 (calls/s)."""
+    import onnxruntime as ort
+    import torch
+
+    ort.preload_dlls()
+    sess = ort.InferenceSession(str(onnx_file), providers=[("CUDAExecutionProvider", {"use_tf32": "0"})])
+    if sess.get_providers()[0] != "CUDAExecutionProvider":
+        raise RuntimeError("--device cuda: the CUDA execution provider did not initialise")
+    out: dict[str, float] = {}
+    gpu_model = model.cuda()
+    for batch in (1, 128):
+        x = np.random.default_rng(0).random((batch, 1, 28, 28), dtype=np.float32)
+        xt = torch.from_numpy(x).cuda()
+        with torch.inference_mode():
+            t = rate(lambda: (gpu_model(xt), torch.cuda.synchronize()))
+        o = rate(lambda: sess.run(None, {"image": x}))
+        binding = sess.io_binding()
+        x_dev = ort.OrtValue.ortvalue_from_numpy(x, "cuda", 0)
+        binding.bind_ortvalue_input("image", x_dev)
+        binding.bind_output("logits", "cuda")
+        b = rate(lambda: sess.run_with_iobinding(binding))
+        out[f"{name}: PyTorch CUDA, batch {batch} (calls/s)"] = t
+        out[f"{name}: ORT CUDA numpy I/O, batch {batch} (calls/s)"] = o
+        out[f"{name}: ORT CUDA IO binding, batch {batch} (calls/s)"] = b
+    return out
+
+
+def serve_ours(model: str, port: int, log: Path) -> tuple[subprocess.Popen, float]:
+    env = {**os.environ, "EE559_MODELS": model, "EE559_WORKERS": os.environ.get("EE559_WORKERS", "1")}
+    t0 = time.monotonic()
+    proc = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", "service.service:EE559", "--host", "127.0.0.1",
+                             "--port", str(port)], cwd=ROOT, env=env, stdout=open(log, "wb"),
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    wait_http(f"http://127.0.0.1:{port}/readyz", proc)
+    return proc, time.monotonic() - t0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m loadtests.bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="lenet")
+    p.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
+    p.add_argument("--connections", default="1,8,32")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--fastapi-workers", type=int, default=2)
+    p.add_argument("--no-triton", action="store_true")
+    args = p.parse_args(argv)
+    if shutil.which("wrk") is None:
+        print("bench: wrk is not installed (apt-get install wrk; `make bench` does it)", file=sys.stderr)
+        return 2
+    os.environ.setdefault("BENTOML_HOME", str(ROOT / "runs" / "bentoml"))
+    sys.path.insert(0, str(ROOT))
+    from service import store
+
+    tag = store.discover([args.model])[args.model]
+    served = store.load(tag)
+    from training.data import load_dataset
+    from training.runtime import DEFAULT_SEED
+
+    x = load_dataset("digits", DEFAULT_SEED).test.x[0]  # (1, 28, 28), a held-out digit
+    conns = [int(c) for c in args.connections.split(",")]
+    workdir = Path(tempfile.mkdtemp(prefix="ee559-bench-"))
+    body = bodies(args.model, x, workdir)
+    print(f"model {tag}, {psutil.cpu_count()} CPUs, wrk -t1, {args.duration:g} s per run", flush=True)
+
+    static = in_process(served.onnx_path, args.device)
+    runs: list[Run] = []
+
+    def measure(target: str, proc: subprocess.Popen, url: str, kinds: list[tuple[str, str]]) -> None:
+        for endpoint, kind in kinds:
+            path, headers = body[kind]
+            for c in conns:
+                r = wrk(url + endpoint, path, headers, c, args.duration, proc, target, kind, workdir)
+                runs.append(r)
+                print(f"  {target:8s} {kind:14s} c={c:<3d} {r.rps:9.0f} req/s  p50 {r.p50_ms:7.2f} ms  "
+                      f"p99 {r.p99_ms:7.2f} ms  errors {r.errors}  server CPU {r.server_cpu:.2f}  "
+                      f"client CPU {r.client_cpu:.2f}{'  VOID' if r.void else ''}", flush=True)
+
+    # FastAPI + ORT
+    port = free_port()
+    fa = subprocess.Popen([sys.executable, "-m", "uvicorn", "loadtests.baselines.fastapi_app:app", "--port", str(port),
+                           "--workers", str(args.fastapi_workers), "--log-level", "warning", "--no-access-log"],
+                          cwd=ROOT, env={**os.environ, "EE559_BENCH_ONNX": str(served.onnx_path)},
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/docs", fa)
+        measure("fastapi", fa, f"http://127.0.0.1:{port}/classify", [("", "fastapi JSON")])
+    finally:
+        stop(fa)
+
+    # Triton via PyTriton
+    if not args.no_triton and TRITON_PY.exists():
+        port = free_port()
+        tr = subprocess.Popen([str(TRITON_PY), str(ROOT / "loadtests" / "baselines" / "pytriton_server.py"), args.model,
+                               str(served.onnx_path), str(port)], cwd=ROOT, stdout=open(workdir / "triton.log", "wb"),
+                              stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            wait_http(f"http://127.0.0.1:{port}/v2/models/{args.model}/ready", tr, timeout=180)
+            measure("triton", tr, f"http://127.0.0.1:{port}/v2/models/{args.model}/infer",
+                    [("", "v2 JSON"), ("", "v2 binary")])
+        finally:
+            stop(tr)
+    else:
+        print("  triton: skipped (no .venv-triton; `make bench` creates it)", flush=True)
+
+    # This project's service
+    port = free_port()
+    ours, cold = serve_ours(args.model, port, workdir / "serve.log")
+    try:
+        rss = {p.name() + f"[{p.pid}]": p.memory_info().rss / 2**20 for p in tree(ours)}
+        measure("ee559", ours, f"http://127.0.0.1:{port}",
+                [("/classify", "friendly JSON"), (f"/v2/models/{args.model}/infer", "v2 JSON"),
+                 (f"/v2/models/{args.model}/infer", "v2 binary")])
+    finally:
+        stop(ours)
+
+    report(static, runs, cold, rss, args)
+    return 0
+
+
+def report(static: dict[str, float], runs: list[Run], cold: float, rss: dict[str, float], args) -> None:
+    bare = static["bare ORT batch 1 (calls/s)"]
+    triton = {(r.endpoint, r.connections): r for r in runs if r.target == "triton"}
+    twin = {"friendly JSON": "v2 JSON", "v2 JSON": "v2 JSON", "v2 binary": "v2 binary", "fastapi JSON": "v2 JSON"}
+    print("\n## In-process (one thread)")
+    for k, v in static.items():
+        print(f"- {k}: {v:,.1f}{'x' if '/' in k and 'calls/s' not in k else ''}")
+    print("\n## HTTP (wrk -t1; ratios measured in this run)")
+    print("| target | endpoint | conns | req/s | p50 ms | p99 ms | errors | server CPU | client CPU | vs Triton | vs bare ORT |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in runs:
+        t = triton.get((twin[r.endpoint], r.connections))
+        vs_t = f"{r.rps / t.rps:.2f}x" if t and t.rps and r.target != "triton" else "-"
+        flag = " VOID (client CPU-bound)" if r.void else ""
+        print(f"| {r.target} | {r.endpoint}{flag} | {r.connections} | {r.rps:,.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | "
+              f"{r.errors} | {r.server_cpu:.2f} | {r.client_cpu:.2f} | {vs_t} | {r.rps / bare:.2f}x |")
+    print(f"\n- cold start (process start to /readyz 200): {cold:.1f} s")
+    print("- resident memory: " + ", ".join(f"{k} {v:.0f} MiB" for k, v in rss.items()))
+    print(f"\nreproduce: python -m loadtests.bench --model {args.model} --duration {args.duration:g} "
+          f"--connections {args.connections}" + (" --device cuda" if args.device == "cuda" else ""))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
