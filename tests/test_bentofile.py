@@ -22,8 +22,8 @@ def test_bentoml_build_packs_service_and_models(exported):
 
     bento = bentoml.bentos.get("ee559:latest")
     info = yaml.safe_load((Path(bento.path) / "bento.yaml").read_text())
-    inference = next(s for s in info["services"] if s["name"] == "ee559_inference")
-    packed = {m["tag"].split(":")[0] for m in inference["models"]}
+    public = next(s for s in info["services"] if s["name"] == "ee559")
+    packed = {m["tag"].split(":")[0] for m in public["models"]}
     assert packed == set(REGISTRY)
     src = Path(bento.path) / "src"
     assert (src / "service" / "service.py").exists()

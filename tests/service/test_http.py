@@ -177,3 +177,20 @@ def test_start_up_fails_when_cuda_is_required_but_missing(exported, runs):
         stop_server(proc)
     assert proc.returncode != 0
     assert "CUDA was required" in log.read_text()
+
+
+def test_bentoml_batcher_mode_serves_the_same_answers(exported, runs, held_out):
+    """EE559_BATCHER=bentoml: a separate Inference service batched by @bentoml.api(batchable=True)."""
+    log = runs / "serve-bentoml-batcher.log"
+    url, proc = start_server({"EE559_BATCHER": "bentoml", "EE559_WORKERS": "1"}, log=log)
+    try:
+        wait_ready(url, proc)
+        x, y = held_out
+        with ThreadPoolExecutor(16) as pool:
+            codes = list(pool.map(lambda i: classify(url, "lenet", x[i, 0].tolist()), range(64)))
+        assert all(r.status_code == 200 for r in codes)
+        assert sum(r.json()["class_index"] == y[i] for i, r in enumerate(codes)) >= 60
+        text = requests.get(f"{url}/metrics", timeout=5).text
+        assert 'runner_name="ee559_inference"' in text  # the dependency service answered
+    finally:
+        stop_server(proc)

@@ -1,0 +1,107 @@
+"""The adaptive batcher: concurrent requests share batches, results go back to their owners, a
+full queue sheds load with 503, a request past its deadline is answered 503, failures reach
+every waiter and the batcher keeps working."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from service.engine import Batcher
+from service.errors import ClientError
+
+
+def make(run, **kw) -> Batcher:
+    args = dict(max_batch_size=8, max_latency_s=5.0, max_queue_rows=64)
+    args.update(kw)
+    return Batcher(run, ThreadPoolExecutor(1), **args)
+
+
+def test_concurrent_requests_share_batches_and_get_their_own_rows():
+    sizes = []
+
+    def run(x):
+        sizes.append(len(x))
+        time.sleep(0.01)  # long enough for the others to queue behind the first batch
+        return [x * 2, x.sum(axis=1)]
+
+    async def main():
+        b = make(run)
+        xs = [np.full((1, 3), i, dtype=np.float32) for i in range(20)]
+        return xs, await asyncio.gather(*(b.submit(x) for x in xs))
+
+    xs, outs = asyncio.run(main())
+    for x, (doubled, summed) in zip(xs, outs):
+        np.testing.assert_array_equal(doubled, x * 2)
+        np.testing.assert_array_equal(summed, x.sum(axis=1))
+    assert sum(sizes) == 20 and max(sizes) > 1 and max(sizes) <= 8
+
+
+def test_multi_row_requests_are_never_split():
+    sizes = []
+
+    def run(x):
+        sizes.append(len(x))
+        return [x]
+
+    async def main():
+        b = make(run, max_batch_size=4)
+        return await asyncio.gather(*(b.submit(np.zeros((3, 2))) for _ in range(5)))
+
+    outs = asyncio.run(main())
+    assert all(o[0].shape == (3, 2) for o in outs) and all(s % 3 == 0 for s in sizes)
+
+
+def test_full_queue_sheds_load_with_503():
+    def run(x):
+        time.sleep(0.05)
+        return [x]
+
+    async def main():
+        b = make(run, max_queue_rows=4)
+        return await asyncio.gather(*(b.submit(np.zeros((1, 1))) for _ in range(10)), return_exceptions=True)
+
+    results = asyncio.run(main())
+    shed = [r for r in results if isinstance(r, ClientError)]
+    assert shed and all(e.status == 503 and e.reason == "overloaded" for e in shed)
+    assert len(results) - len(shed) >= 4
+
+
+def test_request_past_its_deadline_is_answered_503_not_served_late():
+    served = []
+
+    def run(x):
+        served.append(len(x))
+        time.sleep(0.2)  # the first batch outlives the others' deadline
+        return [x]
+
+    async def main():
+        b = make(run, max_latency_s=0.05, max_batch_size=1)
+        return await asyncio.gather(*(b.submit(np.zeros((1, 1))) for _ in range(3)), return_exceptions=True)
+
+    results = asyncio.run(main())
+    late = [r for r in results if isinstance(r, ClientError)]
+    assert len(late) == 2 and all(e.status == 503 and e.reason == "deadline" for e in late)
+    assert served == [1]
+
+
+def test_a_failing_batch_fails_its_requests_and_the_batcher_goes_on():
+    calls = []
+
+    def run(x):
+        calls.append(len(x))
+        if len(calls) == 1:
+            raise RuntimeError("boom")
+        return [x]
+
+    async def main():
+        b = make(run)
+        with pytest.raises(RuntimeError):
+            await b.submit(np.zeros((1, 1)))
+        return await b.submit(np.ones((1, 1)))
+
+    assert asyncio.run(main())[0][0, 0] == 1
