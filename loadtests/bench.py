@@ -223,7 +223,7 @@ def cuda_compare(name: str, model, onnx_file: Path, rate) -> dict[str, float]:
 
 
 def serve_ours(model: str, port: int, log: Path) -> tuple[subprocess.Popen, float]:
-    env = {**os.environ, "EE559_MODELS": model, "EE559_WORKERS": os.environ.get("EE559_WORKERS", "1")}
+    env = {**os.environ, "EE559_MODELS": model}
     t0 = time.monotonic()
     proc = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", "service.service:EE559", "--host", "127.0.0.1",
                              "--port", str(port)], cwd=ROOT, env=env, stdout=open(log, "wb"),
@@ -239,7 +239,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
     p.add_argument("--connections", default="1,8,32")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    p.add_argument("--fastapi-workers", type=int, default=2)
+    # One worker: with --workers N, uvicorn 0.54 leaves Nagle on for accepted connections (40 ms
+    # delayed-ACK stalls at low concurrency), which would make the baseline look worse than it is.
+    p.add_argument("--fastapi-workers", type=int, default=1)
+    p.add_argument("--repeat", type=int, default=2, help="runs per configuration (each is reported)")
     p.add_argument("--no-triton", action="store_true")
     args = p.parse_args(argv)
     if shutil.which("wrk") is None:
@@ -266,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     def measure(target: str, proc: subprocess.Popen, url: str, kinds: list[tuple[str, str]]) -> None:
         for endpoint, kind in kinds:
             path, headers = body[kind]
-            for c in conns:
+            for c in sorted(conns * args.repeat):
                 r = wrk(url + endpoint, path, headers, c, args.duration, proc, target, kind, workdir)
                 runs.append(r)
                 print(f"  {target:8s} {kind:14s} c={c:<3d} {r.rps:9.0f} req/s  p50 {r.p50_ms:7.2f} ms  "
@@ -333,8 +336,9 @@ def report(static: dict[str, float], runs: list[Run], cold: float, rss: dict[str
               f"{r.errors} | {r.server_cpu:.2f} | {r.client_cpu:.2f} | {vs_t} | {r.rps / bare:.2f}x |")
     print(f"\n- cold start (process start to /readyz 200): {cold:.1f} s")
     print("- resident memory: " + ", ".join(f"{k} {v:.0f} MiB" for k, v in rss.items()))
-    print(f"\nreproduce: python -m loadtests.bench --model {args.model} --duration {args.duration:g} "
-          f"--connections {args.connections}" + (" --device cuda" if args.device == "cuda" else ""))
+    print(f"\nreproduce: make bench BENCH_ARGS='--model {args.model} --duration {args.duration:g} "
+          f"--connections {args.connections} --repeat {args.repeat}" + (" --device cuda" if args.device == "cuda" else "")
+          + "'")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ training code.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 from typing import Any
 
@@ -52,6 +53,16 @@ def _with_models(cls: type) -> type:
     for name, tag in SERVED.items():
         setattr(cls, f"model_{name}", BentoModel(tag))
     return cls
+
+
+def _quiet_gc() -> None:
+    """Full garbage collections paused the event loop for 30-70 ms every ~0.5 s under load (each
+    scanned ~100k live objects and freed almost nothing): p99 of a single connection was 120 ms
+    against 2 ms with the collector off. Freezing the start-up heap and collecting far less often
+    keeps cycles reclaimed while making those pauses rare. Request data is acyclic (refcounted)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 100)
 
 
 def _engine() -> Engine:
@@ -103,6 +114,7 @@ class EE559:
         else:
             self.engine = _engine()  # loaded and warmed up before the worker reports ready
             self.cards = self.engine.cards
+        _quiet_gc()  # runs at the worker's start-up, after BentoML built the app around us
 
     def card_for(self, name: Any, task_name: str) -> dict[str, Any]:
         served = [n for n, c in self.cards.items() if c["task"] == task_name]
