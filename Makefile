@@ -1,6 +1,7 @@
 # Two commands on a fresh machine:
 #   make run    train (on the embedded digits), export behind the parity gate, serve on http://127.0.0.1:3000
 #   make test   the test suite (what CI runs)
+#   make bench  the benchmark against FastAPI and Triton (needs apt for wrk)
 # Artifacts live under runs/ (EE559_RUNS); the BentoML model store under runs/bentoml (BENTOML_HOME).
 
 PYTHON ?= python3
