@@ -7,7 +7,6 @@ but fails the export instead of warning.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import platform
@@ -22,25 +21,17 @@ import torch
 from torch import nn
 
 from service.ort_runtime import make_session
+from service.store import CARD, PROJECT_LABEL
+from service.store import sha256_file as sha256
 from training.registry import CourseModel
 
 from .spec import BATCH_AXIS, ExportSpec
 
-CARD = "model_card.json"
 ONNX_FILE = "model.onnx"
-PROJECT_LABEL = "ee559"
 
 
 class ParityError(RuntimeError):
     """ONNX Runtime does not reproduce PyTorch within the model's tolerance."""
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def export_onnx(model: nn.Module, spec: ExportSpec, sample: tuple[torch.Tensor, ...], path: Path) -> Path:

@@ -34,7 +34,7 @@ class ServedModel:
         return self.path / self.card["file"]
 
 
-def _file_sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -82,7 +82,7 @@ def load(tag: str) -> ServedModel:
     onnx_file = (path / card["file"]).resolve()
     if onnx_file.parent != path.resolve():
         raise ModelStoreError(f"{tag}: the card points outside the model directory: {card['file']!r}")
-    digest = _file_sha256(onnx_file)
+    digest = sha256_file(onnx_file)
     if digest != card["sha256"]:
         raise ModelStoreError(f"{tag}: {onnx_file} has sha256 {digest}, its model card says {card['sha256']}")
     return ServedModel(name=model.tag.name, tag=str(model.tag), path=path, card=card)
