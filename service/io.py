@@ -3,6 +3,7 @@ uploads) validated into float32 arrays before anything is allocated for the mode
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
 from dataclasses import dataclass
@@ -29,6 +30,11 @@ def max_body_bytes() -> int:
     return int(os.environ.get("EE559_MAX_BODY_BYTES", 4 * 1024 * 1024))
 
 
+# A client that stalls or trickles its body would hold a connection and a coroutine: the whole
+# body must arrive within this time.
+BODY_TIMEOUT_S = float(os.environ.get("EE559_BODY_TIMEOUT_S", "10"))
+
+
 @dataclass
 class ImageRequest:
     fields: dict[str, Any]  # the other fields (model, top_k, ...), as sent
@@ -39,8 +45,17 @@ def media_type(request: Request) -> str:
     return request.headers.get("content-type", JSON).split(";")[0].strip().lower()
 
 
+def check_encoding(request: Request) -> None:
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise ClientError(415, "unsupported_encoding", f"Content-Encoding {encoding[:32]!r} is not accepted; "
+                                                       "send the body uncompressed")
+
+
 async def read_body(request: Request, limit: int) -> bytes:
-    """The body, refused with 413 as soon as it is known to exceed `limit` bytes."""
+    """The body, refused with 413 as soon as it is known to exceed `limit` bytes, with 415 when it
+    is compressed, and with 408 when it has not fully arrived within BODY_TIMEOUT_S."""
+    check_encoding(request)
     declared = request.headers.get("content-length")
     if declared is not None:
         try:
@@ -50,11 +65,15 @@ async def read_body(request: Request, limit: int) -> bytes:
         if size > limit:
             raise ClientError(413, "too_large", f"request body of {size} bytes is over the limit of {limit} bytes")
     chunks, total = [], 0
-    async for chunk in request.stream():
-        total += len(chunk)
-        if total > limit:
-            raise ClientError(413, "too_large", f"request body is over the limit of {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(BODY_TIMEOUT_S):
+            async for chunk in request.stream():
+                total += len(chunk)
+                if total > limit:
+                    raise ClientError(413, "too_large", f"request body is over the limit of {limit} bytes")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise ClientError(408, "body_timeout", f"request body not received within {BODY_TIMEOUT_S:g} s") from None
     return b"".join(chunks)
 
 
@@ -166,11 +185,15 @@ async def read_image_request(request: Request, shape_of) -> ImageRequest:
             return ImageRequest(fields, array_from_raw(body, request.headers.get("x-tensor-shape"), shape))
         return ImageRequest(fields, array_from_upload(body, shape))
     if kind == MULTIPART:
+        check_encoding(request)
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise ClientError(413, "too_large", f"request body of {declared} bytes is over the limit of {limit} bytes")
         try:
-            form = await request.form(max_files=1, max_fields=16, max_part_size=limit)
+            async with asyncio.timeout(BODY_TIMEOUT_S):
+                form = await request.form(max_files=1, max_fields=16, max_part_size=limit)
+        except TimeoutError:
+            raise ClientError(408, "body_timeout", f"request body not received within {BODY_TIMEOUT_S:g} s") from None
         except Exception as exc:  # starlette raises several types for malformed multipart bodies
             raise ClientError(400, "bad_multipart", f"malformed multipart body ({type(exc).__name__}); send "
                                                     "fields 'model' and 'image' (a PNG/JPEG file)") from None

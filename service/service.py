@@ -27,6 +27,7 @@ from bentoml.models import BentoModel
 
 from . import store
 from .api import http_app
+from .auth import TokenAuth
 from .engine import Engine
 from .errors import ClientError
 from .ort_runtime import preflight
@@ -146,3 +147,6 @@ class EE559:
             return True  # the engine is built in __init__, before the worker serves
         proxy = self.inference
         return await proxy.is_ready(2) if hasattr(proxy, "is_ready") else True
+
+
+EE559.add_asgi_middleware(TokenAuth)  # a no-op unless EE559_API_TOKEN is set

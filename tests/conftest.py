@@ -63,8 +63,13 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 90) -> None:
 
 
 def start_server(env_extra: dict[str, str] | None = None, log: Path | None = None) -> tuple[str, subprocess.Popen]:
+    """`bentoml serve` on a free port. Each server gets its own BENTOML_HOME (sharing the session's
+    model store through a link): `bentoml serve` clears $BENTOML_HOME/prometheus_multiproc_dir at
+    start, which would wipe the metrics of a server already running on the same home."""
     port = free_port()
-    env = {**os.environ, **(env_extra or {})}
+    home = Path(tempfile.mkdtemp(prefix="home-", dir=_SESSION_DIR))
+    (home / "models").symlink_to(Path(os.environ["BENTOML_HOME"]) / "models")
+    env = {**os.environ, "BENTOML_HOME": str(home), **(env_extra or {})}
     out = open(log, "wb") if log else subprocess.DEVNULL
     proc = subprocess.Popen(
         [sys.executable, "-m", "bentoml", "serve", "service.service:EE559", "--host", "127.0.0.1",
@@ -88,7 +93,7 @@ def stop_server(proc: subprocess.Popen) -> None:
 def server(exported, runs: Path):
     """A real `bentoml serve` of every exported model on a free port; yields its base URL."""
     log = runs / "serve.log"
-    url, proc = start_server(log=log)
+    url, proc = start_server({"EE559_BODY_TIMEOUT_S": "3"}, log=log)
     try:
         wait_ready(url, proc)
         yield url

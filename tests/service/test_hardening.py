@@ -1,0 +1,101 @@
+"""Limits beyond the parser: compressed, trickled or oversized bodies, token authentication, and
+models whose files do not match their cards."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import shutil
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+import requests
+
+from ..conftest import start_server, stop_server, wait_ready
+
+DIGIT = [[0.0] * 28 for _ in range(28)]
+
+
+def test_compressed_bodies_are_refused_with_415(server):
+    import gzip
+
+    bomb = gzip.compress(b"[" * 10_000_000)  # ~10 KB that would inflate to 10 MB
+    r = requests.post(f"{server}/classify", data=bomb, timeout=10,
+                      headers={"Content-Type": "application/json", "Content-Encoding": "gzip"})
+    assert r.status_code == 415 and "uncompressed" in r.json()["error"]
+
+
+def test_body_just_under_the_limit_is_served(server):
+    body = json.dumps({"model": "lenet", "image": DIGIT}).encode()
+    padded = body[:-1] + b" " * (4 * 1024 * 1024 - len(body) - 1) + b"}"
+    assert len(padded) <= 4 * 1024 * 1024
+    r = requests.post(f"{server}/classify", data=padded, headers={"Content-Type": "application/json"}, timeout=30)
+    assert r.status_code == 200, r.text[:200]
+
+
+def test_chunked_body_over_the_limit_is_413_without_content_length(server):
+    def gen():
+        for _ in range(80):
+            yield b" " * 65536  # 5 MB, no Content-Length: judged by the bytes streamed
+
+    r = requests.post(f"{server}/classify", data=gen(), headers={"Content-Type": "application/json"}, timeout=30)
+    assert r.status_code == 413
+
+
+def test_stalled_body_is_answered_408_and_the_server_goes_on(server):
+    url = urlparse(server)
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
+    conn.putrequest("POST", "/classify")
+    conn.putheader("Content-Type", "application/json")
+    conn.putheader("Transfer-Encoding", "chunked")
+    conn.endheaders()
+    conn.send(b"5\r\n{\"mod\r\n")  # ...and never the rest (the server runs with a 3 s body timeout)
+    resp = conn.getresponse()
+    assert resp.status == 408 and b"not received within" in resp.read()
+    conn.close()
+    assert requests.post(f"{server}/classify", json={"model": "lenet", "image": DIGIT}, timeout=10).status_code == 200
+
+
+def test_model_whose_file_differs_from_its_card_is_refused(exported, tmp_path: Path, monkeypatch):
+    import bentoml
+
+    from service import store
+
+    tag = store.discover(["lenet"])["lenet"]
+    src = Path(bentoml.models.get(tag).path)
+    home = tmp_path / "home"
+    dst = home / "models" / "lenet" / src.name
+    shutil.copytree(src, dst)
+    (home / "models" / "lenet" / "latest").write_text(src.name)
+    onnx_file = dst / "model.onnx"
+    data = bytearray(onnx_file.read_bytes())
+    data[-1] ^= 0xFF
+    onnx_file.write_bytes(bytes(data))
+    from bentoml._internal.models import ModelStore
+
+    monkeypatch.setattr(bentoml.models, "get", lambda t: ModelStore(home / "models").get(t))
+    with pytest.raises(store.ModelStoreError) as info:
+        store.load(tag)
+    msg = str(info.value)
+    card = json.loads((dst / "model_card.json").read_text())
+    assert str(onnx_file) in msg and card["sha256"] in msg and store.sha256_file(onnx_file) in msg
+
+
+def test_token_authentication(exported, runs):
+    url, proc = start_server({"EE559_API_TOKEN": "s3cret", "EE559_WORKERS": "1"}, log=runs / "serve-auth.log")
+    try:
+        wait_ready(url, proc)
+        body = {"model": "lenet", "image": DIGIT}
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic s3cret"}):
+            r = requests.post(f"{url}/classify", json=body, headers=headers, timeout=10)
+            assert r.status_code == 401 and "bearer token" in r.json()["error"]
+            assert requests.get(f"{url}/v2/models/lenet", headers=headers, timeout=10).status_code == 401
+            assert requests.post(f"{url}/v2/models/lenet/infer", json={}, headers=headers, timeout=10).status_code == 401
+        good = {"Authorization": "Bearer s3cret"}
+        assert requests.post(f"{url}/classify", json=body, headers=good, timeout=10).status_code == 200
+        assert requests.get(f"{url}/v2/models/lenet", headers=good, timeout=10).status_code == 200
+        for probe in ("/readyz", "/livez", "/metrics", "/v2/health/ready"):
+            assert requests.get(f"{url}{probe}", timeout=10).status_code == 200, probe
+    finally:
+        stop_server(proc)
