@@ -112,8 +112,6 @@ class Engine:
 
     def __init__(self, served: dict[str, str], provider: str, max_batch_size: int, max_latency_ms: float,
                  max_queue_rows: int) -> None:
-        if not served:
-            raise store.ModelStoreError("no exported models in the model store; run: python -m export all")
         self.sessions: dict[str, Any] = {}
         self.providers: dict[str, str] = {}
         self.cards: dict[str, dict[str, Any]] = {}

@@ -42,11 +42,15 @@ WORKERS = int(os.environ.get("EE559_WORKERS", str(min(os.cpu_count() or 1, 4))))
 BATCHER = os.environ.get("EE559_BATCHER", "ee559").lower()
 if BATCHER not in ("ee559", "bentoml"):
     raise ValueError(f"EE559_BATCHER={BATCHER!r}; accepted: ee559 (in-process, default), bentoml")
-# Per-request INFO access logs cost ~13% of the throughput (615 vs 711 req/s measured); EE559_ACCESS_LOG=1 turns them on.
+# Per-request INFO access logs cost ~13% of the throughput (615 vs 711 req/s measured);
+# EE559_ACCESS_LOG=1 turns them on.
 ACCESS_LOG = os.environ.get("EE559_ACCESS_LOG", "0") == "1"
 PROVIDER = os.environ.get("EE559_PROVIDER", "auto").lower()
 preflight(PROVIDER)  # provider=cuda without CUDA: `bentoml serve` exits now instead of retrying workers
 SERVED = store.discover(store.requested_names())  # name -> tag; a directory listing, nothing loaded
+if not SERVED:  # fail `bentoml serve` / `bentoml build` at once rather than restart workers forever
+    raise store.ModelStoreError("no exported models in the model store "
+                                f"({os.environ.get('BENTOML_HOME', '~/bentoml')}); run: python -m export all")
 
 
 def _with_models(cls: type) -> type:
