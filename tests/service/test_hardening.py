@@ -99,3 +99,43 @@ def test_token_authentication(exported, runs):
             assert requests.get(f"{url}{probe}", timeout=10).status_code == 200, probe
     finally:
         stop_server(proc)
+
+
+class _Marker:
+    """A pickle payload whose unpickling would create `path` (it must never run)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (str(self.path), "w"))
+
+
+@pytest.mark.parametrize("route", ["/classify", "/v2/models/lenet/infer"])
+def test_pickle_payloads_are_refused_and_never_run(server, tmp_path: Path, route: str):
+    import pickle
+
+    marker = tmp_path / "unpickled"
+    payload = pickle.dumps(_Marker(marker))
+    for ctype in ("application/vnd.bentoml+pickle", "application/python-pickle", "application/octet-stream"):
+        r = requests.post(f"{server}{route}", params={"model": "lenet"}, data=payload,
+                          headers={"Content-Type": ctype}, timeout=10)
+        assert 400 <= r.status_code < 500, (route, ctype, r.status_code)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("image", ["http://127.0.0.1:1/digit.png", "file:///etc/passwd",
+                                   {"url": "http://example.invalid/x.png"}])
+def test_url_inputs_are_refused_not_fetched(server, image):
+    r = requests.post(f"{server}/classify", json={"model": "lenet", "image": image}, timeout=10)
+    assert r.status_code == 400 and "28x28" in r.json()["error"]
+
+
+def test_multipart_with_a_long_boundary_tail_gets_a_4xx(server):
+    boundary = "b" * 70
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nlenet\r\n"
+            f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"x.png\"\r\n"
+            f"Content-Type: image/png\r\n\r\n").encode() + b"\r" + b"-" * 100_000
+    r = requests.post(f"{server}/classify", data=body, timeout=10,  # a parser stuck on the tail times out
+                      headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    assert 400 <= r.status_code < 500
