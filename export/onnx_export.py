@@ -140,7 +140,7 @@ def build_card(entry: CourseModel, ckpt: dict[str, Any], ckpt_path: Path, onnx_p
         "inputs": [asdict(t) for t in spec.inputs],
         "outputs": [asdict(t) for t in spec.outputs],
         "max_batch_size": spec.max_batch_size,
-        "labels": [str(i) for i in range(cfg.get("num_classes", 10))],
+        "labels": ckpt.get("labels") or [str(i) for i in range(cfg.get("num_classes", 10))],
         "preprocessing": {
             "image_size": list(spec.inputs[0].shape[-2:]),
             "channels": spec.inputs[0].shape[1],

@@ -23,8 +23,11 @@ def held_out(dataset: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def png_bytes(pixels: np.ndarray) -> bytes:
+    """(C, H, W) in [0, 1] -> PNG (grayscale for one channel, RGB for three)."""
+    u8 = (pixels * 255).round().astype(np.uint8)
+    img = Image.fromarray(u8[0], mode="L") if len(u8) == 1 else Image.fromarray(u8.transpose(1, 2, 0), mode="RGB")
     buf = io.BytesIO()
-    Image.fromarray((pixels[0] * 255).round().astype(np.uint8), mode="L").save(buf, format="PNG")
+    img.save(buf, format="PNG")
     return buf.getvalue()
 
 
@@ -49,7 +52,7 @@ def check_classification(resp, expected_label: int, n_classes: int, stats: dict)
 ACCURACY: dict[str, dict[str, int]] = {}
 
 
-def classify_task(model: str, dataset: str, as_png: bool):
+def classify_task(model: str, dataset: str, n_classes: int, as_png: bool):
     """One Locust task: POST /classify for `model` with the next held-out image."""
     counter = itertools.count()
     stats = ACCURACY.setdefault(model, {"answered": 0, "correct": 0})
@@ -61,10 +64,10 @@ def classify_task(model: str, dataset: str, as_png: bool):
         if as_png:
             req = dict(data=png_bytes(x[i]), headers={"Content-Type": "image/png"}, params={"model": model})
         else:
-            req = dict(data=json.dumps({"model": model, "image": x[i, 0].tolist()}),
+            req = dict(data=json.dumps({"model": model, "image": x[i].tolist()}),
                        headers={"Content-Type": "application/json"})
         with user.client.post("/classify", name=name, catch_response=True, **req) as resp:
-            check_classification(resp, int(y[i]), 10, stats)
+            check_classification(resp, int(y[i]), n_classes, stats)
 
     run.__name__ = f"classify_{model}_{'png' if as_png else 'json'}"
     return run
@@ -72,6 +75,8 @@ def classify_task(model: str, dataset: str, as_png: bool):
 
 # Serving task -> Locust tasks with weights: JSON arrays are the common client, PNG the rarer one.
 TASK_LOADS = {
-    "classify": lambda entry: {classify_task(entry.name, entry.dataset, False): 3,
-                               classify_task(entry.name, entry.dataset, True): 1},
+    "classify": lambda entry: {
+        classify_task(entry.name, entry.dataset, entry.export.outputs[0].shape[-1], False): 3,
+        classify_task(entry.name, entry.dataset, entry.export.outputs[0].shape[-1], True): 1,
+    },
 }

@@ -155,10 +155,8 @@ def array_from_raw(data: bytes, header: str | None, shape: tuple[int, int, int])
 
 def array_from_upload(data: bytes, shape: tuple[int, int, int]) -> np.ndarray:
     c, h, w = shape
-    if c != 1:
-        raise ClientError(415, "bad_image", "image uploads are accepted for single-channel models only")
     try:
-        return decode_image(data, (h, w))[None]
+        return decode_image(data, (h, w), channels=c)
     except PreprocessError as exc:
         raise ClientError(415, "bad_image", str(exc)) from None
 

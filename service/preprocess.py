@@ -33,27 +33,35 @@ def resize_unit_image(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.clip(np.asarray(out, dtype=np.float32), 0.0, 1.0)
 
 
-def decode_image(data: bytes, size: tuple[int, int], invert_light_background: bool = True) -> np.ndarray:
-    """Decode a PNG/JPEG upload into a (H, W) float32 array in [0, 1], ink bright.
+def decode_image(data: bytes, size: tuple[int, int], channels: int = 1,
+                 invert_light_background: bool = True) -> np.ndarray:
+    """Decode a PNG/JPEG upload into a (C, H, W) float32 array in [0, 1].
 
-    Photos and scans of digits are usually dark ink on light paper; the models expect the
-    opposite (MNIST convention), so a mostly-light image is inverted.
+    Single-channel models take grayscale with ink bright (MNIST convention): photos and scans of
+    digits are usually dark ink on light paper, so a mostly-light image is inverted. RGB models
+    take the colours as they are.
     """
+    if channels not in (1, 3):
+        raise PreprocessError(f"image uploads are accepted for 1- or 3-channel models, not {channels}")
     try:
         img = Image.open(io.BytesIO(data))
         if img.format not in ACCEPTED_IMAGE_FORMATS:
             raise PreprocessError(
                 f"image format {img.format!r} is not accepted; send PNG or JPEG"
             )
-        img.draft("L", (size[1] * 4, size[0] * 4))  # JPEG: decode at reduced size
-        img = img.convert("L")
+        mode = "L" if channels == 1 else "RGB"
+        img.draft(mode, (size[1] * 4, size[0] * 4))  # JPEG: decode at reduced size
+        img = img.convert(mode)
     except PreprocessError:
         raise
     except Image.DecompressionBombError as exc:
         raise PreprocessError(f"image too large: at most {MAX_IMAGE_PIXELS} pixels are accepted") from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise PreprocessError("the upload is not a readable PNG or JPEG image") from exc
+    if channels == 3:
+        img = img.resize((size[1], size[0]), resample=Image.Resampling.BILINEAR)
+        return np.asarray(img, dtype=np.float32).transpose(2, 0, 1) / 255.0
     pixels = np.asarray(img, dtype=np.float32) / 255.0
     if invert_light_background and float(pixels.mean()) > 0.5:
         pixels = 1.0 - pixels
-    return resize_unit_image(pixels, size)
+    return resize_unit_image(pixels, size)[None]

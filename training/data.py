@@ -1,12 +1,12 @@
-"""Datasets: scikit-learn's digits (default, on every machine) and MNIST IDX files from a folder.
-
-Both give float32 images of shape (N, 1, 28, 28) in [0, 1], ink bright, and int64 labels; the
-split into train/validation/test is deterministic for a given seed.
+"""Datasets, all offline: scikit-learn's digits and MNIST IDX files (float32 (N, 1, 28, 28) in
+[0, 1], ink bright), procedural RGB shapes and CIFAR-10 python batches (float32 (N, 3, 32, 32)
+in [0, 1]); int64 labels; splits deterministic for a given seed.
 """
 
 from __future__ import annotations
 
 import gzip
+import pickle
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +36,11 @@ class Splits:
     test: Split
     num_classes: int
     source: str
+    labels: tuple[str, ...] = ()  # class names; default "0".."n-1"
+
+    def __post_init__(self) -> None:
+        if not self.labels:
+            self.labels = tuple(str(i) for i in range(self.num_classes))
 
 
 def _split(x: np.ndarray, y: np.ndarray, seed: int, val: float, test: float) -> tuple[Split, Split, Split]:
@@ -109,9 +114,100 @@ def load_mnist(data_dir: Path, seed: int) -> Splits:
                   source=f"MNIST IDX files in {data_dir}")
 
 
+SHAPES = ("circle", "square", "triangle", "cross")
+SHAPE_SIZE = 32
+
+
+def shape_masks(kind: np.ndarray, cy: np.ndarray, cx: np.ndarray, r: np.ndarray, size: int = SHAPE_SIZE) -> np.ndarray:
+    """Boolean masks (N, size, size) of one shape each, centred at (cy, cx) with half-size r."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    dy, dx = yy[None] - cy[:, None, None], xx[None] - cx[:, None, None]
+    r = r[:, None, None]
+    masks = np.stack([
+        dy ** 2 + dx ** 2 <= r ** 2,  # circle
+        (np.abs(dy) <= r * 0.85) & (np.abs(dx) <= r * 0.85),  # square
+        (dy <= r * 0.8) & (dy >= -r) & (np.abs(dx) <= (dy + r) * 0.55),  # triangle, apex up
+        ((np.abs(dy) <= r * 0.3) & (np.abs(dx) <= r)) | ((np.abs(dx) <= r * 0.3) & (np.abs(dy) <= r)),  # cross
+    ])
+    return masks[kind, np.arange(len(kind))]
+
+
+def make_shapes(n: int, seed: int, size: int = SHAPE_SIZE) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Procedural 32x32 RGB images of one shape each: random class, colour, size, position and
+    background noise, deterministic for a seed. Returns images (N, 3, H, W) in [0, 1], labels (N,),
+    and the shapes' masks (N, H, W) for segmentation."""
+    rng = np.random.default_rng(seed)
+    kind = rng.integers(0, len(SHAPES), n)
+    r = rng.uniform(size * 0.18, size * 0.36, n).astype(np.float32)
+    cy = rng.uniform(r, size - 1 - r).astype(np.float32)
+    cx = rng.uniform(r, size - 1 - r).astype(np.float32)
+    masks = shape_masks(kind, cy, cx, r, size)
+    background = rng.uniform(0.0, 0.5, (n, 3, 1, 1)).astype(np.float32)
+    colour = rng.uniform(0.0, 1.0, (n, 3, 1, 1)).astype(np.float32)
+    # Keep the shape visible: push its colour away from the background's brightness.
+    colour = np.where(colour.mean(1, keepdims=True) < background.mean(1, keepdims=True) + 0.25,
+                      np.clip(colour + 0.5, 0, 1), colour)
+    x = np.where(masks[:, None], colour, background) + rng.normal(0, 0.06, (n, 3, size, size)).astype(np.float32)
+    return np.clip(x, 0, 1).astype(np.float32), kind.astype(np.int64), masks
+
+
+def load_shapes(seed: int, n: int = 4000) -> Splits:
+    x, y, _ = make_shapes(n, seed)
+    train, val, test = _split(x, y, seed, val=0.15, test=0.15)
+    return Splits(train, val, test, num_classes=len(SHAPES), source=f"procedural shapes (n={n}, seed={seed})",
+                  labels=SHAPES)
+
+
+CIFAR10_LABELS = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """CIFAR-10's python batches are pickles: allow only what they hold (dicts, lists, bytes and
+    numpy arrays), so a crafted file cannot run code."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+               ("numpy._core.multiarray", "scalar"), ("_codecs", "encode")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"CIFAR batch refers to {module}.{name}, which a data batch never needs")
+
+
+def _cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    with open(path, "rb") as f:
+        batch = _CifarUnpickler(f, encoding="bytes").load()
+    data = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+    return data.astype(np.float32) / 255.0, np.asarray(batch[b"labels"], dtype=np.int64)
+
+
+def load_cifar10(data_dir: Path, seed: int) -> Splits:
+    """CIFAR-10 python-format batches (data_batch_1..5, test_batch) from `data_dir`."""
+    data_dir = Path(data_dir)
+    if (data_dir / "cifar-10-batches-py").is_dir():
+        data_dir = data_dir / "cifar-10-batches-py"
+    train_files = sorted(data_dir.glob("data_batch_*"))
+    if not train_files or not (data_dir / "test_batch").exists():
+        raise FileNotFoundError(f"{data_dir}: no data_batch_* / test_batch (CIFAR-10 python batches)")
+    parts = [_cifar_batch(p) for p in train_files]
+    x, y = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    order = np.random.default_rng(seed).permutation(len(y))
+    n_val = max(1, len(y) // 10)
+    va, tr = order[:n_val], order[n_val:]
+    return Splits(Split(x[tr], y[tr]), Split(x[va], y[va]), Split(*_cifar_batch(data_dir / "test_batch")),
+                  num_classes=10, source=f"CIFAR-10 batches in {data_dir}", labels=CIFAR10_LABELS)
+
+
 def load_dataset(name: str, seed: int, data_dir: Path | None = None) -> Splits:
     if name == "digits":
         return load_digits(seed)
+    if name == "shapes":
+        return load_shapes(seed)
+    if name == "cifar10":
+        if data_dir is None:
+            raise ValueError("--dataset cifar10 needs --data-dir DIR with the python batches (no download is done)")
+        return load_cifar10(data_dir, seed)
     if name == "mnist":
         if data_dir is None:
             raise ValueError("--dataset mnist needs --data-dir DIR with the IDX files (no download is done)")
@@ -119,4 +215,4 @@ def load_dataset(name: str, seed: int, data_dir: Path | None = None) -> Splits:
     raise ValueError(f"unknown dataset {name!r}; accepted: {', '.join(DATASETS)}")
 
 
-DATASETS = ("digits", "mnist")
+DATASETS = ("digits", "mnist", "shapes", "cifar10")

@@ -15,6 +15,7 @@ from export.spec import ExportSpec, image_classifier_spec
 
 from .models.lenet import LeNet, LeNetConfig
 from .models.mlp import MLP, MLPConfig
+from .models.resnet import ResNet, ResNetConfig
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,16 @@ REGISTRY: dict[str, CourseModel] = {
             task="classify",
             export=image_classifier_spec(),
             presets={"quick": QUICK, "full": TrainConfig(epochs=30)},
+        ),
+        CourseModel(
+            name="resnet",
+            chapter="Initialisation, optimisation, regularisation (BN, dropout, skip connections)",
+            config_cls=ResNetConfig,
+            model_cls=ResNet,
+            task="classify",
+            export=image_classifier_spec((3, 32, 32), 4),
+            dataset="shapes",
+            presets={"quick": QUICK, "full": TrainConfig(epochs=4, lr=3e-3)},
         ),
     )
 }

@@ -90,11 +90,11 @@ def fit(entry: CourseModel, splits: Splits, tc: TrainConfig, seed: int = DEFAULT
 
 
 def save_checkpoint(run_dir: Path, entry: CourseModel, model: nn.Module, tc: TrainConfig, dataset: str,
-                    source: str, seed: int, metrics: dict[str, Any]) -> Path:
+                    source: str, labels: tuple[str, ...], seed: int, metrics: dict[str, Any]) -> Path:
     """A self-describing checkpoint: state_dict + config, enough to rebuild the model alone."""
     run_dir.mkdir(parents=True, exist_ok=True)
     meta = {"name": entry.name, "config": asdict(model.cfg), "train": asdict(tc), "dataset": dataset,
-            "data_source": source, "seed": seed, "metrics": metrics}
+            "data_source": source, "labels": list(labels), "seed": seed, "metrics": metrics}
     torch.save({"model": model.state_dict(), **meta}, run_dir / CHECKPOINT)
     (run_dir / "metrics.json").write_text(json.dumps(meta, indent=2))
     return run_dir / CHECKPOINT
@@ -135,4 +135,4 @@ def run(entry: CourseModel, dataset: str | None = None, data_dir: Path | None = 
     run_dir = model_runs(entry.name, out) / time.strftime("%Y%m%d-%H%M%S")
     while run_dir.exists():  # two runs within one second
         run_dir = run_dir.with_name(run_dir.name + "x")
-    return save_checkpoint(run_dir, entry, model, tc, dataset, splits.source, seed, metrics)
+    return save_checkpoint(run_dir, entry, model, tc, dataset, splits.source, splits.labels, seed, metrics)

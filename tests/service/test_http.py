@@ -42,19 +42,38 @@ def test_ready_and_live(server):
 
 
 @pytest.mark.parametrize("name", [n for n, e in REGISTRY.items() if e.task == "classify"])
-def test_classify_json_on_unseen_digits(server, held_out, name: str):
-    x, y = held_out
+def test_classify_json_on_unseen_images(server, exported, name: str):
+    card = json.loads(exported[name].read_text())
+    split = load_dataset(REGISTRY[name].dataset, DEFAULT_SEED).test  # never seen in training
     correct = 0
     for i in range(100):
-        r = classify(server, name, x[i, 0].tolist())
+        r = classify(server, name, split.x[i].tolist())
         assert r.status_code == 200, r.text
         body = r.json()
-        assert body["model"] == name and len(body["probabilities"]) == 10
+        assert body["model"] == name and len(body["probabilities"]) == len(card["labels"])
         assert abs(sum(body["probabilities"]) - 1) < 1e-4
-        assert body["label"] == str(body["class_index"]) == body["top_k"][0]["label"]
+        assert body["label"] == card["labels"][body["class_index"]] == body["top_k"][0]["label"]
         assert body["provider"] == "CPUExecutionProvider"
-        correct += body["class_index"] == y[i]
-    assert correct >= 95, f"{name}: {correct}/100 held-out digits right"
+        correct += body["class_index"] == split.y[i]
+    assert correct >= 95, f"{name}: {correct}/100 held-out images right"
+
+
+def test_rgb_model_takes_png_uploads(server, exported):
+    rgb = [n for n, e in REGISTRY.items() if e.task == "classify" and e.export.inputs[0].shape[1] == 3]
+    if not rgb:
+        pytest.skip("no RGB classifier registered")
+    name = rgb[0]
+    split = load_dataset(REGISTRY[name].dataset, DEFAULT_SEED).test
+    right = 0
+    for i in range(20):
+        u8 = (split.x[i] * 255).round().astype(np.uint8).transpose(1, 2, 0)
+        buf = io.BytesIO()
+        Image.fromarray(u8, mode="RGB").save(buf, format="PNG")
+        r = requests.post(f"{server}/classify", params={"model": name}, data=buf.getvalue(),
+                          headers={"Content-Type": "image/png"}, timeout=30)
+        assert r.status_code == 200, r.text
+        right += r.json()["class_index"] == split.y[i]
+    assert right >= 19
 
 
 def test_classify_accepts_chw_and_top_k(server, held_out):

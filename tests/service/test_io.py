@@ -92,3 +92,17 @@ def test_other_image_formats_are_refused():
     Image.new("L", (28, 28)).save(buf, format="BMP")
     with pytest.raises(ClientError, match="PNG or JPEG"):
         array_from_upload(buf.getvalue(), SHAPE)
+
+
+def test_rgb_uploads_keep_their_colours():
+    img = np.zeros((64, 64, 3), dtype=np.uint8)
+    img[..., 0] = 255  # pure red
+    out = array_from_upload(png(img, mode="RGB"), (3, 32, 32))
+    assert out.shape == (3, 32, 32)
+    assert out[0].min() > 0.99 and out[1:].max() < 0.01
+
+
+def test_rgb_json_arrays_must_have_three_channels():
+    with pytest.raises(ClientError, match="3x32x32"):
+        array_from_json([[0.5] * 32] * 32, (3, 32, 32))
+    assert array_from_json([[[0.5] * 32] * 32] * 3, (3, 32, 32)).shape == (3, 32, 32)

@@ -38,21 +38,23 @@ def test_model_metadata_from_the_card(client, exported, name: str):
     assert client.is_model_ready(name) and client.is_model_ready(name, card["version"])
     meta = client.get_model_metadata(name)
     assert meta["versions"] == [card["version"]]
-    assert meta["inputs"] == [{"name": "image", "datatype": "FP32", "shape": [-1, 1, 28, 28]}]
-    assert meta["outputs"] == [{"name": "logits", "datatype": "FP32", "shape": [-1, 10]}]
+    spec = REGISTRY[name].export
+    assert meta["inputs"] == [{"name": t.name, "datatype": "FP32", "shape": [-1, *t.shape[1:]]} for t in spec.inputs]
+    assert meta["outputs"] == [{"name": t.name, "datatype": "FP32", "shape": [-1, *t.shape[1:]]}
+                               for t in spec.outputs]
     assert client.get_model_metadata(name, card["version"])["name"] == name
 
 
 @pytest.mark.parametrize("binary_in, binary_out", [(False, False), (True, True), (True, False), (False, True)])
 @pytest.mark.parametrize("name", list(REGISTRY))
 def test_infer_matches_onnx_runtime(client, exported, name: str, binary_in: bool, binary_out: bool):
-    x = np.random.default_rng(0).random((5, 1, 28, 28), dtype=np.float32)
+    x = np.random.default_rng(0).random((5, *REGISTRY[name].export.inputs[0].shape[1:]), dtype=np.float32)
     inp = th.InferInput("image", list(x.shape), "FP32")
     inp.set_data_from_numpy(x, binary_data=binary_in)
     result = client.infer(name, [inp], outputs=[th.InferRequestedOutput("logits", binary_data=binary_out)],
                           request_id="req-7")
     got = result.as_numpy("logits")
-    assert got.shape == (5, 10) and got.dtype == np.float32
+    assert got.shape == (5, REGISTRY[name].export.outputs[0].shape[1]) and got.dtype == np.float32
     np.testing.assert_allclose(got, direct(exported, name, x), rtol=0, atol=1e-5)
     assert result.get_response()["id"] == "req-7"
 

@@ -64,3 +64,49 @@ def test_mnist_needs_a_folder_and_the_files(tmp_path: Path):
         load_dataset("mnist", seed=1)
     with pytest.raises(FileNotFoundError, match="train-images-idx3-ubyte"):
         load_dataset("mnist", seed=1, data_dir=tmp_path)
+
+
+def test_shapes_are_deterministic_balanced_and_match_their_masks():
+    from training.data import SHAPES, make_shapes
+
+    a, b = load_dataset("shapes", seed=3), load_dataset("shapes", seed=3)
+    np.testing.assert_array_equal(a.test.x, b.test.x)
+    assert a.train.x.shape[1:] == (3, 32, 32) and a.labels == SHAPES
+    assert np.bincount(a.train.y, minlength=4).min() > len(a.train) // 8
+    x, y, masks = make_shapes(50, seed=1)
+    assert masks.shape == (50, 32, 32) and masks.any(axis=(1, 2)).all()
+    inside = np.array([x[i][:, masks[i]].mean() for i in range(50)])
+    outside = np.array([x[i][:, ~masks[i]].mean() for i in range(50)])
+    assert (np.abs(inside - outside) > 0.1).all()  # every shape stands out from its background
+
+
+def _write_cifar(folder: Path, n: int = 20) -> None:
+    import pickle
+
+    rng = np.random.default_rng(0)
+    for name in ("data_batch_1", "data_batch_2", "test_batch"):
+        batch = {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), b"labels": list(range(n))}
+        (folder / name).write_bytes(pickle.dumps(batch))
+
+
+def test_cifar10_python_batches_load(tmp_path: Path):
+    _write_cifar(tmp_path)
+    s = load_dataset("cifar10", seed=0, data_dir=tmp_path)
+    assert len(s.train) + len(s.val) == 40 and len(s.test) == 20
+    assert s.test.x.shape == (20, 3, 32, 32) and s.test.x.max() <= 1.0 and s.labels[0] == "airplane"
+
+
+def test_cifar10_batch_that_would_run_code_is_refused(tmp_path: Path):
+    import pickle
+
+    marker = tmp_path / "ran"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    _write_cifar(tmp_path)
+    (tmp_path / "data_batch_1").write_bytes(pickle.dumps({b"data": Evil(), b"labels": []}))
+    with pytest.raises(pickle.UnpicklingError, match="never needs"):
+        load_dataset("cifar10", seed=0, data_dir=tmp_path)
+    assert not marker.exists()

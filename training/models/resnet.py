@@ -1,0 +1,66 @@
+"""Small ResNet (course chapter: initialisation, optimisation, regularisation): batch
+normalisation, dropout, skip connections and He initialisation, for 32x32 RGB images."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .common import Normalize
+
+
+@dataclass
+class ResNetConfig:
+    in_channels: int = 3
+    widths: tuple[int, ...] = (16, 32, 64)  # one stage per width; stages after the first halve H, W
+    blocks_per_stage: int = 1
+    num_classes: int = 4
+    dropout: float = 0.2
+    mean: float = 0.4
+    std: float = 0.3
+
+
+class BasicBlock(nn.Module):
+    """conv-BN-ReLU-conv-BN plus the identity (or a 1x1 projection when the shape changes)."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.skip = nn.Identity() if stride == 1 and c_in == c_out else nn.Sequential(
+            nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(y)) + self.skip(x))
+
+
+class ResNet(nn.Module):
+    def __init__(self, cfg: ResNetConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        w0 = cfg.widths[0]
+        self.stem = nn.Sequential(Normalize(cfg.mean, cfg.std), nn.Conv2d(cfg.in_channels, w0, 3, 1, 1, bias=False),
+                                  nn.BatchNorm2d(w0), nn.ReLU())
+        layers, c = [], w0
+        for i, w in enumerate(cfg.widths):
+            for j in range(cfg.blocks_per_stage):
+                layers.append(BasicBlock(c, w, 2 if i > 0 and j == 0 else 1))
+                c = w
+        self.features = nn.Sequential(*layers)  # (B, C, H/4, W/4) for three stages
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.fc = nn.Linear(c, cfg.num_classes)
+        for m in self.modules():  # He initialisation for the ReLU network
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.features(self.stem(x))  # (B, C, h, w)
+        return self.fc(self.dropout(f.mean(dim=(2, 3))))  # global average pooling -> (B, classes)
