@@ -34,9 +34,20 @@ class ParityError(RuntimeError):
     """ONNX Runtime does not reproduce PyTorch within the model's tolerance."""
 
 
+class ExportView(nn.Module):
+    """The model seen through the method its export spec names (forward, explain, ...)."""
+
+    def __init__(self, model: nn.Module, method: str) -> None:
+        super().__init__()
+        self.model, self.method = model, method
+
+    def forward(self, x: torch.Tensor):  # one input per model so far; torch.export needs it named
+        return getattr(self.model, self.method)(x)
+
+
 def export_onnx(model: nn.Module, spec: ExportSpec, sample: tuple[torch.Tensor, ...], path: Path) -> Path:
     """torch.export-based ONNX export with named inputs/outputs and named dynamic axes."""
-    model.eval()
+    model = ExportView(model, spec.method).eval()
     # The exporter warns about every torchvision op it cannot register; we use none of them.
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     # Positional, one entry per input: torch.export keys dicts by forward()'s argument names.
@@ -78,7 +89,7 @@ def validate(name: str, spec: ExportSpec, model: nn.Module, onnx_path: Path,
             raise ParityError(f"{name}: {t.name} has shape {_dims(vi)} in the graph, spec says {t.shape}")
 
     session, _, _ = make_session(onnx_path, "cpu")
-    model.eval()
+    model = ExportView(model, spec.method).eval()
     records = []
     for x in inputs:
         batch = len(x)
@@ -132,7 +143,7 @@ def build_card(entry: CourseModel, ckpt: dict[str, Any], ckpt_path: Path, onnx_p
         "name": entry.name,
         "version": digest[:16],
         "chapter": entry.chapter,
-        "task": entry.task,
+        "tasks": list(entry.tasks),
         "format": "onnx",
         "file": ONNX_FILE,
         "sha256": digest,
@@ -168,7 +179,7 @@ def save_to_store(card: dict[str, Any], folder: Path) -> str:
         return str(existing.tag)  # the same bytes were exported before
     except bentoml.exceptions.NotFound:
         pass
-    labels = {"project": PROJECT_LABEL, "task": card["task"]}
+    labels = {"project": PROJECT_LABEL, "tasks": ",".join(card["tasks"])}
     metadata = {"sha256": card["sha256"], "opset": card["opset"],
                 "test_accuracy": card["metrics"].get("test_accuracy")}
     with bentoml.models.create(tag, labels=labels, metadata=metadata, module="ee559.onnx") as m:

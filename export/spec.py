@@ -32,11 +32,18 @@ class ExportSpec:
     max_batch_size: int = 64
     # The task's top-1 must agree on every parity input (classification outputs only).
     check_top1: tuple[str, ...] = field(default=())
+    method: str = "forward"  # the model method the graph computes (e.g. "explain": logits + CAM)
 
 
-def image_classifier_spec(shape: tuple[int, int, int] = (1, 28, 28), num_classes: int = 10) -> ExportSpec:
+def image_classifier_spec(shape: tuple[int, int, int] = (1, 28, 28), num_classes: int = 10,
+                          cam: bool = False) -> ExportSpec:
+    """Logits; with cam=True also the class activation map of the predicted class (B, H, W)."""
+    outputs = (TensorSpec("logits", (BATCH_AXIS, num_classes)),)
+    if cam:
+        outputs += (TensorSpec("cam", (BATCH_AXIS, *shape[1:])),)
     return ExportSpec(
         inputs=(TensorSpec("image", (BATCH_AXIS, *shape)),),
-        outputs=(TensorSpec("logits", (BATCH_AXIS, num_classes)),),
+        outputs=outputs,
         check_top1=("logits",),
+        method="explain" if cam else "forward",
     )

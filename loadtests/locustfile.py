@@ -28,7 +28,7 @@ def _slo_options(parser) -> None:
 class CourseModelUser(FastHttpUser):
     """Every registered model, each with its serving task's requests."""
 
-    tasks = {fn: w for entry in REGISTRY.values() for fn, w in TASK_LOADS[entry.task](entry).items()}
+    tasks = {fn: w for entry in REGISTRY.values() for task in entry.tasks for fn, w in TASK_LOADS[task](entry).items()}
 
     def wait_time(self) -> float:
         opts = self.environment.parsed_options

@@ -73,8 +73,32 @@ def classify_task(model: str, dataset: str, n_classes: int, as_png: bool):
     return run
 
 
+def explain_task(model: str, dataset: str, n_classes: int):
+    """One Locust task: POST /explain for `model`; the heat map must cover the input, in [0, 1]."""
+    counter = itertools.count()
+
+    def run(user) -> None:  # a Locust HttpUser
+        x, _ = held_out(dataset)
+        i = next(counter) % len(x)
+        body = json.dumps({"model": model, "image": x[i].tolist()})
+        with user.client.post("/explain", name=f"/explain [{model}]", data=body, catch_response=True,
+                              headers={"Content-Type": "application/json"}) as resp:
+            if resp.status_code != 200:
+                resp.failure(f"HTTP {resp.status_code}: {resp.text[:200]}")
+                return
+            heat = np.asarray(resp.json().get("heatmap", []), dtype=np.float32)
+            if heat.shape != x.shape[2:] or heat.min() < 0 or heat.max() > 1 or not 0 <= resp.json()["class_index"] < n_classes:
+                resp.failure(f"malformed explanation: heat map {heat.shape}")
+                return
+            resp.success()
+
+    run.__name__ = f"explain_{model}_json"
+    return run
+
+
 # Serving task -> Locust tasks with weights: JSON arrays are the common client, PNG the rarer one.
 TASK_LOADS = {
+    "explain": lambda entry: {explain_task(entry.name, entry.dataset, entry.export.outputs[0].shape[-1]): 1},
     "classify": lambda entry: {
         classify_task(entry.name, entry.dataset, entry.export.outputs[0].shape[-1], False): 3,
         classify_task(entry.name, entry.dataset, entry.export.outputs[0].shape[-1], True): 1,

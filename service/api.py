@@ -39,7 +39,8 @@ def task_endpoint(task_name: str):
             card = chosen[0]
             options = task.options(card, req.fields)
             outputs, provider = await svc.run(card["name"], req.pixels[None])
-            return json_response(task.respond(card, outputs[0][0], provider, **options))
+            result = task.respond(card, [o[0] for o in outputs], req.pixels, provider, **options)
+            return result if isinstance(result, Response) else json_response(result)
         except ClientError as exc:
             return error_response(exc)
 

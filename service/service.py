@@ -122,7 +122,7 @@ class EE559:
         _quiet_gc()  # runs at the worker's start-up, after BentoML built the app around us
 
     def card_for(self, name: Any, task_name: str) -> dict[str, Any]:
-        served = [n for n, c in self.cards.items() if c["task"] == task_name]
+        served = [n for n, c in self.cards.items() if task_name in c["tasks"]]
         if not isinstance(name, str) or not name:
             raise ClientError(400, "missing_field", f"field 'model' must name a model; served for "
                                                     f"{task_name}: {', '.join(served)}")
@@ -130,8 +130,9 @@ class EE559:
         if card is None:
             raise ClientError(404, "unknown_model", f"model {name[:64]!r} is not served; served for {task_name}: "
                                                     f"{', '.join(served)}")
-        if card["task"] != task_name:
-            raise ClientError(400, "wrong_task", f"model {name!r} serves /{card['task']}, not /{task_name}")
+        if task_name not in card["tasks"]:
+            raise ClientError(400, "wrong_task", f"model {name!r} serves {', '.join('/' + t for t in card['tasks'])}, "
+                                                 f"not /{task_name}; models for /{task_name}: {', '.join(served)}")
         return card
 
     async def run(self, name: str, x: np.ndarray) -> tuple[list[np.ndarray], str]:

@@ -3,9 +3,12 @@ into the HTTP answer; adding a model of an existing task needs no change here.""
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
 import numpy as np
+from PIL import Image
+from starlette.responses import Response
 
 from .errors import ClientError
 
@@ -37,8 +40,9 @@ class Classify:
         return {"top_k": top_k}
 
     @staticmethod
-    def respond(card: dict[str, Any], logits: np.ndarray, provider: str, top_k: int) -> dict[str, Any]:
-        probs = _softmax(logits.astype(np.float64))
+    def respond(card: dict[str, Any], outputs: list[np.ndarray], pixels: np.ndarray, provider: str,
+                top_k: int) -> dict[str, Any]:
+        probs = _softmax(outputs[0].astype(np.float64))
         order = np.argsort(-probs)[:top_k]
         labels = card["labels"]
         best = int(order[0])
@@ -54,4 +58,54 @@ class Classify:
         }
 
 
-TASKS = {t.name: t for t in (Classify,)}
+def heat_colours(heat: np.ndarray) -> np.ndarray:
+    """(H, W) in [0, 1] -> (H, W, 3) in [0, 1], black -> red -> yellow -> white."""
+    return np.stack([np.clip(3 * heat, 0, 1), np.clip(3 * heat - 1, 0, 1), np.clip(3 * heat - 2, 0, 1)], axis=-1)
+
+
+class Explain:
+    """Class activation map of the predicted class: where in the image the evidence was."""
+
+    name = "explain"
+    fields = ("model", "format")
+    formats = ("json", "png")
+
+    @staticmethod
+    def options(card: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
+        unknown = sorted(set(fields) - set(Explain.fields))
+        if unknown:
+            raise ClientError(400, "unknown_field", f"unknown field(s) {', '.join(map(repr, unknown))}; accepted: "
+                                                    "model, image, format")
+        fmt = fields.get("format", "json")
+        if fmt not in Explain.formats:
+            raise ClientError(400, "bad_field", f"'format' must be one of {', '.join(Explain.formats)}, got {fmt!r}")
+        return {"fmt": fmt}
+
+    @staticmethod
+    def respond(card: dict[str, Any], outputs: list[np.ndarray], pixels: np.ndarray, provider: str,
+                fmt: str) -> dict[str, Any] | Response:
+        names = [o["name"] for o in card["outputs"]]
+        logits, cam = outputs[names.index("logits")], outputs[names.index("cam")]
+        probs = _softmax(logits.astype(np.float64))
+        best = int(probs.argmax())
+        if fmt == "png":  # the heat map over the input, side by side with it
+            image = pixels.transpose(1, 2, 0) if len(pixels) == 3 else np.repeat(pixels[0][..., None], 3, axis=-1)
+            overlay = 0.5 * image + 0.5 * heat_colours(cam)
+            both = np.concatenate([image, overlay], axis=1)
+            buf = io.BytesIO()
+            Image.fromarray((both * 255).round().astype(np.uint8), mode="RGB").resize(
+                (both.shape[1] * 4, both.shape[0] * 4), Image.Resampling.NEAREST).save(buf, format="PNG")
+            return Response(buf.getvalue(), media_type="image/png",
+                            headers={"X-Label": card["labels"][best], "X-Probability": f"{probs[best]:.6f}"})
+        return {
+            "model": card["name"],
+            "version": card["version"],
+            "label": card["labels"][best],
+            "class_index": best,
+            "probability": round(float(probs[best]), 6),
+            "heatmap": np.round(cam.astype(np.float64), 4).tolist(),  # (H, W) in [0, 1], aligned with the input
+            "provider": provider,
+        }
+
+
+TASKS = {t.name: t for t in (Classify, Explain)}

@@ -20,10 +20,12 @@ def test_registered_model_is_covered_end_to_end(name: str):
     entry = REGISTRY[name]
     assert entry.export.inputs and entry.export.outputs and entry.export.atol > 0
     assert len(entry.export.parity_batch_sizes) == 3
-    assert entry.task in TASKS, f"{name}: no serving task {entry.task!r}"
-    assert (ROOT / "tests" / "service" / "test_http.py").read_text().count(f'"{entry.task}"') >= 1
-    assert entry.task in TASK_LOADS, f"{name}: no Locust task for {entry.task!r}"
-    assert any(name in fn.__name__ for fn in TASK_LOADS[entry.task](entry)), f"{name}: no Locust task"
+    http_tests = (ROOT / "tests" / "service" / "test_http.py").read_text()
+    for task in entry.tasks:
+        assert task in TASKS, f"{name}: no serving task {task!r}"
+        assert f'"{task}"' in http_tests, f"{name}: no HTTP test of /{task}"
+        assert task in TASK_LOADS, f"{name}: no Locust task for {task!r}"
+        assert any(name in fn.__name__ for fn in TASK_LOADS[task](entry)), f"{name}: no Locust task for /{task}"
     parity_tests = [f for f in dir(test_parity) if f.startswith("test_")]
     assert "test_card_records_parity_within_tolerance_at_three_batch_sizes" in parity_tests
     assert {"quick", "full"} <= set(entry.presets)

@@ -33,7 +33,7 @@ class CourseModel:
     chapter: str
     config_cls: type
     model_cls: type[nn.Module]
-    task: str  # the serving task, e.g. "classify"
+    tasks: tuple[str, ...]  # the serving tasks, e.g. ("classify",)
     export: ExportSpec
     dataset: str = "digits"  # the default dataset
     presets: dict[str, TrainConfig] = field(default_factory=dict)
@@ -53,7 +53,7 @@ REGISTRY: dict[str, CourseModel] = {
             chapter="MLPs and back-propagation",
             config_cls=MLPConfig,
             model_cls=MLP,
-            task="classify",
+            tasks=("classify",),
             export=image_classifier_spec(),
             presets={"quick": QUICK, "full": TrainConfig(epochs=30)},
         ),
@@ -62,7 +62,7 @@ REGISTRY: dict[str, CourseModel] = {
             chapter="Convolutional networks",
             config_cls=LeNetConfig,
             model_cls=LeNet,
-            task="classify",
+            tasks=("classify",),
             export=image_classifier_spec(),
             presets={"quick": QUICK, "full": TrainConfig(epochs=30)},
         ),
@@ -71,8 +71,8 @@ REGISTRY: dict[str, CourseModel] = {
             chapter="Initialisation, optimisation, regularisation (BN, dropout, skip connections)",
             config_cls=ResNetConfig,
             model_cls=ResNet,
-            task="classify",
-            export=image_classifier_spec((3, 32, 32), 4),
+            tasks=("classify", "explain"),  # explain: class activation maps (analysis of deep models)
+            export=image_classifier_spec((3, 32, 32), 4, cam=True),
             dataset="shapes",
             presets={"quick": QUICK, "full": TrainConfig(epochs=4, lr=3e-3)},
         ),

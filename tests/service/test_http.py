@@ -41,7 +41,7 @@ def test_ready_and_live(server):
     assert requests.get(f"{server}/livez", timeout=5).status_code == 200
 
 
-@pytest.mark.parametrize("name", [n for n, e in REGISTRY.items() if e.task == "classify"])
+@pytest.mark.parametrize("name", [n for n, e in REGISTRY.items() if "classify" in e.tasks])
 def test_classify_json_on_unseen_images(server, exported, name: str):
     card = json.loads(exported[name].read_text())
     split = load_dataset(REGISTRY[name].dataset, DEFAULT_SEED).test  # never seen in training
@@ -59,7 +59,7 @@ def test_classify_json_on_unseen_images(server, exported, name: str):
 
 
 def test_rgb_model_takes_png_uploads(server, exported):
-    rgb = [n for n, e in REGISTRY.items() if e.task == "classify" and e.export.inputs[0].shape[1] == 3]
+    rgb = [n for n, e in REGISTRY.items() if "classify" in e.tasks and e.export.inputs[0].shape[1] == 3]
     if not rgb:
         pytest.skip("no RGB classifier registered")
     name = rgb[0]
@@ -74,6 +74,39 @@ def test_rgb_model_takes_png_uploads(server, exported):
         assert r.status_code == 200, r.text
         right += r.json()["class_index"] == split.y[i]
     assert right >= 19
+
+
+@pytest.mark.parametrize("name", [n for n, e in REGISTRY.items() if "explain" in e.tasks])
+def test_explain_heat_map_points_at_the_object(server, name: str):
+    from training.data import _split, make_shapes
+
+    x, y, masks = make_shapes(4000, DEFAULT_SEED)  # the same images and split as load_dataset("shapes")
+    _, _, test = _split(x, y, DEFAULT_SEED, val=0.15, test=0.15)
+    _, _, test_masks = _split(masks[:, None], y, DEFAULT_SEED, val=0.15, test=0.15)
+    inside_hotter = 0
+    for i in range(20):
+        r = requests.post(f"{server}/explain", json={"model": name, "image": test.x[i].tolist()}, timeout=30)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        heat = np.asarray(body["heatmap"])
+        assert heat.shape == test.x.shape[2:] and heat.min() >= 0 and heat.max() <= 1
+        c = classify(server, name, test.x[i].tolist()).json()
+        assert (body["label"], body["class_index"]) == (c["label"], c["class_index"])
+        mask = test_masks.x[i, 0]
+        inside_hotter += heat[mask].mean() > heat[~mask].mean()
+    assert inside_hotter >= 16, f"the heat map was hotter on the shape in {inside_hotter}/20 images"
+
+
+def test_explain_as_png_and_its_errors(server):
+    name = next(n for n, e in REGISTRY.items() if "explain" in e.tasks)
+    image = np.full((3, 32, 32), 0.2).tolist()
+    r = requests.post(f"{server}/explain", json={"model": name, "image": image, "format": "png"}, timeout=30)
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png" and r.headers["x-label"]
+    assert Image.open(io.BytesIO(r.content)).size == (256, 128)  # input and overlay, side by side, 4x
+    r = requests.post(f"{server}/explain", json={"model": name, "image": image, "format": "gif"}, timeout=30)
+    assert r.status_code == 400 and "json, png" in r.json()["error"]
+    r = requests.post(f"{server}/explain", json={"model": "lenet", "image": [[0.0] * 28] * 28}, timeout=30)
+    assert r.status_code == 400 and "/classify" in r.json()["error"] and name in r.json()["error"]
 
 
 def test_classify_accepts_chw_and_top_k(server, held_out):

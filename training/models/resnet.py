@@ -64,3 +64,16 @@ class ResNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         f = self.features(self.stem(x))  # (B, C, h, w)
         return self.fc(self.dropout(f.mean(dim=(2, 3))))  # global average pooling -> (B, classes)
+
+    def explain(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and the class activation map of the predicted class (course chapter: analysis
+        of deep models): the last features weighted by that class's classifier row, upsampled to
+        the input and scaled to [0, 1] per image. (B, classes), (B, H, W)."""
+        f = self.features(self.stem(x))  # (B, C, h, w)
+        logits = self.fc(self.dropout(f.mean(dim=(2, 3))))
+        w = self.fc.weight[logits.argmax(dim=1)]  # (B, C)
+        cam = torch.einsum("bchw,bc->bhw", f, w)[:, None]  # (B, 1, h, w)
+        cam = nn.functional.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+        lo = cam.amin(dim=(1, 2), keepdim=True)
+        hi = cam.amax(dim=(1, 2), keepdim=True)
+        return logits, (cam - lo) / (hi - lo + 1e-6)
