@@ -1,7 +1,8 @@
-"""python -m loadtests.sample [--index I] [--json PATH] [--png PATH]
+"""python -m loadtests.sample [--model lenet] [--index I] [--json PATH] [--png PATH]
 
-Writes one held-out test digit (never seen in training) as a /classify JSON body and as a PNG,
-for trying the API with curl. Prints the true label.
+Writes one held-out test image of the model's dataset (never seen in training) as a JSON body
+for the model, a PNG, a .npy and raw float32 (beside the JSON), for trying the API with curl.
+Prints the true label.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ import json
 import sys
 from pathlib import Path
 
-from loadtests.tasks import held_out, png_bytes
+import numpy as np
+
+from loadtests.tasks import png_bytes
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,11 +25,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, default=Path("digit.json"))
     p.add_argument("--png", type=Path, default=Path("digit.png"))
     args = p.parse_args(argv)
-    x, y = held_out("digits")
+    from training.data import load_dataset
+    from training.registry import get
+    from training.runtime import DEFAULT_SEED
+
+    splits = load_dataset(get(args.model).dataset, DEFAULT_SEED)
+    x, y = splits.test.x, splits.test.y
     i = args.index % len(y)
-    args.json.write_text(json.dumps({"model": args.model, "image": x[i, 0].round(4).tolist()}))
+    image = x[i, 0] if x.shape[1] == 1 else x[i]
+    args.json.write_text(json.dumps({"model": args.model, "image": image.round(4).tolist()}))
     args.png.write_bytes(png_bytes(x[i]))
-    print(f"held-out digit #{i}, true label {y[i]}: wrote {args.json} and {args.png}")
+    npy, raw = args.json.with_suffix(".npy"), args.json.with_suffix(".f32")
+    np.save(npy, x[i])  # (C, H, W) float32, for Content-Type application/x-npy
+    x[i].astype("<f4").tofile(raw)  # for application/octet-stream with X-Tensor-Shape
+    print(f"held-out image #{i}, true label {splits.labels[y[i]]!r}: wrote {args.json}, {args.png}, {npy} "
+          f"and {raw} (X-Tensor-Shape: {','.join(map(str, x[i].shape))})")
     return 0
 
 
