@@ -19,6 +19,13 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
+def check_fields(fields: dict[str, Any], accepted: tuple[str, ...]) -> None:
+    unknown = sorted(set(fields) - set(accepted))
+    if unknown:
+        raise ClientError(400, "unknown_field", f"unknown field(s) {', '.join(map(repr, unknown))[:200]}; accepted: "
+                                                f"{', '.join(('image', *accepted))}")
+
+
 class Classify:
     """Image classification: label, probabilities and top-k."""
 
@@ -27,16 +34,13 @@ class Classify:
 
     @staticmethod
     def options(card: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
-        unknown = sorted(set(fields) - set(Classify.fields))
-        if unknown:
-            raise ClientError(400, "unknown_field", f"unknown field(s) {', '.join(map(repr, unknown))}; accepted: "
-                                                    "model, image, top_k")
+        check_fields(fields, Classify.fields)
         n = len(card["labels"])
         top_k = fields.get("top_k", min(3, n))
         if isinstance(top_k, str) and top_k.strip().isdigit():  # form and query fields are strings
             top_k = int(top_k)
         if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= n:
-            raise ClientError(400, "bad_field", f"'top_k' must be an integer from 1 to {n}, got {top_k!r}")
+            raise ClientError(400, "bad_field", f"'top_k' must be an integer from 1 to {n}, got {str(top_k)[:40]!r}")
         return {"top_k": top_k}
 
     @staticmethod
@@ -72,13 +76,11 @@ class Explain:
 
     @staticmethod
     def options(card: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
-        unknown = sorted(set(fields) - set(Explain.fields))
-        if unknown:
-            raise ClientError(400, "unknown_field", f"unknown field(s) {', '.join(map(repr, unknown))}; accepted: "
-                                                    "model, image, format")
+        check_fields(fields, Explain.fields)
         fmt = fields.get("format", "json")
         if fmt not in Explain.formats:
-            raise ClientError(400, "bad_field", f"'format' must be one of {', '.join(Explain.formats)}, got {fmt!r}")
+            raise ClientError(400, "bad_field", f"'format' must be one of {', '.join(Explain.formats)}, "
+                                                f"got {str(fmt)[:40]!r}")
         return {"fmt": fmt}
 
     @staticmethod
