@@ -32,6 +32,10 @@ class ExportSpec:
     max_batch_size: int = 64
     # The task's top-1 must agree on every parity input (classification outputs only).
     check_top1: tuple[str, ...] = field(default=())
+    top1_axis: int = -1  # the class axis of those outputs (1 for per-pixel logits)
+    # Dense outputs have pixels where two classes tie to within float error; there ORT and
+    # PyTorch may pick different ones, so agreement is required up to this share.
+    min_top1_agreement: float = 1.0
     method: str = "forward"  # the model method the graph computes (e.g. "explain": logits + CAM)
 
 
@@ -46,4 +50,15 @@ def image_classifier_spec(shape: tuple[int, int, int] = (1, 28, 28), num_classes
         outputs=outputs,
         check_top1=("logits",),
         method="explain" if cam else "forward",
+    )
+
+
+def segmenter_spec(shape: tuple[int, int, int] = (3, 32, 32), num_classes: int = 5) -> ExportSpec:
+    """Per-pixel logits (B, classes, H, W)."""
+    return ExportSpec(
+        inputs=(TensorSpec("image", (BATCH_AXIS, *shape)),),
+        outputs=(TensorSpec("logits", (BATCH_AXIS, num_classes, *shape[1:])),),
+        check_top1=("logits",),
+        top1_axis=1,
+        min_top1_agreement=0.9999,
     )

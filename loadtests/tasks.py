@@ -96,8 +96,35 @@ def explain_task(model: str, dataset: str, n_classes: int):
     return run
 
 
+def segment_task(model: str, dataset: str, n_classes: int):
+    """One Locust task: POST /segment for `model`; counts an image right when 95% of its pixels are."""
+    counter = itertools.count()
+    stats = ACCURACY.setdefault(model, {"answered": 0, "correct": 0})
+
+    def run(user) -> None:  # a Locust HttpUser
+        x, y = held_out(dataset)
+        i = next(counter) % len(x)
+        body = json.dumps({"model": model, "image": x[i].tolist()})
+        with user.client.post("/segment", name=f"/segment [{model}]", data=body, catch_response=True,
+                              headers={"Content-Type": "application/json"}) as resp:
+            if resp.status_code != 200:
+                resp.failure(f"HTTP {resp.status_code}: {resp.text[:200]}")
+                return
+            mask = np.asarray(resp.json().get("mask", []))
+            if mask.shape != y.shape[1:] or mask.min() < 0 or mask.max() >= n_classes:
+                resp.failure(f"malformed mask: {mask.shape}")
+                return
+            resp.success()
+            stats["answered"] += 1
+            stats["correct"] += int((mask == y[i]).mean() >= 0.95)
+
+    run.__name__ = f"segment_{model}_json"
+    return run
+
+
 # Serving task -> Locust tasks with weights: JSON arrays are the common client, PNG the rarer one.
 TASK_LOADS = {
+    "segment": lambda entry: {segment_task(entry.name, entry.dataset, entry.export.outputs[0].shape[1]): 1},
     "explain": lambda entry: {explain_task(entry.name, entry.dataset, entry.export.outputs[0].shape[-1]): 1},
     "classify": lambda entry: {
         classify_task(entry.name, entry.dataset, entry.export.outputs[0].shape[-1], False): 3,

@@ -26,6 +26,18 @@ def check_fields(fields: dict[str, Any], accepted: tuple[str, ...]) -> None:
                                                 f"{', '.join(('image', *accepted))}")
 
 
+FORMATS = ("json", "png")
+
+
+def format_option(fields: dict[str, Any], accepted: tuple[str, ...]) -> dict[str, Any]:
+    """For tasks that answer JSON or a rendered PNG (field 'format')."""
+    check_fields(fields, accepted)
+    fmt = fields.get("format", "json")
+    if fmt not in FORMATS:
+        raise ClientError(400, "bad_field", f"'format' must be one of {', '.join(FORMATS)}, got {str(fmt)[:40]!r}")
+    return {"fmt": fmt}
+
+
 class Classify:
     """Image classification: label, probabilities and top-k."""
 
@@ -72,16 +84,10 @@ class Explain:
 
     name = "explain"
     fields = ("model", "format")
-    formats = ("json", "png")
 
     @staticmethod
     def options(card: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
-        check_fields(fields, Explain.fields)
-        fmt = fields.get("format", "json")
-        if fmt not in Explain.formats:
-            raise ClientError(400, "bad_field", f"'format' must be one of {', '.join(Explain.formats)}, "
-                                                f"got {str(fmt)[:40]!r}")
-        return {"fmt": fmt}
+        return format_option(fields, Explain.fields)
 
     @staticmethod
     def respond(card: dict[str, Any], outputs: list[np.ndarray], pixels: np.ndarray, provider: str,
@@ -91,13 +97,8 @@ class Explain:
         probs = _softmax(logits.astype(np.float64))
         best = int(probs.argmax())
         if fmt == "png":  # the heat map over the input, side by side with it
-            image = pixels.transpose(1, 2, 0) if len(pixels) == 3 else np.repeat(pixels[0][..., None], 3, axis=-1)
-            overlay = 0.5 * image + 0.5 * heat_colours(cam)
-            both = np.concatenate([image, overlay], axis=1)
-            buf = io.BytesIO()
-            Image.fromarray((both * 255).round().astype(np.uint8), mode="RGB").resize(
-                (both.shape[1] * 4, both.shape[0] * 4), Image.Resampling.NEAREST).save(buf, format="PNG")
-            return Response(buf.getvalue(), media_type="image/png",
+            image = as_rgb(pixels)
+            return Response(side_by_side_png(image, 0.5 * image + 0.5 * heat_colours(cam)), media_type="image/png",
                             headers={"X-Label": card["labels"][best], "X-Probability": f"{probs[best]:.6f}"})
         return {
             "model": card["name"],
@@ -110,4 +111,50 @@ class Explain:
         }
 
 
-TASKS = {t.name: t for t in (Classify, Explain)}
+# One colour per class for rendered masks: background black, then distinct hues.
+PALETTE = np.array([[0, 0, 0], [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48],
+                    [145, 30, 180], [70, 240, 240], [240, 50, 230], [210, 245, 60]], dtype=np.float32) / 255
+
+
+def side_by_side_png(left: np.ndarray, right: np.ndarray, scale: int = 4) -> bytes:
+    """Two (H, W, 3) images in [0, 1] as one PNG, enlarged `scale` times."""
+    both = np.concatenate([left, right], axis=1)
+    buf = io.BytesIO()
+    Image.fromarray((both * 255).round().astype(np.uint8), mode="RGB").resize(
+        (both.shape[1] * scale, both.shape[0] * scale), Image.Resampling.NEAREST).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def as_rgb(pixels: np.ndarray) -> np.ndarray:
+    """(C, H, W) model input -> (H, W, 3) for display."""
+    return pixels.transpose(1, 2, 0) if len(pixels) == 3 else np.repeat(pixels[0][..., None], 3, axis=-1)
+
+
+class Segment:
+    """Semantic segmentation: a class per pixel."""
+
+    name = "segment"
+    fields = ("model", "format")
+
+    @staticmethod
+    def options(card: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
+        return format_option(fields, Segment.fields)
+
+    @staticmethod
+    def respond(card: dict[str, Any], outputs: list[np.ndarray], pixels: np.ndarray, provider: str,
+                fmt: str) -> dict[str, Any] | Response:
+        mask = outputs[0].argmax(axis=0)  # (classes, H, W) logits -> (H, W) class indices
+        if fmt == "png":  # the input and its mask, side by side
+            return Response(side_by_side_png(as_rgb(pixels), PALETTE[mask % len(PALETTE)]), media_type="image/png")
+        counts = np.bincount(mask.ravel(), minlength=len(card["labels"]))
+        return {
+            "model": card["name"],
+            "version": card["version"],
+            "classes": card["labels"],
+            "mask": mask.tolist(),  # (H, W) indices into "classes"
+            "pixel_counts": {label: int(n) for label, n in zip(card["labels"], counts)},
+            "provider": provider,
+        }
+
+
+TASKS = {t.name: t for t in (Classify, Explain, Segment)}

@@ -158,6 +158,15 @@ def load_shapes(seed: int, n: int = 4000) -> Splits:
                   labels=SHAPES)
 
 
+def load_shape_masks(seed: int, n: int = 4000) -> Splits:
+    """The same images as load_shapes, with per-pixel targets: 0 background, 1 + shape class."""
+    x, y, masks = make_shapes(n, seed)
+    dense = np.where(masks, y[:, None, None] + 1, 0).astype(np.int64)
+    train, val, test = _split(x, dense, seed, val=0.15, test=0.15)
+    return Splits(train, val, test, num_classes=len(SHAPES) + 1, source=f"procedural shapes with masks (n={n}, "
+                  f"seed={seed})", labels=("background", *SHAPES))
+
+
 CIFAR10_LABELS = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
@@ -204,6 +213,8 @@ def load_dataset(name: str, seed: int, data_dir: Path | None = None) -> Splits:
         return load_digits(seed)
     if name == "shapes":
         return load_shapes(seed)
+    if name == "shape_masks":
+        return load_shape_masks(seed)
     if name == "cifar10":
         if data_dir is None:
             raise ValueError("--dataset cifar10 needs --data-dir DIR with the python batches (no download is done)")
@@ -215,4 +226,4 @@ def load_dataset(name: str, seed: int, data_dir: Path | None = None) -> Splits:
     raise ValueError(f"unknown dataset {name!r}; accepted: {', '.join(DATASETS)}")
 
 
-DATASETS = ("digits", "mnist", "shapes", "cifar10")
+DATASETS = ("digits", "mnist", "shapes", "shape_masks", "cifar10")

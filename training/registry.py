@@ -11,11 +11,12 @@ from typing import Any
 
 from torch import nn
 
-from export.spec import ExportSpec, image_classifier_spec
+from export.spec import ExportSpec, image_classifier_spec, segmenter_spec
 
 from .models.lenet import LeNet, LeNetConfig
 from .models.mlp import MLP, MLPConfig
 from .models.resnet import ResNet, ResNetConfig
+from .models.unet import UNet, UNetConfig
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,16 @@ REGISTRY: dict[str, CourseModel] = {
             export=image_classifier_spec((3, 32, 32), 4, cam=True),
             dataset="shapes",
             presets={"quick": QUICK, "full": TrainConfig(epochs=4, lr=3e-3)},
+        ),
+        CourseModel(
+            name="unet",
+            chapter="Deep models for computer vision (segmentation)",
+            config_cls=UNetConfig,
+            model_cls=UNet,
+            tasks=("segment",),
+            export=segmenter_spec((3, 32, 32), 5),
+            dataset="shape_masks",
+            presets={"quick": QUICK, "full": TrainConfig(epochs=5, lr=3e-3)},
         ),
     )
 }

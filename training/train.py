@@ -48,14 +48,25 @@ def train_epoch(model: nn.Module, split: Split, opt: torch.optim.Optimizer, tc: 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, split: Split, device: torch.device, batch_size: int = 512) -> dict[str, float]:
+    """Loss and accuracy per example, or per pixel for dense targets (then also mean IoU)."""
     model.eval()
-    loss, correct = 0.0, 0
+    loss, correct, inter, union = 0.0, 0, None, None
     for x, y in batches(split, batch_size):
         logits = model(x.to(device))
         loss += nn.functional.cross_entropy(logits, y.to(device), reduction="sum").item()
-        correct += (logits.argmax(1).cpu() == y).sum().item()
-    n = max(len(split), 1)
-    return {"loss": loss / n, "accuracy": correct / n}
+        pred = logits.argmax(1).cpu()
+        correct += (pred == y).sum().item()
+        if y.dim() > 1:
+            k = logits.shape[1]
+            p1, y1 = nn.functional.one_hot(pred, k).bool(), nn.functional.one_hot(y, k).bool()
+            i, u = (p1 & y1).flatten(0, -2).sum(0), (p1 | y1).flatten(0, -2).sum(0)
+            inter, union = (i, u) if inter is None else (inter + i, union + u)
+    n = max(split.y.size, 1)
+    out = {"loss": loss / n, "accuracy": correct / n}
+    if inter is not None:
+        present = union > 0
+        out["mean_iou"] = float((inter[present].float() / union[present].float()).mean())
+    return out
 
 
 def fit(entry: CourseModel, splits: Splits, tc: TrainConfig, seed: int = DEFAULT_SEED,
@@ -86,6 +97,8 @@ def fit(entry: CourseModel, splits: Splits, tc: TrainConfig, seed: int = DEFAULT
     test = evaluate(model, splits.test, dev)
     metrics = {"test_accuracy": test["accuracy"], "test_loss": test["loss"], "best_val_accuracy": best_acc,
                "train_seconds": round(time.perf_counter() - start, 2), "history": history}
+    if "mean_iou" in test:
+        metrics["test_mean_iou"] = test["mean_iou"]
     return model.cpu(), metrics
 
 
@@ -130,7 +143,8 @@ def run(entry: CourseModel, dataset: str | None = None, data_dir: Path | None = 
     print(f"{entry.name}: {len(splits.train)} train / {len(splits.val)} val / {len(splits.test)} test "
           f"images from {splits.source}", flush=True)
     model, metrics = fit(entry, splits, tc, seed, device)
-    print(f"{entry.name}: test accuracy {metrics['test_accuracy']:.4f} "
+    miou = f", mean IoU {metrics['test_mean_iou']:.4f}" if "test_mean_iou" in metrics else ""
+    print(f"{entry.name}: test accuracy {metrics['test_accuracy']:.4f}{miou} "
           f"({len(splits.test)} held-out images)", flush=True)
     run_dir = model_runs(entry.name, out) / time.strftime("%Y%m%d-%H%M%S")
     while run_dir.exists():  # two runs within one second

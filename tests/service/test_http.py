@@ -109,6 +109,30 @@ def test_explain_as_png_and_its_errors(server):
     assert r.status_code == 400 and "/classify" in r.json()["error"] and name in r.json()["error"]
 
 
+@pytest.mark.parametrize("name", [n for n, e in REGISTRY.items() if "segment" in e.tasks])
+def test_segment_masks_match_the_shapes(server, exported, name: str):
+    card = json.loads(exported[name].read_text())
+    split = load_dataset(REGISTRY[name].dataset, DEFAULT_SEED).test  # per-pixel targets
+    k = len(card["labels"])
+    inter, union = np.zeros(k), np.zeros(k)
+    for i in range(20):
+        r = requests.post(f"{server}/segment", json={"model": name, "image": split.x[i].tolist()}, timeout=30)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        mask = np.asarray(body["mask"])
+        assert mask.shape == split.y.shape[1:] and body["classes"] == card["labels"]
+        assert sum(body["pixel_counts"].values()) == mask.size
+        for c in range(k):
+            inter[c] += ((mask == c) & (split.y[i] == c)).sum()
+            union[c] += ((mask == c) | (split.y[i] == c)).sum()
+    present = union > 0
+    assert (inter[present] / union[present]).mean() >= 0.85
+    png = requests.post(f"{server}/segment", json={"model": name, "image": split.x[0].tolist(), "format": "png"},
+                        timeout=30)
+    assert png.status_code == 200 and png.headers["content-type"] == "image/png"
+    assert Image.open(io.BytesIO(png.content)).size == (256, 128)
+
+
 def test_classify_accepts_chw_and_top_k(server, held_out):
     x, y = held_out
     r = classify(server, "lenet", x[0].tolist(), top_k=5)
