@@ -38,8 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     npy, raw = args.json.with_suffix(".npy"), args.json.with_suffix(".f32")
     np.save(npy, x[i])  # (C, H, W) float32, for Content-Type application/x-npy
     x[i].astype("<f4").tofile(raw)  # for application/octet-stream with X-Tensor-Shape
-    print(f"held-out image #{i}, true label {splits.labels[y[i]]!r}: wrote {args.json}, {args.png}, {npy} "
-          f"and {raw} (X-Tensor-Shape: {','.join(map(str, x[i].shape))})")
+    truth = f"true label {splits.labels[y[i]]!r}" if np.ndim(y[i]) == 0 else "per-pixel target"
+    print(f"held-out image #{i}, {truth}: wrote {args.json}, {args.png}, {npy} and {raw} "
+          f"(X-Tensor-Shape: {','.join(map(str, x[i].shape))})")
     return 0
 
 
