@@ -73,7 +73,9 @@ def main(argv: list[str] | None = None) -> int:
         worst = max(o["max_abs_error"] for r in parity for o in r["outputs"].values())
         sizes = ", ".join(str(r["batch_size"]) for r in parity)
         print(f"{name}: parity OK at batch sizes {sizes} (max abs error {worst:.2e} <= {entry.export.atol:g}); "
-              f"test accuracy {card['metrics']['test_accuracy']:.4f}; saved {tag} ({folder / ONNX_FILE})")
+              + "; ".join(f"{k.removeprefix('test_')} {v:.4f}" for k, v in card["metrics"].items()
+                          if k.startswith("test_") and k != "test_loss")
+              + f"; saved {tag} ({folder / ONNX_FILE})")
     return 0
 
 

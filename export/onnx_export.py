@@ -182,7 +182,7 @@ def save_to_store(card: dict[str, Any], folder: Path) -> str:
         pass
     labels = {"project": PROJECT_LABEL, "tasks": ",".join(card["tasks"])}
     metadata = {"sha256": card["sha256"], "opset": card["opset"],
-                "test_accuracy": card["metrics"].get("test_accuracy")}
+                **{k: float(v) for k, v in card["metrics"].items() if k.startswith("test_")}}
     with bentoml.models.create(tag, labels=labels, metadata=metadata, module="ee559.onnx") as m:
         for f in (ONNX_FILE, CARD):
             shutil.copyfile(folder / f, Path(m.path) / f)

@@ -62,3 +62,11 @@ def segmenter_spec(shape: tuple[int, int, int] = (3, 32, 32), num_classes: int =
         top1_axis=1,
         min_top1_agreement=0.9999,
     )
+
+
+def autoencoder_spec(shape: tuple[int, int, int] = (1, 28, 28), latent: int = 16) -> ExportSpec:
+    """A (noisy) image in; the denoised image and the bottleneck embedding out."""
+    return ExportSpec(
+        inputs=(TensorSpec("image", (BATCH_AXIS, *shape)),),
+        outputs=(TensorSpec("denoised", (BATCH_AXIS, *shape)), TensorSpec("embedding", (BATCH_AXIS, latent))),
+    )

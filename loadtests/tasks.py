@@ -122,8 +122,38 @@ def segment_task(model: str, dataset: str, n_classes: int):
     return run
 
 
+def json_task(route: str, model: str, dataset: str, check):
+    """One Locust task: POST /<route> for `model` with the next held-out image; `check(body, x)`
+    returns what is wrong with a 200 answer, or None."""
+    counter = itertools.count()
+
+    def run(user) -> None:  # a Locust HttpUser
+        x, _ = held_out(dataset)
+        i = next(counter) % len(x)
+        with user.client.post(f"/{route}", name=f"/{route} [{model}]", catch_response=True,
+                              data=json.dumps({"model": model, "image": x[i].tolist()}),
+                              headers={"Content-Type": "application/json"}) as resp:
+            problem = f"HTTP {resp.status_code}: {resp.text[:200]}" if resp.status_code != 200 else check(resp.json(), x[i])
+            resp.failure(problem) if problem else resp.success()
+
+    run.__name__ = f"{route}_{model}_json"
+    return run
+
+
+def _denoised_ok(body: dict, x: np.ndarray) -> str | None:
+    out = np.asarray(body.get("denoised", []), dtype=np.float32)
+    return None if out.size == x.size and 0 <= out.min() and out.max() <= 1 else f"malformed denoised image {out.shape}"
+
+
+def _embedding_ok(body: dict, x: np.ndarray) -> str | None:
+    z = np.asarray(body.get("embedding", []), dtype=np.float64)
+    return None if z.ndim == 1 and len(z) == body.get("dim") and np.isfinite(z).all() else "malformed embedding"
+
+
 # Serving task -> Locust tasks with weights: JSON arrays are the common client, PNG the rarer one.
 TASK_LOADS = {
+    "denoise": lambda entry: {json_task("denoise", entry.name, entry.dataset, _denoised_ok): 1},
+    "embed": lambda entry: {json_task("embed", entry.name, entry.dataset, _embedding_ok): 1},
     "segment": lambda entry: {segment_task(entry.name, entry.dataset, entry.export.outputs[0].shape[1]): 1},
     "explain": lambda entry: {explain_task(entry.name, entry.dataset, entry.export.outputs[0].shape[-1]): 1},
     "classify": lambda entry: {

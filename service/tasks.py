@@ -19,6 +19,10 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
+def _output(card: dict[str, Any], outputs: list[np.ndarray], name: str) -> np.ndarray:
+    return outputs[[o["name"] for o in card["outputs"]].index(name)]
+
+
 def check_fields(fields: dict[str, Any], accepted: tuple[str, ...]) -> None:
     unknown = sorted(set(fields) - set(accepted))
     if unknown:
@@ -92,8 +96,7 @@ class Explain:
     @staticmethod
     def respond(card: dict[str, Any], outputs: list[np.ndarray], pixels: np.ndarray, provider: str,
                 fmt: str) -> dict[str, Any] | Response:
-        names = [o["name"] for o in card["outputs"]]
-        logits, cam = outputs[names.index("logits")], outputs[names.index("cam")]
+        logits, cam = _output(card, outputs, "logits"), _output(card, outputs, "cam")
         probs = _softmax(logits.astype(np.float64))
         best = int(probs.argmax())
         if fmt == "png":  # the heat map over the input, side by side with it
@@ -157,4 +160,43 @@ class Segment:
         }
 
 
-TASKS = {t.name: t for t in (Classify, Explain, Segment)}
+class Denoise:
+    """The image with its noise removed (same shape as the input)."""
+
+    name = "denoise"
+    fields = ("model", "format")
+
+    @staticmethod
+    def options(card: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
+        return format_option(fields, Denoise.fields)
+
+    @staticmethod
+    def respond(card: dict[str, Any], outputs: list[np.ndarray], pixels: np.ndarray, provider: str,
+                fmt: str) -> dict[str, Any] | Response:
+        clean = np.clip(_output(card, outputs, "denoised"), 0, 1)  # (C, H, W)
+        if fmt == "png":  # noisy input and denoised output, side by side
+            return Response(side_by_side_png(as_rgb(pixels), as_rgb(clean)), media_type="image/png")
+        image = clean[0] if len(clean) == 1 else clean
+        return {"model": card["name"], "version": card["version"], "denoised": np.round(image, 4).tolist(),
+                "provider": provider}
+
+
+class Embed:
+    """The model's embedding of the image (its bottleneck), for search and clustering."""
+
+    name = "embed"
+    fields = ("model",)
+
+    @staticmethod
+    def options(card: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
+        check_fields(fields, Embed.fields)
+        return {}
+
+    @staticmethod
+    def respond(card: dict[str, Any], outputs: list[np.ndarray], pixels: np.ndarray, provider: str) -> dict[str, Any]:
+        z = _output(card, outputs, "embedding").astype(np.float64)
+        return {"model": card["name"], "version": card["version"], "embedding": z.round(6).tolist(), "dim": len(z),
+                "provider": provider}
+
+
+TASKS = {t.name: t for t in (Classify, Explain, Segment, Denoise, Embed)}

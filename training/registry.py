@@ -11,8 +11,9 @@ from typing import Any
 
 from torch import nn
 
-from export.spec import ExportSpec, image_classifier_spec, segmenter_spec
+from export.spec import ExportSpec, autoencoder_spec, image_classifier_spec, segmenter_spec
 
+from .models.autoencoder import AutoencoderConfig, DenoisingAutoencoder
 from .models.lenet import LeNet, LeNetConfig
 from .models.mlp import MLP, MLPConfig
 from .models.resnet import ResNet, ResNetConfig
@@ -86,6 +87,15 @@ REGISTRY: dict[str, CourseModel] = {
             export=segmenter_spec((3, 32, 32), 5),
             dataset="shape_masks",
             presets={"quick": QUICK, "full": TrainConfig(epochs=5, lr=3e-3)},
+        ),
+        CourseModel(
+            name="autoencoder",
+            chapter="Auto-encoders and embeddings (denoising)",
+            config_cls=AutoencoderConfig,
+            model_cls=DenoisingAutoencoder,
+            tasks=("denoise", "embed"),
+            export=autoencoder_spec((1, 28, 28), 16),
+            presets={"quick": QUICK, "full": TrainConfig(epochs=40, lr=3e-3)},
         ),
     )
 }

@@ -36,7 +36,7 @@ def train_epoch(model: nn.Module, split: Split, opt: torch.optim.Optimizer, tc: 
                leave=False, dynamic_ncols=True, disable=None)
     for x, y in bar:
         x, y = x.to(device), y.to(device)
-        loss = nn.functional.cross_entropy(model(x), y)
+        loss = model.loss(x, y) if hasattr(model, "loss") else nn.functional.cross_entropy(model(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -48,8 +48,15 @@ def train_epoch(model: nn.Module, split: Split, opt: torch.optim.Optimizer, tc: 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, split: Split, device: torch.device, batch_size: int = 512) -> dict[str, float]:
-    """Loss and accuracy per example, or per pixel for dense targets (then also mean IoU)."""
+    """Loss and accuracy per example, or per pixel for dense targets (then also mean IoU); models
+    with their own objective report their own averages (evaluate_batch)."""
     model.eval()
+    if hasattr(model, "evaluate_batch"):
+        sums: dict[str, float] = {}
+        for x, y in batches(split, batch_size):
+            for k, v in model.evaluate_batch(x.to(device), y.to(device)).items():
+                sums[k] = sums.get(k, 0.0) + v
+        return {k: v / max(len(split), 1) for k, v in sums.items()}
     loss, correct, inter, union = 0.0, 0, None, None
     for x, y in batches(split, batch_size):
         logits = model(x.to(device))
@@ -80,25 +87,23 @@ def fit(entry: CourseModel, splits: Splits, tc: TrainConfig, seed: int = DEFAULT
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(tc.epochs, 1))
     history: list[dict[str, float]] = []
-    best_acc, best_state = -1.0, None
+    best_score, best_state = float("-inf"), None
     start = time.perf_counter()
     for epoch in range(1, tc.epochs + 1):
         train_loss = train_epoch(model, train, opt, tc, gen, dev, f"{entry.name} {epoch}/{tc.epochs}")
         sched.step()
         val = evaluate(model, splits.val, dev)
-        history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val["loss"],
-                        "val_accuracy": val["accuracy"]})
+        history.append({"epoch": epoch, "train_loss": train_loss, **{f"val_{k}": v for k, v in val.items()}})
         print(f"{entry.name} epoch {epoch:3d}/{tc.epochs}  train loss {train_loss:.4f}  "
-              f"val loss {val['loss']:.4f}  val acc {val['accuracy']:.4f}", flush=True)
-        if val["accuracy"] > best_acc:
-            best_acc, best_state = val["accuracy"], copy.deepcopy(model.state_dict())
+              + "  ".join(f"val {k} {v:.4f}" for k, v in val.items()), flush=True)
+        score = val["accuracy"] if "accuracy" in val else -val["loss"]  # keep the best validation epoch
+        if score > best_score:
+            best_score, best_state = score, copy.deepcopy(model.state_dict())
     if best_state is not None:
         model.load_state_dict(best_state)
     test = evaluate(model, splits.test, dev)
-    metrics = {"test_accuracy": test["accuracy"], "test_loss": test["loss"], "best_val_accuracy": best_acc,
+    metrics = {**{f"test_{k}": v for k, v in test.items()}, "best_val_score": best_score,
                "train_seconds": round(time.perf_counter() - start, 2), "history": history}
-    if "mean_iou" in test:
-        metrics["test_mean_iou"] = test["mean_iou"]
     return model.cpu(), metrics
 
 
@@ -143,9 +148,10 @@ def run(entry: CourseModel, dataset: str | None = None, data_dir: Path | None = 
     print(f"{entry.name}: {len(splits.train)} train / {len(splits.val)} val / {len(splits.test)} test "
           f"images from {splits.source}", flush=True)
     model, metrics = fit(entry, splits, tc, seed, device)
-    miou = f", mean IoU {metrics['test_mean_iou']:.4f}" if "test_mean_iou" in metrics else ""
-    print(f"{entry.name}: test accuracy {metrics['test_accuracy']:.4f}{miou} "
-          f"({len(splits.test)} held-out images)", flush=True)
+    shown = {"test_accuracy": "test accuracy", "test_mean_iou": "mean IoU", "test_psnr_noisy_db": "PSNR noisy (dB)",
+             "test_psnr_denoised_db": "PSNR denoised (dB)"}
+    figures = ", ".join(f"{label} {metrics[k]:.4f}" for k, label in shown.items() if k in metrics)
+    print(f"{entry.name}: {figures} ({len(splits.test)} held-out images)", flush=True)
     run_dir = model_runs(entry.name, out) / time.strftime("%Y%m%d-%H%M%S")
     while run_dir.exists():  # two runs within one second
         run_dir = run_dir.with_name(run_dir.name + "x")

@@ -48,11 +48,11 @@ def test_corrupted_export_is_rejected(exported, runs: Path, tmp_path: Path, name
     graph = onnx.load(str(good))
     init = max(graph.graph.initializer, key=lambda t: int(np.prod(t.dims)))
     w = numpy_helper.to_array(init).copy()
-    w.flat[0] += 0.5
+    w += 0.5  # every weight of the largest tensor: no dead unit can hide it
     init.CopyFrom(numpy_helper.from_array(w, init.name))
     bad = tmp_path / "model.onnx"
     onnx.save(graph, str(bad))
-    with pytest.raises(ParityError, match=rf"{name}: output 'logits' at batch size \d+: max abs error"):
+    with pytest.raises(ParityError, match=rf"{name}: output '\w+' at batch size \d+: (max abs error|top-1)"):
         validate(name, entry.export, model, bad, inputs)
 
 

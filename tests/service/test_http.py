@@ -133,6 +133,43 @@ def test_segment_masks_match_the_shapes(server, exported, name: str):
     assert Image.open(io.BytesIO(png.content)).size == (256, 128)
 
 
+@pytest.mark.parametrize("name", [n for n, e in REGISTRY.items() if "denoise" in e.tasks])
+def test_denoise_gains_at_least_6_db(server, name: str):
+    split = load_dataset(REGISTRY[name].dataset, DEFAULT_SEED).test
+    clean = split.x[:30]
+    noisy = np.clip(clean + np.random.default_rng(0).normal(0, 0.4, clean.shape), 0, 1).astype(np.float32)
+    gains = []
+    for x, n in zip(clean, noisy):
+        r = requests.post(f"{server}/denoise", json={"model": name, "image": n.tolist()}, timeout=30)
+        assert r.status_code == 200, r.text
+        out = np.asarray(r.json()["denoised"], dtype=np.float32).reshape(x.shape)
+        mse = lambda a: float(((a - x) ** 2).mean())  # noqa: E731
+        gains.append(10 * np.log10(mse(n) / mse(out)))
+    assert np.mean(gains) >= 6, f"mean PSNR gain {np.mean(gains):.1f} dB"
+    png = requests.post(f"{server}/denoise", json={"model": name, "image": noisy[0].tolist(), "format": "png"},
+                        timeout=30)
+    assert png.status_code == 200 and png.headers["content-type"] == "image/png"
+
+
+@pytest.mark.parametrize("name", [n for n, e in REGISTRY.items() if "embed" in e.tasks])
+def test_embeddings_put_same_digits_together(server, name: str):
+    splits = load_dataset(REGISTRY[name].dataset, DEFAULT_SEED)
+
+    def embed(images):
+        out = []
+        for x in images:
+            r = requests.post(f"{server}/embed", json={"model": name, "image": x.tolist()}, timeout=30)
+            assert r.status_code == 200, r.text
+            out.append(r.json()["embedding"])
+        return np.asarray(out)
+
+    ref, query = embed(splits.train.x[:200]), embed(splits.test.x[:50])
+    assert ref.shape[1] == REGISTRY[name].export.outputs[1].shape[1]
+    nearest = ((query[:, None] - ref[None]) ** 2).sum(-1).argmin(1)  # 1-nearest neighbour in the embedding
+    agree = (splits.train.y[:200][nearest] == splits.test.y[:50]).mean()
+    assert agree >= 0.7, f"nearest neighbour has the same digit for {agree:.0%} of test images"
+
+
 def test_classify_accepts_chw_and_top_k(server, held_out):
     x, y = held_out
     r = classify(server, "lenet", x[0].tolist(), top_k=5)

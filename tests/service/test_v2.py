@@ -51,9 +51,10 @@ def test_infer_matches_onnx_runtime(client, exported, name: str, binary_in: bool
     x = np.random.default_rng(0).random((5, *REGISTRY[name].export.inputs[0].shape[1:]), dtype=np.float32)
     inp = th.InferInput("image", list(x.shape), "FP32")
     inp.set_data_from_numpy(x, binary_data=binary_in)
-    result = client.infer(name, [inp], outputs=[th.InferRequestedOutput("logits", binary_data=binary_out)],
+    out_name = REGISTRY[name].export.outputs[0].name
+    result = client.infer(name, [inp], outputs=[th.InferRequestedOutput(out_name, binary_data=binary_out)],
                           request_id="req-7")
-    got = result.as_numpy("logits")
+    got = result.as_numpy(out_name)
     assert got.shape == (5, *REGISTRY[name].export.outputs[0].shape[1:]) and got.dtype == np.float32
     np.testing.assert_allclose(got, direct(exported, name, x), rtol=0, atol=1e-5)
     assert result.get_response()["id"] == "req-7"

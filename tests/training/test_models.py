@@ -17,8 +17,9 @@ def test_output_shape(name: str):
     model = entry.build().eval()
     for batch in (1, 5):
         x = torch.rand(batch, *entry.export.inputs[0].shape[1:])
-        out = model(x)
-        assert out.shape == (batch, *entry.export.outputs[0].shape[1:])
+        out = getattr(model, entry.export.method)(x)  # what the exported graph computes
+        outs = out if isinstance(out, tuple) else (out,)
+        assert [o.shape for o in outs] == [(batch, *t.shape[1:]) for t in entry.export.outputs]
 
 
 @pytest.mark.parametrize("name", list(REGISTRY))
@@ -27,13 +28,14 @@ def test_quick_preset_trains_and_checkpoint_rebuilds_model(name: str, tmp_path: 
     path = run(entry, preset="quick", out=tmp_path)
     assert latest_checkpoint(name, tmp_path) == path
     model, ckpt = load_checkpoint(path, entry)
-    assert 0.0 <= ckpt["metrics"]["test_accuracy"] <= 1.0
+    assert ckpt["metrics"]["test_loss"] >= 0.0
+    assert 0.0 <= ckpt["metrics"].get("test_accuracy", 0.0) <= 1.0
     assert ckpt["train"]["epochs"] == 1
     x = torch.rand(3, *entry.export.inputs[0].shape[1:])
     with torch.no_grad():
         rebuilt = model(x)
         again = load_checkpoint(path, entry)[0](x)
-    torch.testing.assert_close(rebuilt, again)
+    torch.testing.assert_close(rebuilt, again)  # tuples of outputs compare element-wise
 
 
 def test_checkpoint_of_another_model_is_refused(tmp_path: Path):
