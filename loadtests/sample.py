@@ -1,4 +1,4 @@
-"""python -m loadtests.sample [--model lenet] [--index I] [--json PATH] [--png PATH]
+"""python -m loadtests.sample [--model lenet] [--index I] [--json PATH] [--png PATH] [--noise STD]
 
 Writes one held-out test image of the model's dataset (never seen in training) as a JSON body
 for the model, a PNG, a .npy and raw float32 (beside the JSON), for trying the API with curl.
@@ -24,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="lenet")
     p.add_argument("--json", type=Path, default=Path("digit.json"))
     p.add_argument("--png", type=Path, default=Path("digit.png"))
+    p.add_argument("--noise", type=float, default=0.0, help="add Gaussian noise of this std (for /denoise)")
     args = p.parse_args(argv)
     from training.data import load_dataset
     from training.registry import get
@@ -31,6 +32,8 @@ def main(argv: list[str] | None = None) -> int:
 
     splits = load_dataset(get(args.model).dataset, DEFAULT_SEED)
     x, y = splits.test.x, splits.test.y
+    if args.noise > 0:
+        x = np.clip(x + np.random.default_rng(0).normal(0, args.noise, x.shape), 0, 1).astype(np.float32)
     i = args.index % len(y)
     image = x[i, 0] if x.shape[1] == 1 else x[i]
     args.json.write_text(json.dumps({"model": args.model, "image": image.round(4).tolist()}))

@@ -177,7 +177,8 @@ class Denoise:
         if fmt == "png":  # noisy input and denoised output, side by side
             return Response(side_by_side_png(as_rgb(pixels), as_rgb(clean)), media_type="image/png")
         image = clean[0] if len(clean) == 1 else clean
-        return {"model": card["name"], "version": card["version"], "denoised": np.round(image, 4).tolist(),
+        return {"model": card["name"], "version": card["version"],
+                "denoised": np.round(image.astype(np.float64), 4).tolist(),
                 "provider": provider}
 
 
