@@ -73,79 +73,54 @@ def classify_task(model: str, dataset: str, n_classes: int, as_png: bool):
     return run
 
 
-def explain_task(model: str, dataset: str, n_classes: int):
-    """One Locust task: POST /explain for `model`; the heat map must cover the input, in [0, 1]."""
-    counter = itertools.count()
-
-    def run(user) -> None:  # a Locust HttpUser
-        x, _ = held_out(dataset)
-        i = next(counter) % len(x)
-        body = json.dumps({"model": model, "image": x[i].tolist()})
-        with user.client.post("/explain", name=f"/explain [{model}]", data=body, catch_response=True,
-                              headers={"Content-Type": "application/json"}) as resp:
-            if resp.status_code != 200:
-                resp.failure(f"HTTP {resp.status_code}: {resp.text[:200]}")
-                return
-            heat = np.asarray(resp.json().get("heatmap", []), dtype=np.float32)
-            if heat.shape != x.shape[2:] or heat.min() < 0 or heat.max() > 1 or not 0 <= resp.json()["class_index"] < n_classes:
-                resp.failure(f"malformed explanation: heat map {heat.shape}")
-                return
-            resp.success()
-
-    run.__name__ = f"explain_{model}_json"
-    return run
-
-
-def segment_task(model: str, dataset: str, n_classes: int):
-    """One Locust task: POST /segment for `model`; counts an image right when 95% of its pixels are."""
-    counter = itertools.count()
-    stats = ACCURACY.setdefault(model, {"answered": 0, "correct": 0})
-
-    def run(user) -> None:  # a Locust HttpUser
-        x, y = held_out(dataset)
-        i = next(counter) % len(x)
-        body = json.dumps({"model": model, "image": x[i].tolist()})
-        with user.client.post("/segment", name=f"/segment [{model}]", data=body, catch_response=True,
-                              headers={"Content-Type": "application/json"}) as resp:
-            if resp.status_code != 200:
-                resp.failure(f"HTTP {resp.status_code}: {resp.text[:200]}")
-                return
-            mask = np.asarray(resp.json().get("mask", []))
-            if mask.shape != y.shape[1:] or mask.min() < 0 or mask.max() >= n_classes:
-                resp.failure(f"malformed mask: {mask.shape}")
-                return
-            resp.success()
-            stats["answered"] += 1
-            stats["correct"] += int((mask == y[i]).mean() >= 0.95)
-
-    run.__name__ = f"segment_{model}_json"
-    return run
-
-
 def json_task(route: str, model: str, dataset: str, check):
-    """One Locust task: POST /<route> for `model` with the next held-out image; `check(body, x)`
+    """One Locust task: POST /<route> for `model` with the next held-out image; `check(body, x, y)`
     returns what is wrong with a 200 answer, or None."""
     counter = itertools.count()
 
     def run(user) -> None:  # a Locust HttpUser
-        x, _ = held_out(dataset)
+        x, y = held_out(dataset)
         i = next(counter) % len(x)
         with user.client.post(f"/{route}", name=f"/{route} [{model}]", catch_response=True,
                               data=json.dumps({"model": model, "image": x[i].tolist()}),
                               headers={"Content-Type": "application/json"}) as resp:
-            problem = f"HTTP {resp.status_code}: {resp.text[:200]}" if resp.status_code != 200 else check(resp.json(), x[i])
+            if resp.status_code != 200:
+                problem = f"HTTP {resp.status_code}: {resp.text[:200]}"
+            else:
+                problem = check(resp.json(), x[i], y[i])
             resp.failure(problem) if problem else resp.success()
 
     run.__name__ = f"{route}_{model}_json"
     return run
 
 
-def _denoised_ok(body: dict, x: np.ndarray) -> str | None:
+def _heatmap_ok(body: dict, x: np.ndarray, y) -> str | None:
+    heat = np.asarray(body.get("heatmap", []), dtype=np.float32)
+    ok = heat.shape == x.shape[1:] and heat.min() >= 0 and heat.max() <= 1 and body.get("label") is not None
+    return None if ok else f"malformed explanation: heat map {heat.shape}"
+
+
+def _mask_checker(model: str, n_classes: int):
+    """Checks a mask's shape and range, and counts an image right when 95% of its pixels are."""
+    stats = ACCURACY.setdefault(model, {"answered": 0, "correct": 0})
+
+    def check(body: dict, x: np.ndarray, y: np.ndarray) -> str | None:
+        mask = np.asarray(body.get("mask", []))
+        if mask.shape != y.shape or mask.min() < 0 or mask.max() >= n_classes:
+            return f"malformed mask: {mask.shape}"
+        stats["answered"] += 1
+        stats["correct"] += int((mask == y).mean() >= 0.95)
+        return None
+
+    return check
+
+
+def _denoised_ok(body: dict, x: np.ndarray, y) -> str | None:
     out = np.asarray(body.get("denoised", []), dtype=np.float32)
     return None if out.size == x.size and 0 <= out.min() and out.max() <= 1 else f"malformed denoised image {out.shape}"
 
 
-def _embedding_ok(body: dict, x: np.ndarray) -> str | None:
+def _embedding_ok(body: dict, x: np.ndarray, y) -> str | None:
     z = np.asarray(body.get("embedding", []), dtype=np.float64)
     return None if z.ndim == 1 and len(z) == body.get("dim") and np.isfinite(z).all() else "malformed embedding"
 
@@ -154,8 +129,9 @@ def _embedding_ok(body: dict, x: np.ndarray) -> str | None:
 TASK_LOADS = {
     "denoise": lambda entry: {json_task("denoise", entry.name, entry.dataset, _denoised_ok): 1},
     "embed": lambda entry: {json_task("embed", entry.name, entry.dataset, _embedding_ok): 1},
-    "segment": lambda entry: {segment_task(entry.name, entry.dataset, entry.export.outputs[0].shape[1]): 1},
-    "explain": lambda entry: {explain_task(entry.name, entry.dataset, entry.export.outputs[0].shape[-1]): 1},
+    "segment": lambda entry: {json_task("segment", entry.name, entry.dataset,
+                                        _mask_checker(entry.name, entry.export.outputs[0].shape[1])): 1},
+    "explain": lambda entry: {json_task("explain", entry.name, entry.dataset, _heatmap_ok): 1},
     "classify": lambda entry: {
         classify_task(entry.name, entry.dataset, entry.export.outputs[0].shape[-1], False): 3,
         classify_task(entry.name, entry.dataset, entry.export.outputs[0].shape[-1], True): 1,
