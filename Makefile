@@ -19,7 +19,7 @@ REUSE := $(if $(RETRAIN),,--if-missing)
 .PHONY: run install train export serve test loadtest bench build clean
 
 run: export
-	@echo "Serving every exported model on http://$(HOST):$(PORT) (POST /classify, GET /readyz, GET /metrics)"
+	@echo "Serving every exported model on http://$(HOST):$(PORT) (POST /classify /explain /segment /denoise /embed, /v2 Open Inference Protocol, GET /readyz, GET /metrics)"
 	$(VENV)/bin/bentoml serve service.service:EE559 --host $(HOST) --port $(PORT)
 
 install: $(VENV)/.installed

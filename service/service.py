@@ -1,6 +1,7 @@
 """The BentoML service.
 
-    clients --HTTP--> EE559: task endpoints (/classify), Open Inference Protocol (/v2), /metrics
+    clients --HTTP--> EE559: task endpoints (/classify, /explain, /segment, /denoise, /embed),
+                     Open Inference Protocol (/v2), /readyz, /metrics
                         parsing and validation -> adaptive batcher -> ONNX Runtime sessions
 
 Routes are a Starlette app mounted into the service (BentoML's documented ASGI integration), so
@@ -106,7 +107,7 @@ class Inference:
 @bentoml.service(name="ee559", workers=WORKERS, traffic={"timeout": 30}, logging={"access": {"enabled": ACCESS_LOG}})
 @_with_models
 class EE559:
-    """The public service: task endpoints (POST /classify) and the Open Inference Protocol (/v2)
+    """The public service: one endpoint per serving task (service/tasks.py) and the Open Inference Protocol (/v2)
     over every exported model."""
 
     if BATCHER == "bentoml":
