@@ -154,7 +154,7 @@ def bodies(model: str, x: np.ndarray, workdir: Path) -> dict[str, tuple[Path, di
     return out
 
 
-def in_process(onnx_path: Path, device: str, seconds: float = 2.0) -> dict[str, float]:
+def in_process(bench_model, device: str, seconds: float = 2.0) -> dict[str, float]:
     """Bare ORT calls/s at batch 1 on one thread, and ORT vs PyTorch eager for every model."""
     import onnxruntime as ort
     import torch
@@ -176,45 +176,49 @@ def in_process(onnx_path: Path, device: str, seconds: float = 2.0) -> dict[str, 
     so.intra_op_num_threads = 1
     torch.set_num_threads(1)
     results: dict[str, float] = {}
-    x1 = np.random.default_rng(0).random((1, 1, 28, 28), dtype=np.float32)
-    sess = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
+    def sample(card: dict, batch: int) -> np.ndarray:
+        return np.random.default_rng(0).random((batch, *card["inputs"][0]["shape"][1:]), dtype=np.float32)
+
+    sess = ort.InferenceSession(str(bench_model.onnx_path), so, providers=["CPUExecutionProvider"])
+    x1 = sample(bench_model.card, 1)
     results["bare ORT batch 1 (calls/s)"] = rate(lambda: sess.run(None, {"image": x1}))
     for name, tag in store.discover(list(REGISTRY)).items():
         served = store.load(tag)  # the exported model and the checkpoint it came from
         model, _ = load_checkpoint(Path(served.card["checkpoint"]["path"]), REGISTRY[name])
-        onnx_file = served.onnx_path
-        s = ort.InferenceSession(str(onnx_file), so, providers=["CPUExecutionProvider"])
-        xt = torch.from_numpy(x1)
+        graph_fn = getattr(model, REGISTRY[name].export.method)  # what the ONNX graph computes
+        s = ort.InferenceSession(str(served.onnx_path), so, providers=["CPUExecutionProvider"])
+        x = sample(served.card, 1)
+        xt = torch.from_numpy(x)
         with torch.inference_mode():
-            t = rate(lambda: model(xt))
-        o = rate(lambda: s.run(None, {"image": x1}))
+            t = rate(lambda: graph_fn(xt))
+        o = rate(lambda: s.run(None, {"image": x}))
         results[f"{name}: ORT / PyTorch eager, batch 1, CPU"] = o / t
         if device == "cuda":
-            results.update(cuda_compare(name, model, onnx_file, rate))
+            results.update(cuda_compare(name, graph_fn, model, served, rate, sample))
     return results
 
 
-def cuda_compare(name: str, model, onnx_file: Path, rate) -> dict[str, float]:
+def cuda_compare(name: str, graph_fn, model, served, rate, sample) -> dict[str, float]:
     """ORT CUDA (numpy in/out, and IO binding) vs PyTorch CUDA, at batch 1 and 128 (calls/s)."""
     import onnxruntime as ort
     import torch
 
     ort.preload_dlls()
-    sess = ort.InferenceSession(str(onnx_file), providers=[("CUDAExecutionProvider", {"use_tf32": "0"})])
+    sess = ort.InferenceSession(str(served.onnx_path), providers=[("CUDAExecutionProvider", {"use_tf32": "0"})])
     if sess.get_providers()[0] != "CUDAExecutionProvider":
         raise RuntimeError("--device cuda: the CUDA execution provider did not initialise")
     out: dict[str, float] = {}
-    gpu_model = model.cuda()
+    model.cuda()
     for batch in (1, 128):
-        x = np.random.default_rng(0).random((batch, 1, 28, 28), dtype=np.float32)
+        x = sample(served.card, batch)
         xt = torch.from_numpy(x).cuda()
         with torch.inference_mode():
-            t = rate(lambda: (gpu_model(xt), torch.cuda.synchronize()))
+            t = rate(lambda: (graph_fn(xt), torch.cuda.synchronize()))
         o = rate(lambda: sess.run(None, {"image": x}))
         binding = sess.io_binding()
-        x_dev = ort.OrtValue.ortvalue_from_numpy(x, "cuda", 0)
-        binding.bind_ortvalue_input("image", x_dev)
-        binding.bind_output("logits", "cuda")
+        binding.bind_ortvalue_input("image", ort.OrtValue.ortvalue_from_numpy(x, "cuda", 0))
+        for spec in served.card["outputs"]:
+            binding.bind_output(spec["name"], "cuda")
         b = rate(lambda: sess.run_with_iobinding(binding))
         out[f"{name}: PyTorch CUDA, batch {batch} (calls/s)"] = t
         out[f"{name}: ORT CUDA numpy I/O, batch {batch} (calls/s)"] = o
@@ -263,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     body = bodies(args.model, x, workdir)
     print(f"model {tag}, {psutil.cpu_count()} CPUs, wrk -t1, {args.duration:g} s per run", flush=True)
 
-    static = in_process(served.onnx_path, args.device)
+    static = in_process(served, args.device)
     runs: list[Run] = []
 
     def measure(target: str, proc: subprocess.Popen, url: str, kinds: list[tuple[str, str]]) -> None:
