@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         except KeyError as exc:
             p.error(str(exc.args[0]))
         if args.if_missing and (ckpt := latest_checkpoint(name, args.out)) is not None:
-            print(f"{name}: reusing {ckpt} (pass no --if-missing to retrain)")
+            print(f"{name}: reusing {ckpt} (to retrain: make run RETRAIN=1, or drop --if-missing)")
             continue
         path = run(entry, args.dataset, args.data_dir, args.preset, args.epochs, args.out, args.seed, args.device)
         print(f"{name}: checkpoint {path}")
