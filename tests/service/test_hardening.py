@@ -139,3 +139,12 @@ def test_multipart_with_a_long_boundary_tail_gets_a_4xx(server):
     r = requests.post(f"{server}/classify", data=body, timeout=10,  # a parser stuck on the tail times out
                       headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
     assert 400 <= r.status_code < 500
+
+
+@pytest.mark.parametrize("route", ["/classify", "/v2/models/lenet/infer"])
+def test_deeply_nested_json_is_a_400_and_the_server_goes_on(server, route: str):
+    depth = 150_000
+    body = b'{"model": "lenet", "inputs": ' + b"[" * depth + b"]" * depth + b', "image": 0}'
+    r = requests.post(f"{server}{route}", data=body, headers={"Content-Type": "application/json"}, timeout=30)
+    assert r.status_code == 400 and "JSON" in r.json()["error"]
+    assert requests.post(f"{server}/classify", json={"model": "lenet", "image": DIGIT}, timeout=10).status_code == 200
