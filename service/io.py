@@ -45,17 +45,12 @@ def media_type(request: Request) -> str:
     return request.headers.get("content-type", JSON).split(";")[0].strip().lower()
 
 
-def check_encoding(request: Request) -> None:
+def check_headers(request: Request, limit: int) -> None:
+    """Refuse, before reading anything, a compressed body (415) or one declared over `limit` (413)."""
     encoding = request.headers.get("content-encoding", "identity").strip().lower()
     if encoding not in ("", "identity"):
         raise ClientError(415, "unsupported_encoding", f"Content-Encoding {encoding[:32]!r} is not accepted; "
                                                        "send the body uncompressed")
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The body, refused with 413 as soon as it is known to exceed `limit` bytes, with 415 when it
-    is compressed, and with 408 when it has not fully arrived within BODY_TIMEOUT_S."""
-    check_encoding(request)
     declared = request.headers.get("content-length")
     if declared is not None:
         try:
@@ -64,6 +59,12 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise ClientError(400, "bad_header", "Content-Length is not a number") from None
         if size > limit:
             raise ClientError(413, "too_large", f"request body of {size} bytes is over the limit of {limit} bytes")
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 as soon as it is known to exceed `limit` bytes, with 415 when it
+    is compressed, and with 408 when it has not fully arrived within BODY_TIMEOUT_S."""
+    check_headers(request, limit)
     chunks, total = [], 0
     try:
         async with asyncio.timeout(BODY_TIMEOUT_S):
@@ -183,10 +184,7 @@ async def read_image_request(request: Request, shape_of) -> ImageRequest:
             return ImageRequest(fields, array_from_raw(body, request.headers.get("x-tensor-shape"), shape))
         return ImageRequest(fields, array_from_upload(body, shape))
     if kind == MULTIPART:
-        check_encoding(request)
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise ClientError(413, "too_large", f"request body of {declared} bytes is over the limit of {limit} bytes")
+        check_headers(request, limit)
         try:
             async with asyncio.timeout(BODY_TIMEOUT_S):
                 form = await request.form(max_files=1, max_fields=16, max_part_size=limit)
