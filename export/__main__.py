@@ -37,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     runs = args.runs or runs_dir()
     os.environ.setdefault("BENTOML_HOME", str(runs / "bentoml"))
 
+    import torch
+
     from training.data import load_dataset
     from training.train import latest_checkpoint, load_checkpoint
 
@@ -51,31 +53,34 @@ def main(argv: list[str] | None = None) -> int:
             print(f"export: no checkpoint for {name!r}; train it first: python -m training {name}",
                   file=sys.stderr)
             return 2
-        if args.if_missing and (card := stored_card(name)) and card["checkpoint"]["sha256"] == sha256(ckpt_path):
-            print(f"{name}: {name}:{card['version']} is in the model store for {ckpt_path}; skipping")
+        digest = sha256(ckpt_path)
+        if args.if_missing and all((card := stored_card(g.name)) and card["checkpoint"]["sha256"] == digest
+                                   for g in entry.graphs):
+            print(f"{name}: {', '.join(g.name for g in entry.graphs)} in the model store for {ckpt_path}; skipping")
             continue
         model, ckpt = load_checkpoint(ckpt_path, entry)
         splits = load_dataset(ckpt["dataset"], ckpt["seed"], args.data_dir)
-        folder = runs / "export" / name / time.strftime("%Y%m%d-%H%M%S")
-        folder.mkdir(parents=True, exist_ok=True)
-        import torch
-
-        sample = (torch.from_numpy(splits.test.x[:2]),)
-        onnx_path = export_onnx(model, entry.export, sample, folder / ONNX_FILE)
-        try:
-            parity = validate(name, entry.export, model, onnx_path, parity_inputs(entry.export, splits.test.x))
-        except ParityError as exc:
-            print(f"export: parity gate FAILED: {exc}", file=sys.stderr)
-            return 1
-        card = build_card(entry, ckpt, ckpt_path, onnx_path, parity)
-        (folder / CARD).write_text(json.dumps(card, indent=2))
-        tag = save_to_store(card, folder)
-        worst = max(o["max_abs_error"] for r in parity for o in r["outputs"].values())
-        sizes = ", ".join(str(r["batch_size"]) for r in parity)
-        print(f"{name}: parity OK at batch sizes {sizes} (max abs error {worst:.2e} <= {entry.export.atol:g}); "
-              + "; ".join(f"{k.removeprefix('test_')} {v:.4f}" for k, v in card["metrics"].items()
-                          if k.startswith("test_") and k != "test_loss")
-              + f"; saved {tag} ({folder / ONNX_FILE})")
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        for graph in entry.graphs:
+            folder = runs / "export" / graph.name / stamp
+            folder.mkdir(parents=True, exist_ok=True)
+            inputs = parity_inputs(graph.spec, splits.test.x)
+            onnx_path = export_onnx(model, graph.spec, (torch.from_numpy(inputs[1][:2]),), folder / ONNX_FILE)
+            try:
+                parity = validate(graph.name, graph.spec, model, onnx_path, inputs)
+            except ParityError as exc:
+                print(f"export: parity gate FAILED: {exc}", file=sys.stderr)
+                return 1
+            card = build_card(entry, graph, ckpt, ckpt_path, onnx_path, parity)
+            (folder / CARD).write_text(json.dumps(card, indent=2))
+            tag = save_to_store(card, folder)
+            worst = max(o["max_abs_error"] for r in parity for o in r["outputs"].values())
+            sizes = ", ".join(str(r["batch_size"]) for r in parity)
+            print(f"{graph.name}: parity OK at batch sizes {sizes} (max abs error {worst:.2e} <= "
+                  f"{graph.spec.atol:g}); "
+                  + "; ".join(f"{k.removeprefix('test_')} {v:.4f}" for k, v in card["metrics"].items()
+                              if k.startswith("test_") and k != "test_loss")
+                  + f"; saved {tag} ({folder / ONNX_FILE})")
     return 0
 
 

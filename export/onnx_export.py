@@ -23,7 +23,8 @@ from torch import nn
 from service.ort_runtime import make_session
 from service.store import CARD, PROJECT_LABEL
 from service.store import sha256_file as sha256
-from training.registry import CourseModel
+from service.preprocess import latent_noise
+from training.registry import CourseModel, Graph
 
 from .spec import BATCH_AXIS, ExportSpec
 
@@ -41,7 +42,7 @@ class ExportView(nn.Module):
         super().__init__()
         self.model, self.method = model, method
 
-    def forward(self, x: torch.Tensor):  # one input per model so far; torch.export needs it named
+    def forward(self, x: torch.Tensor):  # one input per graph so far; torch.export needs it named
         return getattr(self.model, self.method)(x)
 
 
@@ -120,9 +121,13 @@ def validate(name: str, spec: ExportSpec, model: nn.Module, onnx_path: Path,
 
 
 def parity_inputs(spec: ExportSpec, held_out: np.ndarray) -> list[np.ndarray]:
-    """Real held-out inputs at each parity batch size (cycled if the split is small)."""
+    """Real held-out inputs at each parity batch size (cycled if the split is small), or for
+    generators the latent noise the service would draw."""
     out = []
     for b in spec.parity_batch_sizes:
+        if spec.input_data == "normal":
+            out.append(latent_noise(b, spec.inputs[0].shape[1], seed=b))
+            continue
         idx = np.arange(b) % len(held_out)
         out.append(np.ascontiguousarray(held_out[idx], dtype=np.float32))
     return out
@@ -135,16 +140,31 @@ def library_versions() -> dict[str, str]:
             "onnxruntime": onnxruntime.__version__, "numpy": np.__version__}
 
 
-def build_card(entry: CourseModel, ckpt: dict[str, Any], ckpt_path: Path, onnx_path: Path,
+def _preprocessing(spec: ExportSpec, cfg: dict[str, Any]) -> dict[str, Any] | None:
+    image = spec.inputs[0]
+    if len(image.shape) != 4:  # latent noise, drawn by the service (preprocess.latent_noise)
+        return None
+    return {
+        "image_size": list(image.shape[-2:]),
+        "channels": image.shape[1],
+        "pixel_range": [0.0, 1.0],
+        "ink": "bright on dark (MNIST convention)",
+        "invert_light_background": True,
+        "normalisation": f"in graph: (x - {cfg.get('mean')}) / {cfg.get('std')}" if "mean" in cfg else "none",
+    }
+
+
+def build_card(entry: CourseModel, graph: Graph, ckpt: dict[str, Any], ckpt_path: Path, onnx_path: Path,
                parity: list[dict[str, Any]]) -> dict[str, Any]:
-    spec = entry.export
+    spec = graph.spec
     cfg = ckpt["config"]
     digest = sha256(onnx_path)
     return {
-        "name": entry.name,
+        "name": graph.name,
+        "family": entry.name,  # the registered model; clients name it in task requests
         "version": digest[:16],
         "chapter": entry.chapter,
-        "tasks": list(entry.tasks),
+        "tasks": list(graph.tasks),
         "format": "onnx",
         "file": ONNX_FILE,
         "sha256": digest,
@@ -153,14 +173,9 @@ def build_card(entry: CourseModel, ckpt: dict[str, Any], ckpt_path: Path, onnx_p
         "outputs": [asdict(t) for t in spec.outputs],
         "max_batch_size": spec.max_batch_size,
         "labels": ckpt.get("labels") or [str(i) for i in range(cfg.get("num_classes", 10))],
-        "preprocessing": {
-            "image_size": list(spec.inputs[0].shape[-2:]),
-            "channels": spec.inputs[0].shape[1],
-            "pixel_range": [0.0, 1.0],
-            "ink": "bright on dark (MNIST convention)",
-            "invert_light_background": True,
-            "normalisation": f"in graph: (x - {cfg.get('mean')}) / {cfg.get('std')}",
-        },
+        "preprocessing": _preprocessing(spec, cfg),
+        "sampling": {"noise": "numpy.random.default_rng(seed).standard_normal((n, dim), dtype=float32)"}
+        if spec.input_data == "normal" else None,
         "parity": {"tolerance_abs": spec.atol, "provider": "CPUExecutionProvider", "batches": parity},
         "metrics": {k: v for k, v in ckpt["metrics"].items() if k != "history"},
         "dataset": {"name": ckpt["dataset"], "source": ckpt["data_source"], "seed": ckpt["seed"]},

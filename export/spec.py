@@ -37,6 +37,9 @@ class ExportSpec:
     # PyTorch may pick different ones, so agreement is required up to this share.
     min_top1_agreement: float = 1.0
     method: str = "forward"  # the model method the graph computes (e.g. "explain": logits + CAM)
+    # What the parity gate feeds the graph: held-out images of the model's dataset, or latent noise
+    # drawn from N(0, I) with a fixed seed (generators).
+    input_data: str = "held_out"
 
 
 def image_classifier_spec(shape: tuple[int, int, int] = (1, 28, 28), num_classes: int = 10,
@@ -69,4 +72,26 @@ def autoencoder_spec(shape: tuple[int, int, int] = (1, 28, 28), latent: int = 16
     return ExportSpec(
         inputs=(TensorSpec("image", (BATCH_AXIS, *shape)),),
         outputs=(TensorSpec("denoised", (BATCH_AXIS, *shape)), TensorSpec("embedding", (BATCH_AXIS, latent))),
+    )
+
+
+def vae_spec(shape: tuple[int, int, int] = (1, 28, 28), latent: int = 16) -> ExportSpec:
+    """An image in; its reconstruction and the posterior's mean and log-variance out."""
+    return ExportSpec(
+        inputs=(TensorSpec("image", (BATCH_AXIS, *shape)),),
+        outputs=(TensorSpec("reconstruction", (BATCH_AXIS, *shape)), TensorSpec("mean", (BATCH_AXIS, latent)),
+                 TensorSpec("logvar", (BATCH_AXIS, latent))),
+    )
+
+
+def generator_spec(latent: int, shape: tuple[int, int, int] = (1, 28, 28), method: str = "forward") -> ExportSpec:
+    """Latent noise in (drawn by the service from a seeded generator), images in [0, 1] out. Up to
+    100 samples per request: the sample size by which the course's GAN is judged."""
+    return ExportSpec(
+        inputs=(TensorSpec("noise", (BATCH_AXIS, latent)),),
+        outputs=(TensorSpec("image", (BATCH_AXIS, *shape)),),
+        method=method,
+        input_data="normal",
+        parity_batch_sizes=(1, 7, 100),
+        max_batch_size=100,
     )

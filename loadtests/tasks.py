@@ -125,6 +125,35 @@ def _embedding_ok(body: dict, x: np.ndarray, y) -> str | None:
     return None if z.ndim == 1 and len(z) == body.get("dim") and np.isfinite(z).all() else "malformed embedding"
 
 
+def _reconstruction_ok(body: dict, x: np.ndarray, y) -> str | None:
+    out = np.asarray(body.get("reconstruction", []), dtype=np.float32)
+    mean = np.asarray(body.get("mean", []), dtype=np.float64)
+    ok = out.size == x.size and 0 <= out.min() and out.max() <= 1 and mean.ndim == 1 and np.isfinite(mean).all()
+    return None if ok else f"malformed reconstruction {out.shape}"
+
+
+def generate_task(model: str, n: int = 4):
+    """One Locust task: POST /generate for `model`, n samples, a new seed each time; checks the
+    number, shape and range of the images and that the seed is echoed."""
+    seeds = itertools.count()
+
+    def run(user) -> None:  # a Locust HttpUser
+        seed = next(seeds)
+        with user.client.post("/generate", name=f"/generate [{model}]", catch_response=True,
+                              data=json.dumps({"model": model, "n": n, "seed": seed}),
+                              headers={"Content-Type": "application/json"}) as resp:
+            if resp.status_code != 200:
+                resp.failure(f"HTTP {resp.status_code}: {resp.text[:200]}")
+                return
+            body = resp.json()
+            images = np.asarray(body.get("images", []), dtype=np.float32)
+            ok = images.ndim >= 3 and len(images) == n and images.min() >= 0 and images.max() <= 1
+            resp.success() if ok and body.get("seed") == seed else resp.failure(f"malformed samples {images.shape}")
+
+    run.__name__ = f"generate_{model}_json"
+    return run
+
+
 # Serving task -> Locust tasks with weights: JSON arrays are the common client, PNG the rarer one.
 TASK_LOADS = {
     "denoise": lambda entry: {json_task("denoise", entry.name, entry.dataset, _denoised_ok): 1},
@@ -132,6 +161,8 @@ TASK_LOADS = {
     "segment": lambda entry: {json_task("segment", entry.name, entry.dataset,
                                         _mask_checker(entry.name, entry.export.outputs[0].shape[1])): 1},
     "explain": lambda entry: {json_task("explain", entry.name, entry.dataset, _heatmap_ok): 1},
+    "reconstruct": lambda entry: {json_task("reconstruct", entry.name, entry.dataset, _reconstruction_ok): 1},
+    "generate": lambda entry: {generate_task(entry.name): 1},
     "classify": lambda entry: {
         classify_task(entry.name, entry.dataset, entry.export.outputs[0].shape[-1], False): 3,
         classify_task(entry.name, entry.dataset, entry.export.outputs[0].shape[-1], True): 1,

@@ -65,3 +65,12 @@ def decode_image(data: bytes, size: tuple[int, int], channels: int = 1,
     if invert_light_background and float(pixels.mean()) > 0.5:
         pixels = 1.0 - pixels
     return resize_unit_image(pixels, size)[None]
+
+
+MAX_SEED = 2**32 - 1
+
+
+def latent_noise(n: int, dim: int, seed: int) -> np.ndarray:
+    """The generators' input: n codes from N(0, I), a function of the seed alone. Training scores
+    its samples with it and the service draws with it, so a seed means the same images in both."""
+    return np.random.default_rng(seed).standard_normal((n, dim), dtype=np.float32)

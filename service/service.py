@@ -1,6 +1,7 @@
 """The BentoML service.
 
-    clients --HTTP--> EE559: task endpoints (/classify, /explain, /segment, /denoise, /embed),
+    clients --HTTP--> EE559: task endpoints (/classify, /explain, /segment, /denoise, /embed,
+                     /reconstruct, /generate),
                      Open Inference Protocol (/v2), /readyz, /metrics
                         parsing and validation -> adaptive batcher -> ONNX Runtime sessions
 
@@ -123,16 +124,20 @@ class EE559:
         _quiet_gc()  # runs at the worker's start-up, after BentoML built the app around us
 
     def card_for(self, name: Any, task_name: str) -> dict[str, Any]:
-        served = [n for n, c in self.cards.items() if task_name in c["tasks"]]
+        """The card of the graph that serves `task_name` for the model `name` (a registered model,
+        whose graphs share its name as their family, or one graph by its own name)."""
+        served = sorted({c.get("family", n) for n, c in self.cards.items() if task_name in c["tasks"]})
         if not isinstance(name, str) or not name:
             raise ClientError(400, "missing_field", f"field 'model' must name a model; served for "
                                                     f"{task_name}: {', '.join(served)}")
-        card = self.cards.get(name)
-        if card is None:
+        family = [c for n, c in self.cards.items() if name in (n, c.get("family"))]
+        if not family:
             raise ClientError(404, "unknown_model", f"model {name[:64]!r} is not served; served for {task_name}: "
                                                     f"{', '.join(served)}")
-        if task_name not in card["tasks"]:
-            raise ClientError(400, "wrong_task", f"model {name!r} serves {', '.join('/' + t for t in card['tasks'])}, "
+        card = next((c for c in family if task_name in c["tasks"]), None)
+        if card is None:
+            tasks = sorted({t for c in family for t in c["tasks"]})
+            raise ClientError(400, "wrong_task", f"model {name!r} serves {', '.join('/' + t for t in tasks)}, "
                                                  f"not /{task_name}; models for /{task_name}: {', '.join(served)}")
         return card
 

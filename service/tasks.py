@@ -4,6 +4,7 @@ into the HTTP answer; adding a model of an existing task needs no change here.""
 from __future__ import annotations
 
 import io
+import secrets
 from typing import Any
 
 import numpy as np
@@ -11,6 +12,7 @@ from PIL import Image
 from starlette.responses import Response
 
 from .errors import ClientError
+from .preprocess import MAX_SEED, latent_noise
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
@@ -23,11 +25,21 @@ def _output(card: dict[str, Any], outputs: list[np.ndarray], name: str) -> np.nd
     return outputs[[o["name"] for o in card["outputs"]].index(name)]
 
 
-def check_fields(fields: dict[str, Any], accepted: tuple[str, ...]) -> None:
+def check_fields(fields: dict[str, Any], accepted: tuple[str, ...], image: bool = True) -> None:
     unknown = sorted(set(fields) - set(accepted))
     if unknown:
         raise ClientError(400, "unknown_field", f"unknown field(s) {', '.join(map(repr, unknown))[:200]}; accepted: "
-                                                f"{', '.join(('image', *accepted))}")
+                                                f"{', '.join((*(('image',) if image else ()), *accepted))}")
+
+
+def int_field(fields: dict[str, Any], name: str, lo: int, hi: int, default: int) -> int:
+    """An integer option from lo to hi; form and query fields arrive as strings of digits."""
+    value = fields.get(name, default)
+    if isinstance(value, str) and value.strip().isdigit() and len(value) < 24:
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise ClientError(400, "bad_field", f"'{name}' must be an integer from {lo} to {hi}, got {str(value)[:40]!r}")
+    return value
 
 
 FORMATS = ("json", "png")
@@ -52,12 +64,7 @@ class Classify:
     def options(card: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
         check_fields(fields, Classify.fields)
         n = len(card["labels"])
-        top_k = fields.get("top_k", min(3, n))
-        if isinstance(top_k, str) and top_k.strip().isdigit():  # form and query fields are strings
-            top_k = int(top_k)
-        if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= n:
-            raise ClientError(400, "bad_field", f"'top_k' must be an integer from 1 to {n}, got {str(top_k)[:40]!r}")
-        return {"top_k": top_k}
+        return {"top_k": int_field(fields, "top_k", 1, n, min(3, n))}
 
     @staticmethod
     def respond(card: dict[str, Any], outputs: list[np.ndarray], pixels: np.ndarray, provider: str,
@@ -173,13 +180,37 @@ class Denoise:
     @staticmethod
     def respond(card: dict[str, Any], outputs: list[np.ndarray], pixels: np.ndarray, provider: str,
                 fmt: str) -> dict[str, Any] | Response:
-        clean = np.clip(_output(card, outputs, "denoised"), 0, 1)  # (C, H, W)
-        if fmt == "png":  # noisy input and denoised output, side by side
-            return Response(side_by_side_png(as_rgb(pixels), as_rgb(clean)), media_type="image/png")
-        image = clean[0] if len(clean) == 1 else clean
-        return {"model": card["name"], "version": card["version"],
-                "denoised": np.round(image.astype(np.float64), 4).tolist(),
-                "provider": provider}
+        return image_answer(card, pixels, _output(card, outputs, "denoised"), "denoised", provider, fmt)
+
+
+def image_answer(card: dict[str, Any], pixels: np.ndarray, image: np.ndarray, key: str, provider: str, fmt: str,
+                 **extra: Any) -> dict[str, Any] | Response:
+    """An image-to-image answer: input and output side by side as a PNG, or the output as an
+    (H, W) (one channel) or (C, H, W) array in [0, 1]."""
+    image = np.clip(image, 0, 1)  # (C, H, W)
+    if fmt == "png":
+        return Response(side_by_side_png(as_rgb(pixels), as_rgb(image)), media_type="image/png")
+    image = image[0] if len(image) == 1 else image
+    return {"model": card["name"], "version": card["version"], key: np.round(image.astype(np.float64), 4).tolist(),
+            **extra, "provider": provider}
+
+
+class Reconstruct:
+    """A VAE's reconstruction of the image (decoded from the posterior mean), with the posterior."""
+
+    name = "reconstruct"
+    fields = ("model", "format")
+
+    @staticmethod
+    def options(card: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
+        return format_option(fields, Reconstruct.fields)
+
+    @staticmethod
+    def respond(card: dict[str, Any], outputs: list[np.ndarray], pixels: np.ndarray, provider: str,
+                fmt: str) -> dict[str, Any] | Response:
+        latent = {k: _output(card, outputs, k).astype(np.float64).round(6).tolist() for k in ("mean", "logvar")}
+        return image_answer(card, pixels, _output(card, outputs, "reconstruction"), "reconstruction", provider, fmt,
+                            **latent)
 
 
 class Embed:
@@ -200,4 +231,49 @@ class Embed:
                 "provider": provider}
 
 
-TASKS = {t.name: t for t in (Classify, Explain, Segment, Denoise, Embed)}
+def grid_png(images: np.ndarray, scale: int = 2, pad: int = 2) -> bytes:
+    """(N, C, H, W) images in [0, 1] as one PNG grid, ceil(sqrt(N)) columns, on a grey background."""
+    n, _, h, w = images.shape
+    cols = int(np.ceil(np.sqrt(n)))
+    rows = -(-n // cols)
+    grid = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, 3), 0.5, dtype=np.float32)
+    for i, img in enumerate(images):
+        r, c = divmod(i, cols)
+        grid[pad + r * (h + pad):pad + r * (h + pad) + h, pad + c * (w + pad):pad + c * (w + pad) + w] = as_rgb(img)
+    buf = io.BytesIO()
+    Image.fromarray((np.clip(grid, 0, 1) * 255).round().astype(np.uint8), mode="RGB").resize(
+        (grid.shape[1] * scale, grid.shape[0] * scale), Image.Resampling.NEAREST).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+class Generate:
+    """Samples of a generative model: the service draws n latent codes from a generator seeded with
+    `seed` (preprocess.latent_noise), so a seed always gives the same images; no image comes in."""
+
+    name = "generate"
+    fields = ("model", "n", "seed", "format")
+    takes_image = False
+
+    @staticmethod
+    def options(card: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
+        check_fields(fields, Generate.fields, image=False)
+        n = int_field(fields, "n", 1, card["max_batch_size"], 1)
+        seed = int_field(fields, "seed", 0, MAX_SEED, secrets.randbelow(MAX_SEED + 1))  # returned, to replay
+        return {"n": n, "seed": seed, **format_option({"format": fields.get("format", "json")}, ("format",))}
+
+    @staticmethod
+    def noise(card: dict[str, Any], n: int, seed: int, **_: Any) -> np.ndarray:
+        return latent_noise(n, card["inputs"][0]["shape"][1], seed)
+
+    @staticmethod
+    def respond(card: dict[str, Any], outputs: list[np.ndarray], provider: str, n: int, seed: int,
+                fmt: str) -> dict[str, Any] | Response:
+        images = np.clip(outputs[0], 0, 1)  # (n, C, H, W)
+        if fmt == "png":
+            return Response(grid_png(images), media_type="image/png", headers={"X-Seed": str(seed)})
+        shown = images[:, 0] if images.shape[1] == 1 else images
+        return {"model": card.get("family", card["name"]), "version": card["version"], "seed": seed, "n": n,
+                "images": np.round(shown.astype(np.float64), 4).tolist(), "provider": provider}
+
+
+TASKS = {t.name: t for t in (Classify, Explain, Segment, Denoise, Embed, Reconstruct, Generate)}

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from training.registry import REGISTRY
+from training.registry import served_graphs
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -24,7 +24,7 @@ def test_bentoml_build_packs_service_and_models(exported):
     info = yaml.safe_load((Path(bento.path) / "bento.yaml").read_text())
     public = next(s for s in info["services"] if s["name"] == "ee559")
     packed = {m["tag"].split(":")[0] for m in public["models"]}
-    assert packed == set(REGISTRY)
+    assert packed == set(served_graphs())
     src = Path(bento.path) / "src"
     assert (src / "service" / "service.py").exists()
     assert not (src / "training").exists() and not (src / "tests").exists()

@@ -26,6 +26,10 @@ def test_registered_model_is_covered_end_to_end(name: str):
         assert f'"{task}"' in http_tests, f"{name}: no HTTP test of /{task}"
         assert task in TASK_LOADS, f"{name}: no Locust task for {task!r}"
         assert any(name in fn.__name__ for fn in TASK_LOADS[task](entry)), f"{name}: no Locust task for /{task}"
+    for graph in entry.extra_graphs:
+        assert graph.name.startswith(f"{name}_") and set(graph.tasks) <= set(entry.tasks)
+    served = [t for g in entry.graphs for t in g.tasks]
+    assert sorted(served) == sorted(entry.tasks), f"{name}: each task must be served by exactly one graph"
     parity_tests = [f for f in dir(test_parity) if f.startswith("test_")]
     assert "test_card_records_parity_within_tolerance_at_three_batch_sizes" in parity_tests
     assert {"quick", "full"} <= set(entry.presets)
@@ -33,5 +37,6 @@ def test_registered_model_is_covered_end_to_end(name: str):
 
 def test_every_registered_model_is_served(exported):
     from service import store
+    from training.registry import served_graphs
 
-    assert set(store.discover()) == set(REGISTRY)
+    assert set(store.discover()) == set(served_graphs())

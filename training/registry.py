@@ -11,13 +11,16 @@ from typing import Any
 
 from torch import nn
 
-from export.spec import ExportSpec, autoencoder_spec, image_classifier_spec, segmenter_spec
+from export.spec import (ExportSpec, autoencoder_spec, generator_spec, image_classifier_spec, segmenter_spec,
+                         vae_spec)
 
 from .models.autoencoder import AutoencoderConfig, DenoisingAutoencoder
+from .models.dcgan import DCGAN, DCGANConfig
 from .models.lenet import LeNet, LeNetConfig
 from .models.mlp import MLP, MLPConfig
 from .models.resnet import ResNet, ResNetConfig
 from .models.unet import UNet, UNetConfig
+from .models.vae import VAE, VAEConfig
 
 
 @dataclass(frozen=True)
@@ -26,7 +29,19 @@ class TrainConfig:
     batch_size: int = 64
     lr: float = 2e-3
     weight_decay: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)  # Adam's; GANs use (0.5, 0.999)
     limit_train: int | None = None  # use only the first N training examples (quick runs)
+
+
+@dataclass(frozen=True)
+class Graph:
+    """One exported ONNX graph, saved and served under its own name, as a model in Triton's
+    repository. A model's main graph is served under the model's name; a model with more than one
+    (the VAE: reconstruct and generate) names the others `<model>_<part>`."""
+
+    name: str
+    tasks: tuple[str, ...]
+    spec: ExportSpec
 
 
 @dataclass(frozen=True)
@@ -35,10 +50,19 @@ class CourseModel:
     chapter: str
     config_cls: type
     model_cls: type[nn.Module]
-    tasks: tuple[str, ...]  # the serving tasks, e.g. ("classify",)
-    export: ExportSpec
+    tasks: tuple[str, ...]  # every serving task of the model, e.g. ("classify",)
+    export: ExportSpec  # the main graph
     dataset: str = "digits"  # the default dataset
     presets: dict[str, TrainConfig] = field(default_factory=dict)
+    extra_graphs: tuple[Graph, ...] = ()  # exported from the same checkpoint, with their own tasks
+    # Generators: the registered classifier whose latest checkpoint scores 100 samples after training.
+    judge: str | None = None
+
+    @property
+    def graphs(self) -> tuple[Graph, ...]:
+        """Every graph to export and serve, the main one first; each task is served by one graph."""
+        extra = {t for g in self.extra_graphs for t in g.tasks}
+        return (Graph(self.name, tuple(t for t in self.tasks if t not in extra), self.export), *self.extra_graphs)
 
     def build(self, config: dict[str, Any] | None = None) -> nn.Module:
         cfg = self.config_cls(**(config or {}))
@@ -97,6 +121,28 @@ REGISTRY: dict[str, CourseModel] = {
             export=autoencoder_spec((1, 28, 28), 16),
             presets={"quick": QUICK, "full": TrainConfig(epochs=40, lr=3e-3)},
         ),
+        CourseModel(
+            name="vae",
+            chapter="Generative models (variational auto-encoder)",
+            config_cls=VAEConfig,
+            model_cls=VAE,
+            tasks=("reconstruct", "generate"),
+            export=vae_spec((1, 28, 28), 16),
+            extra_graphs=(Graph("vae_decoder", ("generate",), generator_spec(16, (1, 28, 28), method="decode")),),
+            judge="lenet",
+            presets={"quick": QUICK, "full": TrainConfig(epochs=60, lr=2e-3, weight_decay=0.0)},
+        ),
+        CourseModel(
+            name="dcgan",
+            chapter="Generative models (deep convolutional GAN)",
+            config_cls=DCGANConfig,
+            model_cls=DCGAN,
+            tasks=("generate",),
+            export=generator_spec(32, (1, 28, 28)),
+            judge="lenet",
+            presets={"quick": QUICK,
+                     "full": TrainConfig(epochs=150, lr=2e-4, weight_decay=0.0, betas=(0.5, 0.999))},
+        ),
     )
 }
 
@@ -106,3 +152,8 @@ def get(name: str) -> CourseModel:
         return REGISTRY[name]
     except KeyError:
         raise KeyError(f"unknown model {name!r}; registered: {', '.join(REGISTRY)}") from None
+
+
+def served_graphs() -> dict[str, tuple[CourseModel, Graph]]:
+    """Every graph the exporter writes and the service serves: served name -> (model, graph)."""
+    return {g.name: (entry, g) for entry in REGISTRY.values() for g in entry.graphs}

@@ -13,11 +13,15 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from service.preprocess import latent_noise
+
 from .data import Split, Splits, load_dataset
+from .plots import loss_curve_png
 from .registry import CourseModel, TrainConfig
 from .runtime import DEFAULT_SEED, pick_device, runs_dir, seed_everything
 
 CHECKPOINT = "checkpoint.pt"
+LOSS_CURVE = "loss.png"
 
 
 def batches(split: Split, batch_size: int, generator: torch.Generator | None = None):
@@ -84,7 +88,7 @@ def fit(entry: CourseModel, splits: Splits, tc: TrainConfig, seed: int = DEFAULT
     model = entry.build({"num_classes": splits.num_classes}).to(dev)
     train = splits.train if tc.limit_train is None else Split(splits.train.x[:tc.limit_train],
                                                               splits.train.y[:tc.limit_train])
-    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, betas=tc.betas)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(tc.epochs, 1))
     history: list[dict[str, float]] = []
     best_score, best_state = float("-inf"), None
@@ -97,6 +101,8 @@ def fit(entry: CourseModel, splits: Splits, tc: TrainConfig, seed: int = DEFAULT
         print(f"{entry.name} epoch {epoch:3d}/{tc.epochs}  train loss {train_loss:.4f}  "
               + "  ".join(f"val {k} {v:.4f}" for k, v in val.items()), flush=True)
         score = val["accuracy"] if "accuracy" in val else -val["loss"]  # keep the best validation epoch
+        if not getattr(model, "select_best_epoch", True):  # a GAN's losses do not rank its epochs
+            score = float(epoch)
         if score > best_score:
             best_score, best_state = score, copy.deepcopy(model.state_dict())
     if best_state is not None:
@@ -107,6 +113,26 @@ def fit(entry: CourseModel, splits: Splits, tc: TrainConfig, seed: int = DEFAULT
     return model.cpu(), metrics
 
 
+@torch.no_grad()
+def sample_quality(entry: CourseModel, model: nn.Module, root: Path | None = None, n: int = 100,
+                   seed: int = 0) -> dict[str, float]:
+    """A generator's n samples (the service's noise for `seed`) scored by the latest checkpoint of
+    the judge classifier: how many of its classes appear, and the mean top-1 confidence."""
+    from .registry import get
+
+    judge_ckpt = latest_checkpoint(entry.judge, root) if entry.judge else None
+    if judge_ckpt is None:
+        print(f"{entry.name}: no {entry.judge} checkpoint to score samples with; train it first", flush=True)
+        return {}
+    judge, _ = load_checkpoint(judge_ckpt, get(entry.judge))
+    graph = next(g for g in entry.graphs if "generate" in g.tasks)
+    noise = torch.from_numpy(latent_noise(n, graph.spec.inputs[0].shape[1], seed))
+    images = getattr(model.eval(), graph.spec.method)(noise)
+    conf, cls = judge(images).softmax(1).max(1)
+    return {"test_judge_classes": float(len(cls.unique())), "test_judge_mean_confidence": float(conf.mean()),
+            "judge_samples": float(n)}
+
+
 def save_checkpoint(run_dir: Path, entry: CourseModel, model: nn.Module, tc: TrainConfig, dataset: str,
                     source: str, labels: tuple[str, ...], seed: int, metrics: dict[str, Any]) -> Path:
     """A self-describing checkpoint: state_dict + config, enough to rebuild the model alone."""
@@ -115,6 +141,7 @@ def save_checkpoint(run_dir: Path, entry: CourseModel, model: nn.Module, tc: Tra
             "data_source": source, "labels": list(labels), "seed": seed, "metrics": metrics}
     torch.save({"model": model.state_dict(), **meta}, run_dir / CHECKPOINT)
     (run_dir / "metrics.json").write_text(json.dumps(meta, indent=2))
+    loss_curve_png(metrics.get("history", []), run_dir / LOSS_CURVE, f"{entry.name}: loss per epoch")
     return run_dir / CHECKPOINT
 
 
@@ -148,8 +175,12 @@ def run(entry: CourseModel, dataset: str | None = None, data_dir: Path | None = 
     print(f"{entry.name}: {len(splits.train)} train / {len(splits.val)} val / {len(splits.test)} test "
           f"images from {splits.source}", flush=True)
     model, metrics = fit(entry, splits, tc, seed, device)
+    if entry.judge:
+        metrics.update(sample_quality(entry, model, out))
     shown = {"test_accuracy": "test accuracy", "test_mean_iou": "mean IoU", "test_psnr_noisy_db": "PSNR noisy (dB)",
-             "test_psnr_denoised_db": "PSNR denoised (dB)"}
+             "test_psnr_denoised_db": "PSNR denoised (dB)", "test_elbo_nats": "ELBO (nats/image)",
+             "test_judge_classes": f"classes among 100 samples ({entry.judge})",
+             "test_judge_mean_confidence": f"mean {entry.judge} confidence"}
     figures = ", ".join(f"{label} {metrics[k]:.4f}" for k, label in shown.items() if k in metrics)
     print(f"{entry.name}: {figures} ({len(splits.test)} held-out images)", flush=True)
     run_dir = model_runs(entry.name, out) / time.strftime("%Y%m%d-%H%M%S")

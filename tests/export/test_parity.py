@@ -12,14 +12,20 @@ from onnx import numpy_helper
 
 from export.onnx_export import ParityError, parity_inputs, sha256, validate
 from training.data import load_dataset
-from training.registry import REGISTRY
+from training.registry import REGISTRY, served_graphs
 from training.train import latest_checkpoint, load_checkpoint
 
 
-@pytest.mark.parametrize("name", list(REGISTRY))
+GRAPHS = served_graphs()
+
+
+@pytest.mark.parametrize("name", list(GRAPHS))
 def test_card_records_parity_within_tolerance_at_three_batch_sizes(exported, name: str):
     card = json.loads(exported[name].read_text())
-    spec = REGISTRY[name].export
+    entry, graph = GRAPHS[name]
+    spec = graph.spec
+    assert card["family"] == entry.name and card["tasks"] == list(graph.tasks)
+    assert [o["name"] for o in card["outputs"]] == list(card["parity"]["batches"][0]["outputs"])
     assert [b["batch_size"] for b in card["parity"]["batches"]] == list(spec.parity_batch_sizes)
     assert len(set(spec.parity_batch_sizes)) == 3 and 1 in spec.parity_batch_sizes
     for batch in card["parity"]["batches"]:
@@ -33,17 +39,18 @@ def test_card_records_parity_within_tolerance_at_three_batch_sizes(exported, nam
 
 
 def _reload(name: str, runs: Path):
-    entry = REGISTRY[name]
-    model, ckpt = load_checkpoint(latest_checkpoint(name, runs), entry)
+    """The graph's spec, its model rebuilt from the checkpoint, and the parity inputs."""
+    entry, graph = GRAPHS[name]
+    model, ckpt = load_checkpoint(latest_checkpoint(entry.name, runs), entry)
     x = load_dataset(ckpt["dataset"], ckpt["seed"]).test.x
-    return entry, model, parity_inputs(entry.export, x)
+    return graph.spec, model, parity_inputs(graph.spec, x)
 
 
-@pytest.mark.parametrize("name", list(REGISTRY))
+@pytest.mark.parametrize("name", list(GRAPHS))
 def test_corrupted_export_is_rejected(exported, runs: Path, tmp_path: Path, name: str):
-    entry, model, inputs = _reload(name, runs)
+    spec, model, inputs = _reload(name, runs)
     good = exported[name].with_name("model.onnx")
-    validate(name, entry.export, model, good, inputs)  # the real export passes
+    validate(name, spec, model, good, inputs)  # the real export passes
 
     graph = onnx.load(str(good))
     init = max(graph.graph.initializer, key=lambda t: int(np.prod(t.dims)))
@@ -53,11 +60,11 @@ def test_corrupted_export_is_rejected(exported, runs: Path, tmp_path: Path, name
     bad = tmp_path / "model.onnx"
     onnx.save(graph, str(bad))
     with pytest.raises(ParityError, match=rf"{name}: output '\w+' at batch size \d+: (max abs error|top-1)"):
-        validate(name, entry.export, model, bad, inputs)
+        validate(name, spec, model, bad, inputs)
 
 
 def test_renamed_output_is_rejected(exported, runs: Path, tmp_path: Path):
-    entry, model, inputs = _reload("lenet", runs)
+    spec, model, inputs = _reload("lenet", runs)
     graph = onnx.load(str(exported["lenet"].with_name("model.onnx")))
     old = graph.graph.output[0].name
     graph.graph.output[0].name = "scores"
@@ -66,7 +73,7 @@ def test_renamed_output_is_rejected(exported, runs: Path, tmp_path: Path):
     bad = tmp_path / "model.onnx"
     onnx.save(graph, str(bad))
     with pytest.raises(ParityError, match="spec says"):
-        validate("lenet", entry.export, model, bad, inputs)
+        validate("lenet", spec, model, bad, inputs)
 
 
 def test_export_cli_fails_with_nonzero_exit_when_the_gate_fails(exported, runs: Path, monkeypatch, capsys):
@@ -97,4 +104,4 @@ def test_model_store_holds_every_model(exported):
     import bentoml
 
     stored = {m.tag.name for m in bentoml.models.list() if m.info.labels.get("project") == "ee559"}
-    assert stored == set(REGISTRY)
+    assert stored == set(GRAPHS)

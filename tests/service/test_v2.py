@@ -13,7 +13,9 @@ import requests
 import tritonclient.http as th
 from tritonclient.utils import InferenceServerException
 
-from training.registry import REGISTRY
+from training.registry import served_graphs
+
+GRAPHS = served_graphs()
 
 
 @pytest.fixture(scope="module")
@@ -32,13 +34,13 @@ def test_health_and_server_metadata(client):
     assert meta["name"] == "ee559" and "binary_tensor_data" in meta["extensions"]
 
 
-@pytest.mark.parametrize("name", list(REGISTRY))
+@pytest.mark.parametrize("name", list(GRAPHS))
 def test_model_metadata_from_the_card(client, exported, name: str):
     card = json.loads(exported[name].read_text())
     assert client.is_model_ready(name) and client.is_model_ready(name, card["version"])
     meta = client.get_model_metadata(name)
     assert meta["versions"] == [card["version"]]
-    spec = REGISTRY[name].export
+    spec = GRAPHS[name][1].spec
     assert meta["inputs"] == [{"name": t.name, "datatype": "FP32", "shape": [-1, *t.shape[1:]]} for t in spec.inputs]
     assert meta["outputs"] == [{"name": t.name, "datatype": "FP32", "shape": [-1, *t.shape[1:]]}
                                for t in spec.outputs]
@@ -46,16 +48,17 @@ def test_model_metadata_from_the_card(client, exported, name: str):
 
 
 @pytest.mark.parametrize("binary_in, binary_out", [(False, False), (True, True), (True, False), (False, True)])
-@pytest.mark.parametrize("name", list(REGISTRY))
+@pytest.mark.parametrize("name", list(GRAPHS))
 def test_infer_matches_onnx_runtime(client, exported, name: str, binary_in: bool, binary_out: bool):
-    x = np.random.default_rng(0).random((5, *REGISTRY[name].export.inputs[0].shape[1:]), dtype=np.float32)
-    inp = th.InferInput("image", list(x.shape), "FP32")
+    spec = GRAPHS[name][1].spec
+    x = np.random.default_rng(0).random((5, *spec.inputs[0].shape[1:]), dtype=np.float32)
+    inp = th.InferInput(spec.inputs[0].name, list(x.shape), "FP32")
     inp.set_data_from_numpy(x, binary_data=binary_in)
-    out_name = REGISTRY[name].export.outputs[0].name
+    out_name = spec.outputs[0].name
     result = client.infer(name, [inp], outputs=[th.InferRequestedOutput(out_name, binary_data=binary_out)],
                           request_id="req-7")
     got = result.as_numpy(out_name)
-    assert got.shape == (5, *REGISTRY[name].export.outputs[0].shape[1:]) and got.dtype == np.float32
+    assert got.shape == (5, *spec.outputs[0].shape[1:]) and got.dtype == np.float32
     np.testing.assert_allclose(got, direct(exported, name, x), rtol=0, atol=1e-5)
     assert result.get_response()["id"] == "req-7"
 

@@ -7,19 +7,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from training.registry import REGISTRY
+from training.registry import REGISTRY, served_graphs
 from training.train import latest_checkpoint, load_checkpoint, run
 
 
-@pytest.mark.parametrize("name", list(REGISTRY))
+@pytest.mark.parametrize("name", list(served_graphs()))
 def test_output_shape(name: str):
-    entry = REGISTRY[name]
+    entry, graph = served_graphs()[name]
     model = entry.build().eval()
     for batch in (1, 5):
-        x = torch.rand(batch, *entry.export.inputs[0].shape[1:])
-        out = getattr(model, entry.export.method)(x)  # what the exported graph computes
+        x = torch.rand(batch, *graph.spec.inputs[0].shape[1:])
+        out = getattr(model, graph.spec.method)(x)  # what the exported graph computes
         outs = out if isinstance(out, tuple) else (out,)
-        assert [o.shape for o in outs] == [(batch, *t.shape[1:]) for t in entry.export.outputs]
+        assert [o.shape for o in outs] == [(batch, *t.shape[1:]) for t in graph.spec.outputs]
 
 
 @pytest.mark.parametrize("name", list(REGISTRY))
