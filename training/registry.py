@@ -141,7 +141,7 @@ REGISTRY: dict[str, CourseModel] = {
             export=generator_spec(32, (1, 28, 28)),
             judge="lenet",
             presets={"quick": QUICK,
-                     "full": TrainConfig(epochs=150, lr=2e-4, weight_decay=0.0, betas=(0.5, 0.999))},
+                     "full": TrainConfig(epochs=80, lr=2e-4, weight_decay=0.0, betas=(0.5, 0.999))},
         ),
     )
 }

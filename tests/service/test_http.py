@@ -379,7 +379,7 @@ def test_start_up_fails_when_cuda_is_required_but_missing(exported, runs):
     assert "CUDA was required" in log.read_text()
 
 
-def test_bentoml_batcher_mode_serves_the_same_answers(exported, runs, held_out):
+def test_bentoml_batcher_mode_serves_the_same_answers(exported, runs, held_out, server):
     """EE559_BATCHER=bentoml: a separate Inference service batched by @bentoml.api(batchable=True)."""
     log = runs / "serve-bentoml-batcher.log"
     url, proc = start_server({"EE559_BATCHER": "bentoml", "EE559_WORKERS": "1"}, log=log)
@@ -390,6 +390,9 @@ def test_bentoml_batcher_mode_serves_the_same_answers(exported, runs, held_out):
             codes = list(pool.map(lambda i: classify(url, "lenet", x[i, 0].tolist()), range(64)))
         assert all(r.status_code == 200 for r in codes)
         assert sum(r.json()["class_index"] == y[i] for i, r in enumerate(codes)) >= 60
+        batched, direct = generate(url, model="dcgan", n=100, seed=3), generate(server, model="dcgan", n=100, seed=3)
+        assert batched.status_code == 200, batched.text  # 100 rows: more than one BentoML batch
+        assert batched.json()["images"] == direct.json()["images"]
         text = requests.get(f"{url}/metrics", timeout=5).text
         assert 'runner_name="ee559_inference"' in text  # the dependency service answered
     finally:
