@@ -208,7 +208,27 @@ def load_cifar10(data_dir: Path, seed: int) -> Splits:
                   num_classes=10, source=f"CIFAR-10 batches in {data_dir}", labels=CIFAR10_LABELS)
 
 
+def load_text(path: Path | None, val: float = 0.05, test: float = 0.05) -> Splits:
+    """A character corpus as windows of token ids; the last 10% of the text (contiguous, so no
+    window straddles two splits) is held out for validation and test. Labels are the vocabulary."""
+    from .text import corpus_text, encode, vocabulary, windows
+
+    text, source = corpus_text(path)
+    vocab = vocabulary(text)
+    ids = encode(text, vocab)
+    n_test, n_val = int(len(ids) * test), int(len(ids) * val)
+    parts = ids[:len(ids) - n_val - n_test], ids[len(ids) - n_val - n_test:len(ids) - n_test], ids[len(ids) - n_test:]
+    train, valid, held = (Split(*windows(p)) for p in parts)
+    return Splits(train, valid, held, num_classes=len(vocab), source=source, labels=vocab)
+
+
 def load_dataset(name: str, seed: int, data_dir: Path | None = None) -> Splits:
+    if name == "stdlib_docstrings":
+        return load_text(None)
+    if name == "text":
+        if data_dir is None:
+            raise ValueError("--dataset text needs --corpus FILE (UTF-8 text)")
+        return load_text(data_dir)
     if name == "digits":
         return load_digits(seed)
     if name == "shapes":
@@ -226,4 +246,4 @@ def load_dataset(name: str, seed: int, data_dir: Path | None = None) -> Splits:
     raise ValueError(f"unknown dataset {name!r}; accepted: {', '.join(DATASETS)}")
 
 
-DATASETS = ("digits", "mnist", "shapes", "shape_masks", "cifar10")
+DATASETS = ("digits", "mnist", "shapes", "shape_masks", "cifar10", "stdlib_docstrings", "text")
