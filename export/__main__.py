@@ -13,6 +13,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from training.runtime import runs_dir
@@ -37,13 +38,12 @@ def main(argv: list[str] | None = None) -> int:
     runs = args.runs or runs_dir()
     os.environ.setdefault("BENTOML_HOME", str(runs / "bentoml"))
 
-    import torch
-
     from training.data import load_dataset
     from training.train import latest_checkpoint, load_checkpoint
 
-    from .onnx_export import (CARD, ONNX_FILE, ParityError, build_card, export_onnx, parity_inputs,
+    from .onnx_export import (CARD, ONNX_FILE, ParityError, build_card, export_onnx, export_sample, parity_inputs,
                               save_to_store, sha256, stored_card, validate)
+    from .text_parity import greedy_parity
 
     names = list(registry.REGISTRY) if args.model == "all" else [args.model]
     for name in names:
@@ -62,16 +62,22 @@ def main(argv: list[str] | None = None) -> int:
         splits = load_dataset(ckpt["dataset"], ckpt["seed"], args.data_dir)
         stamp = time.strftime("%Y%m%d-%H%M%S")
         for graph in entry.graphs:
+            graph = replace(graph, spec=graph.spec.resolve(ckpt["config"]))
             folder = runs / "export" / graph.name / stamp
             folder.mkdir(parents=True, exist_ok=True)
-            inputs = parity_inputs(graph.spec, splits.test.x)
-            onnx_path = export_onnx(model, graph.spec, (torch.from_numpy(inputs[1][:2]),), folder / ONNX_FILE)
+            inputs = parity_inputs(graph.spec, splits.test.x, model)
+            sample = export_sample(graph.spec, inputs, model, splits.test.x)
+            onnx_path = export_onnx(model, graph.spec, sample, folder / ONNX_FILE)
             try:
                 parity = validate(graph.name, graph.spec, model, onnx_path, inputs)
+                decoding = greedy_parity(graph.name, graph.spec, model, onnx_path, ckpt["labels"], splits.test.x) \
+                    if graph.spec.generation else None
             except ParityError as exc:
                 print(f"export: parity gate FAILED: {exc}", file=sys.stderr)
                 return 1
             card = build_card(entry, graph, ckpt, ckpt_path, onnx_path, parity)
+            if decoding:
+                card["parity"]["greedy_decoding"] = decoding
             (folder / CARD).write_text(json.dumps(card, indent=2))
             tag = save_to_store(card, folder)
             worst = max(o["max_abs_error"] for r in parity for o in r["outputs"].values())

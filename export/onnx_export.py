@@ -26,7 +26,7 @@ from service.store import sha256_file as sha256
 from service.preprocess import latent_noise
 from training.registry import CourseModel, Graph
 
-from .spec import BATCH_AXIS, ExportSpec
+from .spec import BATCH_AXIS, PAST_AXIS, TEXT_PARITY_STEPS, ExportSpec
 
 ONNX_FILE = "model.onnx"
 
@@ -42,8 +42,8 @@ class ExportView(nn.Module):
         super().__init__()
         self.model, self.method = model, method
 
-    def forward(self, x: torch.Tensor):  # one input per graph so far; torch.export needs it named
-        return getattr(self.model, self.method)(x)
+    def forward(self, *inputs: torch.Tensor):
+        return getattr(self.model, self.method)(*inputs)
 
 
 def export_onnx(model: nn.Module, spec: ExportSpec, sample: tuple[torch.Tensor, ...], path: Path) -> Path:
@@ -51,12 +51,12 @@ def export_onnx(model: nn.Module, spec: ExportSpec, sample: tuple[torch.Tensor, 
     model = ExportView(model, spec.method).eval()
     # The exporter warns about every torchvision op it cannot register; we use none of them.
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
-    # Positional, one entry per input: torch.export keys dicts by forward()'s argument names.
-    dynamic_shapes = tuple(
-        {i: torch.export.Dim(d, min=1, max=4096) if d == BATCH_AXIS else torch.export.Dim(d)
-         for i, d in t.dynamic_axes.items()}
-        for t in spec.inputs
-    )
+    # Positional, one entry per input: torch.export keys dicts by forward()'s argument names. One
+    # Dim per name, shared by every input that has that axis; a cache may be empty (past_length 0).
+    dims = {d: torch.export.Dim(d, min=0 if d == PAST_AXIS else 1, max=4096)
+            for t in spec.inputs for d in t.dynamic_axes.values()}
+    # ExportView.forward takes *inputs: torch.export sees one argument holding them all.
+    dynamic_shapes = (tuple({i: dims[d] for i, d in t.dynamic_axes.items()} for t in spec.inputs),)
     path.parent.mkdir(parents=True, exist_ok=True)
     program = torch.onnx.export(
         model, sample, dynamo=True, input_names=[t.name for t in spec.inputs],
@@ -64,8 +64,20 @@ def export_onnx(model: nn.Module, spec: ExportSpec, sample: tuple[torch.Tensor, 
         dynamic_shapes=dynamic_shapes, external_data=False, optimize=True, verbose=False,
     )
     program.save(str(path))
+    _name_output_axes(path, spec)
     onnx.checker.check_model(str(path), full_check=True)
     return path
+
+
+def _name_output_axes(path: Path, spec: ExportSpec) -> None:
+    """Give the outputs' dynamic axes the spec's names: the exporter writes derived ones such as
+    "past + seq", or a number where it saw one example size, which would make ONNX Runtime warn."""
+    model = onnx.load(str(path))
+    for out, t in zip(model.graph.output, spec.outputs):
+        for d, want in zip(out.type.tensor_type.shape.dim, t.shape):
+            if isinstance(want, str):
+                d.dim_param = want
+    onnx.save(model, str(path))
 
 
 def _dims(value_info: onnx.ValueInfoProto) -> tuple[int | str, ...]:
@@ -73,8 +85,8 @@ def _dims(value_info: onnx.ValueInfoProto) -> tuple[int | str, ...]:
 
 
 def validate(name: str, spec: ExportSpec, model: nn.Module, onnx_path: Path,
-             inputs: list[np.ndarray]) -> list[dict[str, Any]]:
-    """Compare ORT with PyTorch on `inputs` (one array per batch, first input only for now).
+             inputs: list[tuple[np.ndarray, ...]]) -> list[dict[str, Any]]:
+    """Compare ORT with PyTorch on `inputs` (per batch, one array per graph input).
 
     Returns one record per batch size; raises ParityError naming the model, output, batch size and
     error when any check fails.
@@ -93,11 +105,12 @@ def validate(name: str, spec: ExportSpec, model: nn.Module, onnx_path: Path,
     model = ExportView(model, spec.method).eval()
     records = []
     for x in inputs:
-        batch = len(x)
+        x = x if isinstance(x, tuple) else (x,)
+        batch = len(x[0])
         with torch.no_grad():
-            ref = model(torch.from_numpy(x))
+            ref = model(*(torch.from_numpy(a) for a in x))
         ref = [ref] if isinstance(ref, torch.Tensor) else list(ref)
-        got = session.run(want_out, {want_in[0]: x})
+        got = session.run(want_out, dict(zip(want_in, x)))
         record: dict[str, Any] = {"batch_size": batch, "outputs": {}}
         for out_name, r, g in zip(want_out, ref, got):
             r = r.numpy()
@@ -120,9 +133,13 @@ def validate(name: str, spec: ExportSpec, model: nn.Module, onnx_path: Path,
     return records
 
 
-def parity_inputs(spec: ExportSpec, held_out: np.ndarray) -> list[np.ndarray]:
-    """Real held-out inputs at each parity batch size (cycled if the split is small), or for
-    generators the latent noise the service would draw."""
+def parity_inputs(spec: ExportSpec, held_out: np.ndarray, model: nn.Module | None = None
+                  ) -> list[tuple[np.ndarray, ...]] | list[np.ndarray]:
+    """Real held-out inputs at each parity batch size (cycled if the split is small); for
+    generators the latent noise the service would draw; for text step graphs held-out text with
+    the model's real state after a prefix (TEXT_PARITY_STEPS)."""
+    if spec.input_data == "steps":
+        return [step_inputs(model, held_out, b, past, new) for b, past, new in TEXT_PARITY_STEPS]
     out = []
     for b in spec.parity_batch_sizes:
         if spec.input_data == "normal":
@@ -131,6 +148,20 @@ def parity_inputs(spec: ExportSpec, held_out: np.ndarray) -> list[np.ndarray]:
         idx = np.arange(b) % len(held_out)
         out.append(np.ascontiguousarray(held_out[idx], dtype=np.float32))
     return out
+
+
+def step_inputs(model: nn.Module, held_out: np.ndarray, batch: int, past: int, new: int) -> tuple[np.ndarray, ...]:
+    """A text step graph's inputs: `new` held-out tokens per row after the state of `past` ones."""
+    tokens = torch.from_numpy(held_out[np.arange(batch) % len(held_out), :past + new])
+    with torch.no_grad():
+        return tuple(np.ascontiguousarray(t.numpy()) for t in model.eval().step_inputs(tokens, past))
+
+
+def export_sample(spec: ExportSpec, inputs: list, model: nn.Module, held_out: np.ndarray) -> tuple[torch.Tensor, ...]:
+    """Example inputs for torch.export: no dynamic axis of size 0 or 1, which it would specialise."""
+    if spec.input_data == "steps":
+        return tuple(torch.from_numpy(a) for a in step_inputs(model, held_out, 2, 3, 5))
+    return (torch.from_numpy(inputs[1][:2]),)
 
 
 def library_versions() -> dict[str, str]:
@@ -142,7 +173,7 @@ def library_versions() -> dict[str, str]:
 
 def _preprocessing(spec: ExportSpec, cfg: dict[str, Any]) -> dict[str, Any] | None:
     image = spec.inputs[0]
-    if len(image.shape) != 4:  # latent noise, drawn by the service (preprocess.latent_noise)
+    if len(image.shape) != 4:  # latent noise (preprocess.latent_noise) or text (the labels are the vocabulary)
         return None
     return {
         "image_size": list(image.shape[-2:]),
@@ -177,6 +208,7 @@ def build_card(entry: CourseModel, graph: Graph, ckpt: dict[str, Any], ckpt_path
         "sampling": {"noise": "numpy.random.default_rng(seed).standard_normal((n, dim), dtype=float32)"}
         if spec.input_data == "normal" else None,
         "parity": {"tolerance_abs": spec.atol, "provider": "CPUExecutionProvider", "batches": parity},
+        "generation": spec.generation,
         "metrics": {k: v for k, v in ckpt["metrics"].items() if k != "history"},
         "dataset": {"name": ckpt["dataset"], "source": ckpt["data_source"], "seed": ckpt["seed"]},
         "checkpoint": {"path": str(ckpt_path), "sha256": sha256(ckpt_path)},

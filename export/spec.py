@@ -3,7 +3,8 @@ ONNX configs: tensor names, named dynamic axes, opset and the parity tolerance."
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 # Opset 18 is the newest that torch.onnx's exporter and every ONNX Runtime >= 1.14 both cover
 # fully; pinning it keeps graphs identical across re-exports.
@@ -14,12 +15,23 @@ BATCH_AXIS = "batch_size"
 @dataclass(frozen=True)
 class TensorSpec:
     name: str
-    shape: tuple[int | str, ...]  # str entries are named dynamic axes
+    shape: tuple[int | str, ...]  # str entries are named dynamic axes, or config fields (see resolve)
     dtype: str = "float32"
 
     @property
     def dynamic_axes(self) -> dict[int, str]:
         return {i: d for i, d in enumerate(self.shape) if isinstance(d, str)}
+
+
+def config_value(value: Any, cfg: dict[str, Any]) -> Any:
+    """A field of the model's config ("hidden"), a quotient of two ("dim/heads"), or `value` itself."""
+    if isinstance(value, str):
+        if value in cfg:
+            return cfg[value]
+        a, _, b = value.partition("/")
+        if b and a in cfg and b in cfg:
+            return cfg[a] // cfg[b]
+    return value
 
 
 @dataclass(frozen=True)
@@ -40,6 +52,18 @@ class ExportSpec:
     # What the parity gate feeds the graph: held-out images of the model's dataset, or latent noise
     # drawn from N(0, I) with a fixed seed (generators).
     input_data: str = "held_out"
+    # Text generators: how the service carries state from one step to the next (see
+    # service/textgen.py); str values name config fields, filled in by resolve().
+    generation: dict[str, Any] | None = None
+
+    def resolve(self, cfg: dict[str, Any]) -> ExportSpec:
+        """The spec of one trained model: dimensions and values that name config fields (the
+        vocabulary size, layers, hidden units) replaced by the checkpoint's numbers."""
+        def tensors(ts: tuple[TensorSpec, ...]) -> tuple[TensorSpec, ...]:
+            return tuple(replace(t, shape=tuple(config_value(d, cfg) for d in t.shape)) for t in ts)
+
+        generation = None if self.generation is None else {k: config_value(v, cfg) for k, v in self.generation.items()}
+        return replace(self, inputs=tensors(self.inputs), outputs=tensors(self.outputs), generation=generation)
 
 
 def image_classifier_spec(shape: tuple[int, int, int] = (1, 28, 28), num_classes: int = 10,
@@ -94,4 +118,50 @@ def generator_spec(latent: int, shape: tuple[int, int, int] = (1, 28, 28), metho
         input_data="normal",
         parity_batch_sizes=(1, 7, 100),
         max_batch_size=100,
+    )
+
+
+SEQ_AXIS, PAST_AXIS, TOTAL_AXIS = "sequence_length", "past_length", "total_length"
+# Text step graphs are checked with the real state after a prefix: (batch, prefix, new tokens) per
+# parity batch size: a whole prompt from nothing, one decode step after 40 characters, 8 after 20.
+TEXT_PARITY_STEPS = ((1, 0, 16), (7, 40, 1), (64, 20, 8))
+# Logits of about +-10 and an LSTM cell state that accumulates over the prefix: fp32 rounding
+# reaches ~1e-5 absolute there (9.5e-6 measured), so the per-tensor gate allows 1e-4; the stricter
+# check for text is that greedy decoding gives the very same tokens (export/text_parity.py).
+TEXT_ATOL = 1e-4
+
+
+def recurrent_lm_spec() -> ExportSpec:
+    """(tokens, h, c) -> (logits, h, c): the LSTM state as explicit inputs and outputs."""
+    state = ("layers", BATCH_AXIS, "hidden")
+    return ExportSpec(
+        inputs=(TensorSpec("tokens", (BATCH_AXIS, SEQ_AXIS), "int64"), TensorSpec("h", state), TensorSpec("c", state)),
+        outputs=(TensorSpec("logits", (BATCH_AXIS, SEQ_AXIS, "num_classes")), TensorSpec("h_out", state),
+                 TensorSpec("c_out", state)),
+        check_top1=("logits",),
+        atol=TEXT_ATOL,
+        input_data="steps",
+        generation={"cache": "recurrent", "state": {"h": "h_out", "c": "c_out"}, "batch_axis": 1, "context": None},
+    )
+
+
+def kv_cache_lm_spec() -> ExportSpec:
+    """(tokens, positions, past_mask, past_keys, past_values) -> (logits, present_keys, present_values)
+    with a dynamic past length (see training/models/gpt.py)."""
+    def cache(length: str) -> tuple[int | str, ...]:
+        return ("layers", BATCH_AXIS, "heads", length, "dim/heads")
+
+    return ExportSpec(
+        inputs=(TensorSpec("tokens", (BATCH_AXIS, SEQ_AXIS), "int64"),
+                TensorSpec("positions", (BATCH_AXIS, SEQ_AXIS), "int64"),
+                TensorSpec("past_mask", (BATCH_AXIS, PAST_AXIS), "int64"),
+                TensorSpec("past_keys", cache(PAST_AXIS)), TensorSpec("past_values", cache(PAST_AXIS))),
+        outputs=(TensorSpec("logits", (BATCH_AXIS, SEQ_AXIS, "num_classes")),
+                 TensorSpec("present_keys", cache(TOTAL_AXIS)), TensorSpec("present_values", cache(TOTAL_AXIS))),
+        check_top1=("logits",),
+        atol=TEXT_ATOL,
+        input_data="steps",
+        generation={"cache": "kv", "state": {"past_keys": "present_keys", "past_values": "present_values"},
+                    "batch_axis": 1, "length_axis": 3, "positions": "positions", "past_mask": "past_mask",
+                    "context": "block"},
     )

@@ -20,7 +20,9 @@ import numpy as np
 
 from . import metrics, store
 from .errors import ClientError
+from .generate import TextEngine
 from .ort_runtime import make_session
+from .textgen import TextModel
 
 log = logging.getLogger("ee559.engine")
 
@@ -108,32 +110,48 @@ class Batcher:
 
 
 class Engine:
-    """Every served model's session, warmed up; `infer` batches, `run` executes one batch."""
+    """Every served model's session, warmed up; `infer` batches, `run` executes one batch; text
+    models generate through `text` (service/generate.py)."""
 
     def __init__(self, served: dict[str, str], provider: str, max_batch_size: int, max_latency_ms: float,
                  max_queue_rows: int) -> None:
         self.sessions: dict[str, Any] = {}
         self.providers: dict[str, str] = {}
         self.cards: dict[str, dict[str, Any]] = {}
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ort")
+        self.text: dict[str, TextEngine] = {}
         reasons = set()
         for name, tag in served.items():
             model = store.load(tag)
             session, used, why = make_session(model.onnx_path, provider)
             reasons.update([why] if why else [])
             self.sessions[name], self.providers[name], self.cards[name] = session, used, model.card
-            self._warm_up(name, max_batch_size)
+            if model.card.get("generation"):
+                text_model = TextModel(model.card, self._graph_runner(name))
+                text_model.step([text_model.new([0, 1, 2])])  # warm-up
+                self.text[name] = TextEngine(name, text_model, self.executor, max_running=max_batch_size,
+                                             max_waiting=max_queue_rows, provider=used)
+            else:
+                self._warm_up(name, max_batch_size)
             metrics.model_info().labels(model=name, version=model.card["version"], opset=str(model.card["opset"]),
                                         provider=used).set(1)
         for why in reasons:
             log.warning("execution provider: CPU (CUDA not used: %s)", why)
         log.info("models ready: %s", ", ".join(f"{n} on {p}" for n, p in self.providers.items()))
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ort")
         self.batchers = {
             name: Batcher(lambda x, n=name: self.run(n, x), self.executor,
                           min(max_batch_size, self.cards[name]["max_batch_size"]), max_latency_ms / 1000,
                           max_queue_rows)
-            for name in served
+            for name in served if name not in self.text
         }
+
+    def _graph_runner(self, name: str):
+        session, outputs = self.sessions[name], [o["name"] for o in self.cards[name]["outputs"]]
+
+        def run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            return dict(zip(outputs, session.run(outputs, feeds)))
+
+        return run
 
     def _warm_up(self, name: str, max_batch_size: int) -> None:
         spec = self.cards[name]["inputs"][0]

@@ -1,7 +1,7 @@
 """The BentoML service.
 
     clients --HTTP--> EE559: task endpoints (/classify, /explain, /segment, /denoise, /embed,
-                     /reconstruct, /generate),
+                     /reconstruct, /generate, /generate_text with streaming),
                      Open Inference Protocol (/v2), /readyz, /metrics
                         parsing and validation -> adaptive batcher -> ONNX Runtime sessions
 
@@ -72,8 +72,19 @@ def _quiet_gc() -> None:
     gc.set_threshold(50_000, 50, 100)
 
 
-def _engine() -> Engine:
-    return Engine(SERVED, PROVIDER, MAX_BATCH_SIZE, MAX_LATENCY_MS, MAX_QUEUE_ROWS)
+# Text generation (POST /generate_text): caps on what one request may ask for.
+MAX_NEW_TOKENS = int(os.environ.get("EE559_MAX_NEW_TOKENS", "512"))
+MAX_PROMPT_CHARS = int(os.environ.get("EE559_MAX_PROMPT_CHARS", "2048"))
+
+
+def _engine(served: dict[str, str]) -> Engine:
+    return Engine(served, PROVIDER, MAX_BATCH_SIZE, MAX_LATENCY_MS, MAX_QUEUE_ROWS)
+
+
+def _split_text_models() -> tuple[dict[str, str], dict[str, str]]:
+    """(tensor models, text generators): the Inference service batches only the first kind."""
+    text = {n: t for n, t in SERVED.items() if store.load(t).card.get("generation")}
+    return {n: t for n, t in SERVED.items() if n not in text}, text
 
 
 # runner_connection: BentoML's client refreshes its connection pool every 100 requests (or 300 s)
@@ -85,7 +96,7 @@ class Inference:
     """EE559_BATCHER=bentoml: the sessions in their own service, batched by BentoML's dispatcher."""
 
     def __init__(self) -> None:
-        self.engine = _engine()
+        self.engine = _engine(_split_text_models()[0])
 
     @bentoml.api(batchable=True, max_batch_size=MAX_BATCH_SIZE, max_latency_ms=MAX_LATENCY_MS)
     async def infer(self, items: list[Any]) -> list[Any]:
@@ -118,9 +129,11 @@ class EE559:
         if BATCHER == "bentoml":
             self.engine = None
             self.cards = {name: store.load(tag).card for name, tag in SERVED.items()}
+            text = _split_text_models()[1]
+            self.text = _engine(text).text if text else {}  # generation keeps its state in this worker
         else:
-            self.engine = _engine()  # loaded and warmed up before the worker reports ready
-            self.cards = self.engine.cards
+            self.engine = _engine(SERVED)  # loaded and warmed up before the worker reports ready
+            self.cards, self.text = self.engine.cards, self.engine.text
         _quiet_gc()  # runs at the worker's start-up, after BentoML built the app around us
 
     def card_for(self, name: Any, task_name: str) -> dict[str, Any]:

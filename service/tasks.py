@@ -276,4 +276,11 @@ class Generate:
                 "images": np.round(shown.astype(np.float64), 4).tolist(), "provider": provider}
 
 
-TASKS = {t.name: t for t in (Classify, Explain, Segment, Denoise, Embed, Reconstruct, Generate)}
+class GenerateText:
+    """Text continuation by a character-level language model (route in api.py: it streams)."""
+
+    name = "generate_text"
+    route = False  # not a row-per-request task: service/generate.py schedules it
+
+
+TASKS = {t.name: t for t in (Classify, Explain, Segment, Denoise, Embed, Reconstruct, Generate, GenerateText)}

@@ -164,6 +164,8 @@ async def infer(request: Request) -> Response:
                                                              "application/json, application/octet-stream "
                                                              "(JSON header + binary tensors)")
         req, binary = _split_body(request, await read_body(request, max_body_bytes()))
+        if card.get("generation"):  # the server keeps a text model's state between steps
+            raise ClientError(400, "stateful_model", f"model {card['name']!r} generates text: use POST /generate_text")
         (spec,) = card["inputs"]
         given = {t.get("name"): t for t in req["inputs"] if isinstance(t, dict)}
         if set(given) != {spec["name"]} or len(req["inputs"]) != 1:

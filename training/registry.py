@@ -11,11 +11,13 @@ from typing import Any
 
 from torch import nn
 
-from export.spec import (ExportSpec, autoencoder_spec, generator_spec, image_classifier_spec, segmenter_spec,
-                         vae_spec)
+from export.spec import (ExportSpec, autoencoder_spec, generator_spec, image_classifier_spec, kv_cache_lm_spec,
+                         recurrent_lm_spec, segmenter_spec, vae_spec)
 
 from .models.autoencoder import AutoencoderConfig, DenoisingAutoencoder
+from .models.char_lstm import CharLSTM, CharLSTMConfig
 from .models.dcgan import DCGAN, DCGANConfig
+from .models.gpt import GPT, GPTConfig
 from .models.lenet import LeNet, LeNetConfig
 from .models.mlp import MLP, MLPConfig
 from .models.resnet import ResNet, ResNetConfig
@@ -142,6 +144,28 @@ REGISTRY: dict[str, CourseModel] = {
             judge="lenet",
             presets={"quick": QUICK,
                      "full": TrainConfig(epochs=80, lr=2e-4, weight_decay=0.0, betas=(0.5, 0.999))},
+        ),
+        CourseModel(
+            name="char_lstm",
+            chapter="Recurrent models and NLP (character-level LSTM)",
+            config_cls=CharLSTMConfig,
+            model_cls=CharLSTM,
+            tasks=("generate_text",),
+            export=recurrent_lm_spec(),
+            dataset="stdlib_docstrings",
+            presets={"quick": TrainConfig(epochs=1, limit_train=64),
+                     "full": TrainConfig(epochs=3, batch_size=32, lr=3e-3, weight_decay=0.0)},
+        ),
+        CourseModel(
+            name="gpt",
+            chapter="Attention and transformers (small character-level GPT with a KV cache)",
+            config_cls=GPTConfig,
+            model_cls=GPT,
+            tasks=("generate_text",),
+            export=kv_cache_lm_spec(),
+            dataset="stdlib_docstrings",
+            presets={"quick": TrainConfig(epochs=1, limit_train=64),
+                     "full": TrainConfig(epochs=2, batch_size=32, lr=2e-3, weight_decay=0.01)},
         ),
     )
 }

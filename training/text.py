@@ -13,7 +13,7 @@ import numpy as np
 
 from .runtime import runs_dir
 
-BLOCK = 256  # characters per training window (the GPT's context)
+BLOCK = 128  # characters per training window (the GPT's context)
 SKIPPED_DIRS = {"test", "tests", "idlelib", "lib2to3", "site-packages", "turtledemo"}
 
 

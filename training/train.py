@@ -173,16 +173,17 @@ def run(entry: CourseModel, dataset: str | None = None, data_dir: Path | None = 
         tc = replace(tc, epochs=epochs)
     splits = load_dataset(dataset, seed, data_dir)
     print(f"{entry.name}: {len(splits.train)} train / {len(splits.val)} val / {len(splits.test)} test "
-          f"images from {splits.source}", flush=True)
+          f"from {splits.source}", flush=True)
     model, metrics = fit(entry, splits, tc, seed, device)
     if entry.judge:
         metrics.update(sample_quality(entry, model, out))
     shown = {"test_accuracy": "test accuracy", "test_mean_iou": "mean IoU", "test_psnr_noisy_db": "PSNR noisy (dB)",
              "test_psnr_denoised_db": "PSNR denoised (dB)", "test_elbo_nats": "ELBO (nats/image)",
+             "test_nats_per_char": "test loss (nats/char)", "test_bits_per_char": "bits/char",
              "test_judge_classes": f"classes among 100 samples ({entry.judge})",
              "test_judge_mean_confidence": f"mean {entry.judge} confidence"}
     figures = ", ".join(f"{label} {metrics[k]:.4f}" for k, label in shown.items() if k in metrics)
-    print(f"{entry.name}: {figures} ({len(splits.test)} held-out images)", flush=True)
+    print(f"{entry.name}: {figures} ({len(splits.test)} held-out examples)", flush=True)
     run_dir = model_runs(entry.name, out) / time.strftime("%Y%m%d-%H%M%S")
     while run_dir.exists():  # two runs within one second
         run_dir = run_dir.with_name(run_dir.name + "x")

@@ -15,7 +15,7 @@ from torch import nn
 class CharLSTMConfig:
     num_classes: int = 128  # the vocabulary size (the dataset's number of classes)
     embed: int = 64
-    hidden: int = 384
+    hidden: int = 256
     layers: int = 2
     dropout: float = 0.1
 
@@ -59,4 +59,5 @@ class CharLSTM(nn.Module):
         """Sums over the batch of each window's mean loss in nats per character."""
         logits, _, _ = self(x, *(s.to(x.device) for s in self.initial_state(len(x))))
         nats = nn.functional.cross_entropy(logits.transpose(1, 2), y, reduction="none").mean(1)
-        return {"loss": nats.sum().item(), "bits_per_char": (nats / torch.log(torch.tensor(2.0))).sum().item()}
+        return {"loss": nats.sum().item(), "nats_per_char": nats.sum().item(),
+                "bits_per_char": (nats / torch.log(torch.tensor(2.0))).sum().item()}

@@ -22,10 +22,10 @@ from torch import nn
 @dataclass
 class GPTConfig:
     num_classes: int = 128  # the vocabulary size (the dataset's number of classes)
-    block: int = 256  # context: positions 0 .. block-1 (the training windows' length)
+    block: int = 128  # context: positions 0 .. block-1 (the training windows' length)
     layers: int = 4
     heads: int = 4
-    dim: int = 192
+    dim: int = 128
     dropout: float = 0.1
 
 
@@ -129,4 +129,4 @@ class GPT(nn.Module):
     def evaluate_batch(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         """Sums over the batch of each window's mean loss in nats per character."""
         nats = nn.functional.cross_entropy(self.full_forward(x).transpose(1, 2), y, reduction="none").mean(1)
-        return {"loss": nats.sum().item(), "bits_per_char": (nats / math.log(2)).sum().item()}
+        return {"loss": nats.sum().item(), "nats_per_char": nats.sum().item(), "bits_per_char": (nats / math.log(2)).sum().item()}

@@ -1,0 +1,150 @@
+"""Text generation with exported step graphs (numpy only): the state a graph carries between
+steps, batching the steps of several sequences, and sampling.
+
+The model card's "generation" section says how the state works:
+
+- "recurrent" (the LSTM): fixed-size state tensors, concatenated along the batch axis.
+- "kv" (the GPT): key/value caches that grow by one slot per token. Sequences of different
+  lengths share a step by left padding: each cache is padded to the longest with slots that
+  `past_mask` marks 0, and `positions` gives each token's index in its own sequence. A cache
+  full at `context` tokens restarts from the last context/2 tokens (one prompt-sized step), so
+  positions never leave the range the model was trained on.
+
+`TextModel.step` is the only place that runs a graph; the service's scheduler (service/generate.py)
+and the exporter's decoding parity check (export/text_parity.py) both go through it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+
+@dataclass
+class Sequence:
+    tokens: list[int]  # the prompt and everything generated so far
+    state: dict[str, np.ndarray] = field(default_factory=dict)  # graph input name -> batch of one
+    fed: int = 0  # tokens[:fed] are in the state
+    start: int = 0  # kv: the cache holds tokens[start:fed]
+
+    @property
+    def pending(self) -> int:
+        return len(self.tokens) - self.fed
+
+
+class TextModel:
+    """One text step graph: `run(feeds) -> outputs` (both name -> array) does the work."""
+
+    def __init__(self, card: dict[str, Any], run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]) -> None:
+        self.card, self.run = card, run
+        gen = card["generation"]
+        self.kind: str = gen["cache"]
+        self.state_io: dict[str, str] = gen["state"]  # input -> output
+        self.batch_axis: int = gen["batch_axis"]
+        self.length_axis: int | None = gen.get("length_axis")
+        self.context: int | None = gen.get("context")
+        self.vocab: list[str] = card["labels"]
+        self.index = {ch: i for i, ch in enumerate(self.vocab)}
+        self.shapes = {t["name"]: t["shape"] for t in card["inputs"]}
+        self.dtypes = {t["name"]: t["dtype"] for t in card["inputs"]}
+
+    def new(self, tokens: list[int]) -> Sequence:
+        seq = Sequence(list(tokens))
+        self._reset(seq, 0)
+        return seq
+
+    def _reset(self, seq: Sequence, start: int) -> None:
+        """An empty state (zeros, or caches of length 0) before tokens[start]."""
+        for name in self.state_io:
+            shape = [1 if i == self.batch_axis else 0 if isinstance(d, str) else d
+                     for i, d in enumerate(self.shapes[name])]
+            seq.state[name] = np.zeros(shape, dtype=self.dtypes[name])
+        seq.fed = seq.start = start
+
+    def _slide(self, seq: Sequence) -> None:
+        """kv: a cache that would pass `context` tokens restarts from the last context/2."""
+        if self.context is not None and len(seq.tokens) - seq.start > self.context:
+            self._reset(seq, len(seq.tokens) - self.context // 2)
+
+    def step(self, seqs: list[Sequence]) -> np.ndarray:
+        """Feed every sequence its pending tokens; return the logits after each one's last token,
+        (len(seqs), vocab). Sequences with the same number of pending tokens (all of them, in a
+        decode step) share one graph call."""
+        for s in seqs:
+            self._slide(s)
+        logits: list[np.ndarray | None] = [None] * len(seqs)
+        groups: dict[int, list[int]] = {}
+        for i, s in enumerate(seqs):
+            groups.setdefault(s.pending, []).append(i)
+        for t, idx in groups.items():
+            if t < 1:
+                raise ValueError("a sequence without pending tokens cannot step")
+            rows = self._step([seqs[i] for i in idx], t)
+            for j, i in enumerate(idx):
+                logits[i] = rows[j]
+        return np.stack(logits)
+
+    def _step(self, seqs: list[Sequence], t: int) -> np.ndarray:
+        feeds = {"tokens": np.array([s.tokens[s.fed:] for s in seqs], dtype=np.int64)}
+        pasts = [s.fed - s.start for s in seqs]
+        longest = max(pasts)
+        if self.kind == "kv":
+            gen = self.card["generation"]
+            feeds[gen["past_mask"]] = np.array([[0] * (longest - p) + [1] * p for p in pasts],
+                                               dtype=np.int64).reshape(len(seqs), longest)
+            feeds[gen["positions"]] = np.array([np.arange(p, p + t) for p in pasts], dtype=np.int64)
+            for name in self.state_io:
+                feeds[name] = np.concatenate([self._left_pad(s.state[name], longest) for s in seqs], self.batch_axis)
+        else:
+            for name in self.state_io:
+                feeds[name] = np.concatenate([s.state[name] for s in seqs], self.batch_axis)
+        outs = self.run(feeds)
+        for i, s in enumerate(seqs):
+            for name, out in self.state_io.items():
+                row = np.take(outs[out], [i], axis=self.batch_axis)
+                if self.kind == "kv":  # drop this row's left padding
+                    row = np.take(row, np.arange(longest - pasts[i], row.shape[self.length_axis]), axis=self.length_axis)
+                s.state[name] = row
+            s.fed += t
+        return outs["logits"][:, -1]
+
+    def _left_pad(self, cache: np.ndarray, length: int) -> np.ndarray:
+        missing = length - cache.shape[self.length_axis]
+        if not missing:
+            return cache
+        widths = [(0, 0)] * cache.ndim
+        widths[self.length_axis] = (missing, 0)
+        return np.pad(cache, widths)
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids; KeyError names the first character outside the vocabulary."""
+        return [self.index[ch] for ch in text]
+
+    def decode(self, ids: list[int]) -> str:
+        return "".join(self.vocab[i] for i in ids)
+
+
+def choose(logits: np.ndarray, temperature: float, top_k: int, rng: np.random.Generator) -> int:
+    """The next token: greedy for top_k == 1, else sampled from the top_k most likely at `temperature`."""
+    if top_k == 1:
+        return int(np.argmax(logits))
+    z = logits.astype(np.float64) / temperature
+    if top_k < len(z):
+        z[np.argpartition(z, -top_k)[:-top_k]] = -np.inf
+    p = np.exp(z - z.max())
+    return int(rng.choice(len(p), p=p / p.sum()))
+
+
+def greedy(model: TextModel, prompts: list[list[int]], new_tokens: int, batched: bool) -> list[list[int]]:
+    """Greedy decoding of `new_tokens` after each prompt: prompts fed one by one, then the decode
+    steps of all sequences batched together (batched=True) or each sequence alone."""
+    seqs = [model.new(p) for p in prompts]
+    last = np.concatenate([model.step([s]) for s in seqs])
+    for k in range(new_tokens):
+        for s, row in zip(seqs, last):
+            s.tokens.append(int(np.argmax(row)))
+        if k + 1 < new_tokens:
+            last = model.step(seqs) if batched else np.concatenate([model.step([s]) for s in seqs])
+    return [s.tokens[len(p):] for s, p in zip(seqs, prompts)]
