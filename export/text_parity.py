@@ -28,6 +28,18 @@ def onnx_text_model(spec: ExportSpec, onnx_path: Path, labels: list[str]) -> Tex
     return TextModel(card, lambda feeds: dict(zip(names, session.run(names, feeds))))
 
 
+def torch_text_model(model: nn.Module, spec: ExportSpec, labels: list[str]) -> TextModel:
+    """The service's state handling (caches, padding, batching) over PyTorch instead of ONNX Runtime."""
+    names, order = [o.name for o in spec.outputs], [t.name for t in spec.inputs]
+    card = {"generation": spec.generation, "labels": labels, "inputs": [asdict(t) for t in spec.inputs]}
+
+    @torch.no_grad()
+    def run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {n: o.numpy() for n, o in zip(names, model(*(torch.from_numpy(feeds[k]) for k in order)))}
+
+    return TextModel(card, run)
+
+
 @torch.no_grad()
 def uncached_greedy(model: nn.Module, prompt: list[int], new_tokens: int, context: int | None) -> list[int]:
     """PyTorch, whole sequence every step, with the service's window rule (TextModel._slide)."""

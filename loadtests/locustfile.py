@@ -7,11 +7,14 @@ The SLOs (--slo-p95-ms, --slo-fail-ratio) set the exit code when Locust quits.
 
 from __future__ import annotations
 
+import itertools
+import json
 import logging
+import time
 
-from locust import FastHttpUser, constant_throughput, events
+from locust import FastHttpUser, HttpUser, constant_throughput, events, task
 
-from loadtests.tasks import ACCURACY, TASK_LOADS
+from loadtests.tasks import ACCURACY, PROMPTS, TASK_LOADS
 from training.registry import REGISTRY
 
 log = logging.getLogger("ee559.locust")
@@ -28,12 +31,54 @@ def _slo_options(parser) -> None:
 class CourseModelUser(FastHttpUser):
     """Every registered model, each with its serving task's requests."""
 
+    weight = 3
+
     tasks = {fn: w for entry in REGISTRY.values() for task in entry.tasks for fn, w in TASK_LOADS[task](entry).items()}
 
     def wait_time(self) -> float:
         opts = self.environment.parsed_options
         rate = getattr(opts, "per_user_rps", 0.0) if opts is not None else 0.0
         return constant_throughput(rate)(self) if rate > 0 else 0.0
+
+
+TEXT_MODELS = [e.name for e in REGISTRY.values() if "generate_text" in e.tasks]
+
+
+class StreamingTextUser(HttpUser):
+    """Streamed generation (server-sent events), as a chat client reads it: reports the time to
+    the first token as its own entry ("TTFT"), and the whole stream as the request."""
+
+    weight = 1  # against CourseModelUser's 3: a quarter of the users stream text
+    counter = itertools.count()
+
+    def wait_time(self) -> float:
+        opts = self.environment.parsed_options
+        rate = getattr(opts, "per_user_rps", 0.0) if opts is not None else 0.0
+        return constant_throughput(rate)(self) if rate > 0 else 0.0
+
+    @task
+    def stream(self) -> None:
+        if not TEXT_MODELS:
+            return
+        i = next(self.counter)
+        model = TEXT_MODELS[i % len(TEXT_MODELS)]
+        body = {"model": model, "prompt": PROMPTS[i % len(PROMPTS)], "max_new_tokens": 64, "seed": i, "stream": True}
+        start = time.perf_counter()
+        with self.client.post("/generate_text", data=json.dumps(body), headers={"Content-Type": "application/json"},
+                              name=f"/generate_text [{model}, stream]", stream=True, catch_response=True) as resp:
+            if resp.status_code != 200:
+                resp.failure(f"HTTP {resp.status_code}")
+                return
+            tokens, done = 0, False
+            for line in resp.iter_lines(decode_unicode=True):
+                if line.startswith("data: ") and not done:
+                    if tokens == 0:
+                        events.request.fire(request_type="TTFT", name=f"/generate_text [{model}] first token",
+                                            response_time=1000 * (time.perf_counter() - start), response_length=0,
+                                            exception=None, context={})
+                    tokens += 1
+                done = done or line == "event: done"
+            resp.success() if done and tokens == 64 else resp.failure(f"stream ended after {tokens} tokens")
 
 
 @events.quitting.add_listener

@@ -154,6 +154,29 @@ def generate_task(model: str, n: int = 4):
     return run
 
 
+PROMPTS = ("Return the ", "This module ", "If the ", "Create a new ")
+
+
+def generate_text_task(model: str, max_new_tokens: int = 32):
+    """One Locust task: POST /generate_text (not streamed) for `model`; checks the token count."""
+    counter = itertools.count()
+
+    def run(user) -> None:  # a Locust HttpUser
+        i = next(counter)
+        body = {"model": model, "prompt": PROMPTS[i % len(PROMPTS)], "max_new_tokens": max_new_tokens, "seed": i}
+        with user.client.post("/generate_text", name=f"/generate_text [{model}]", catch_response=True,
+                              data=json.dumps(body), headers={"Content-Type": "application/json"}) as resp:
+            if resp.status_code != 200:
+                resp.failure(f"HTTP {resp.status_code}: {resp.text[:200]}")
+                return
+            got = resp.json()
+            ok = got.get("tokens") == max_new_tokens and len(got.get("text", "")) == max_new_tokens
+            resp.success() if ok else resp.failure(f"malformed generation: {str(got)[:200]}")
+
+    run.__name__ = f"generate_text_{model}_json"
+    return run
+
+
 # Serving task -> Locust tasks with weights: JSON arrays are the common client, PNG the rarer one.
 TASK_LOADS = {
     "denoise": lambda entry: {json_task("denoise", entry.name, entry.dataset, _denoised_ok): 1},
@@ -163,6 +186,7 @@ TASK_LOADS = {
     "explain": lambda entry: {json_task("explain", entry.name, entry.dataset, _heatmap_ok): 1},
     "reconstruct": lambda entry: {json_task("reconstruct", entry.name, entry.dataset, _reconstruction_ok): 1},
     "generate": lambda entry: {generate_task(entry.name): 1},
+    "generate_text": lambda entry: {generate_text_task(entry.name): 1},
     "classify": lambda entry: {
         classify_task(entry.name, entry.dataset, entry.export.outputs[0].shape[-1], False): 3,
         classify_task(entry.name, entry.dataset, entry.export.outputs[0].shape[-1], True): 1,

@@ -36,7 +36,7 @@ def exported(runs: Path) -> dict[str, Path]:
     from training.train import run
 
     for entry in REGISTRY.values():  # in registry order: the judge classifier before the generators
-        run(entry, preset="full", out=runs)
+        run(entry, preset="ci" if "ci" in entry.presets else "full", out=runs)
     assert export_main(["all", "--runs", str(runs)]) == 0
     return {name: sorted((runs / "export" / name).glob("*/model_card.json"))[-1] for name in served_graphs()}
 

@@ -32,6 +32,7 @@ class TrainConfig:
     lr: float = 2e-3
     weight_decay: float = 1e-4
     betas: tuple[float, float] = (0.9, 0.999)  # Adam's; GANs use (0.5, 0.999)
+    warmup_steps: int = 0  # > 0: linear warm-up then cosine decay per step (else cosine per epoch)
     limit_train: int | None = None  # use only the first N training examples (quick runs)
 
 
@@ -55,6 +56,8 @@ class CourseModel:
     tasks: tuple[str, ...]  # every serving task of the model, e.g. ("classify",)
     export: ExportSpec  # the main graph
     dataset: str = "digits"  # the default dataset
+    # quick: seconds (smoke tests); full: the default; ci, where full takes minutes: what the test
+    # suite trains (a subset; the README quotes the full run's figures).
     presets: dict[str, TrainConfig] = field(default_factory=dict)
     extra_graphs: tuple[Graph, ...] = ()  # exported from the same checkpoint, with their own tasks
     # Generators: the registered classifier whose latest checkpoint scores 100 samples after training.
@@ -154,6 +157,7 @@ REGISTRY: dict[str, CourseModel] = {
             export=recurrent_lm_spec(),
             dataset="stdlib_docstrings",
             presets={"quick": TrainConfig(epochs=1, limit_train=64),
+                     "ci": TrainConfig(epochs=1, batch_size=32, lr=3e-3, weight_decay=0.0, limit_train=1500),
                      "full": TrainConfig(epochs=3, batch_size=32, lr=3e-3, weight_decay=0.0)},
         ),
         CourseModel(
@@ -165,6 +169,7 @@ REGISTRY: dict[str, CourseModel] = {
             export=kv_cache_lm_spec(),
             dataset="stdlib_docstrings",
             presets={"quick": TrainConfig(epochs=1, limit_train=64),
+                     "ci": TrainConfig(epochs=1, batch_size=32, lr=2e-3, weight_decay=0.01, limit_train=1500),
                      "full": TrainConfig(epochs=2, batch_size=32, lr=2e-3, weight_decay=0.01)},
         ),
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -33,7 +34,7 @@ def batches(split: Split, batch_size: int, generator: torch.Generator | None = N
 
 
 def train_epoch(model: nn.Module, split: Split, opt: torch.optim.Optimizer, tc: TrainConfig,
-                gen: torch.Generator, device: torch.device, desc: str) -> float:
+                gen: torch.Generator, device: torch.device, desc: str, step_sched=None) -> float:
     model.train()
     total, count = 0.0, 0
     bar = tqdm(batches(split, tc.batch_size, gen), total=-(-len(split) // tc.batch_size), desc=desc,
@@ -44,6 +45,8 @@ def train_epoch(model: nn.Module, split: Split, opt: torch.optim.Optimizer, tc: 
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if step_sched is not None:
+            step_sched.step()
         total += loss.item() * len(y)
         count += len(y)
         bar.set_postfix(loss=f"{total / count:.4f}")
@@ -89,13 +92,21 @@ def fit(entry: CourseModel, splits: Splits, tc: TrainConfig, seed: int = DEFAULT
     train = splits.train if tc.limit_train is None else Split(splits.train.x[:tc.limit_train],
                                                               splits.train.y[:tc.limit_train])
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, betas=tc.betas)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(tc.epochs, 1))
+    if tc.warmup_steps:  # transformers: linear warm-up, then cosine decay, per step
+        total = max(tc.epochs * -(-len(train) // tc.batch_size), tc.warmup_steps + 1)
+        step_sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / tc.warmup_steps) * 0.5 * (
+            1 + math.cos(math.pi * min(s, total) / total)))
+        sched = None
+    else:  # cosine decay per epoch
+        step_sched = None
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(tc.epochs, 1))
     history: list[dict[str, float]] = []
     best_score, best_state = float("-inf"), None
     start = time.perf_counter()
     for epoch in range(1, tc.epochs + 1):
-        train_loss = train_epoch(model, train, opt, tc, gen, dev, f"{entry.name} {epoch}/{tc.epochs}")
-        sched.step()
+        train_loss = train_epoch(model, train, opt, tc, gen, dev, f"{entry.name} {epoch}/{tc.epochs}", step_sched)
+        if sched is not None:
+            sched.step()
         val = evaluate(model, splits.val, dev)
         history.append({"epoch": epoch, "train_loss": train_loss, **{f"val_{k}": v for k, v in val.items()}})
         print(f"{entry.name} epoch {epoch:3d}/{tc.epochs}  train loss {train_loss:.4f}  "

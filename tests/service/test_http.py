@@ -231,6 +231,130 @@ def test_samples_scored_by_the_served_judge_match_training(server, exported, nam
         assert classes == 10 and confidence >= 0.8, f"{classes} classes, mean confidence {confidence:.3f}"
 
 
+TEXT_MODELS = [n for n, e in REGISTRY.items() if "generate_text" in e.tasks]
+
+
+def generate_text(url: str, **body) -> requests.Response:
+    return requests.post(f"{url}/generate_text", json=body, timeout=60)
+
+
+def sse_events(resp: requests.Response):
+    """(event, data) pairs of a server-sent-event stream, as they arrive."""
+    event = "message"
+    for line in resp.iter_lines(decode_unicode=True):
+        if line.startswith("event: "):
+            event = line[7:]
+        elif line.startswith("data: "):
+            yield event, json.loads(line[6:])
+            event = "message"
+
+
+@pytest.mark.parametrize("name", TEXT_MODELS)
+def test_generate_text_is_deterministic_for_a_seed_and_streams_the_same_text(server, name: str):
+    a = generate_text(server, model=name, prompt="Return the ", max_new_tokens=40, seed=3, temperature=0.8)
+    b = generate_text(server, model=name, prompt="Return the ", max_new_tokens=40, seed=3, temperature=0.8)
+    c = generate_text(server, model=name, prompt="Return the ", max_new_tokens=40, seed=4, temperature=0.8)
+    assert a.status_code == 200, a.text
+    body = a.json()
+    assert body["tokens"] == len(body["text"]) == 40 and body["seed"] == 3 and body["prompt"] == "Return the "
+    assert body["text"] == b.json()["text"] and body["text"] != c.json()["text"]
+    assert 0 < body["time_to_first_token_s"] <= body["seconds"]
+    with requests.post(f"{server}/generate_text", json={"model": name, "prompt": "Return the ", "max_new_tokens": 40,
+                                                        "seed": 3, "temperature": 0.8, "stream": True},
+                       stream=True, timeout=60) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        events = list(sse_events(r))
+    tokens = [d["token"] for e, d in events if e == "message"]
+    assert "".join(tokens) == body["text"] and len(tokens) == 40
+    assert events[-1][0] == "done" and events[-1][1]["text"] == body["text"]
+    greedy = generate_text(server, model=name, prompt="Return the ", max_new_tokens=20, top_k=1)
+    assert greedy.json()["text"] == generate_text(server, model=name, prompt="Return the ", max_new_tokens=20,
+                                                  top_k=1, seed=99).json()["text"]  # greedy ignores the seed
+
+
+@pytest.mark.parametrize("name", TEXT_MODELS)
+def test_long_generation_and_long_prompt_go_past_the_context(server, name: str):
+    r = generate_text(server, model=name, prompt="The " * 100, max_new_tokens=300, seed=0)  # 400 + 300 > 128
+    assert r.status_code == 200, r.text
+    assert len(r.json()["text"]) == 300
+
+
+def test_concurrent_generations_progress_together(server):
+    """A stream started while another runs gets its first token long before the first one ends:
+    decode steps are batched, not queued behind whole generations."""
+    name = TEXT_MODELS[-1]
+    order: list[str] = []
+
+    def stream(tag: str, n: int) -> None:
+        with requests.post(f"{server}/generate_text", json={"model": name, "prompt": "Return ", "max_new_tokens": n,
+                                                            "stream": True}, stream=True, timeout=120) as r:
+            for i, (event, _) in enumerate(sse_events(r)):
+                if i == 0:
+                    order.append(f"{tag} first")
+                if event == "done":
+                    order.append(f"{tag} done")
+
+    with ThreadPoolExecutor(2) as pool:
+        long = pool.submit(stream, "long", 500)
+        while not order:  # the long one is generating
+            pass
+        pool.submit(stream, "short", 5).result()
+        long.result()
+    assert order.index("short done") < order.index("long done"), order
+
+
+def _active(url: str, name: str) -> float:
+    text = requests.get(f"{url}/metrics", timeout=5).text
+    found = re.findall(rf'ee559_active_generations{{[^}}]*model="{name}"[^}}]*}} ([0-9.e+-]+)', text)
+    return sum(float(v) for v in found)
+
+
+def test_client_that_disconnects_mid_stream_stops_its_generation(server):
+    name = TEXT_MODELS[-1]
+    with requests.post(f"{server}/generate_text", json={"model": name, "prompt": "Return ", "max_new_tokens": 500,
+                                                        "stream": True}, stream=True, timeout=60) as r:
+        for i, _ in zip(range(5), sse_events(r)):
+            pass
+        assert _active(server, name) >= 1
+    for _ in range(100):  # the scheduler drops it at its next step
+        if _active(server, name) == 0:
+            break
+        __import__("time").sleep(0.05)
+    assert _active(server, name) == 0, "the generation went on after its client left"
+    assert generate_text(server, model=name, prompt="Return ", max_new_tokens=5).status_code == 200
+
+
+TEXT_BAD = [
+    ("empty prompt", dict(json={"model": "gpt", "prompt": ""}), 400, ["'prompt'", "non-empty"]),
+    ("prompt not a string", dict(json={"model": "gpt", "prompt": 42}), 400, ["'prompt'"]),
+    ("unknown character", dict(json={"model": "gpt", "prompt": "caf\u00e9 \u2603"}), 400, ["U+2603", "knows"]),
+    ("prompt too long", dict(json={"model": "gpt", "prompt": "a" * 3000}), 400, ["at most 2048"]),
+    ("too many tokens", dict(json={"model": "gpt", "prompt": "a", "max_new_tokens": 513}), 400, ["from 1 to 512"]),
+    ("zero tokens", dict(json={"model": "gpt", "prompt": "a", "max_new_tokens": 0}), 400, ["max_new_tokens"]),
+    ("zero temperature", dict(json={"model": "gpt", "prompt": "a", "temperature": 0}), 400, ["(0, 10]", "top_k 1"]),
+    ("negative temperature", dict(json={"model": "gpt", "prompt": "a", "temperature": -1}), 400, ["temperature"]),
+    ("NaN temperature", dict(data=b'{"model": "gpt", "prompt": "a", "temperature": NaN}',
+                             headers={"Content-Type": "application/json"}), 400, ["JSON"]),
+    ("temperature a string", dict(json={"model": "gpt", "prompt": "a", "temperature": "nan"}), 400, ["temperature"]),
+    ("top_k zero", dict(json={"model": "gpt", "prompt": "a", "top_k": 0}), 400, ["top_k"]),
+    ("top_k too large", dict(json={"model": "gpt", "prompt": "a", "top_k": 100000}), 400, ["top_k"]),
+    ("stream not a bool", dict(json={"model": "gpt", "prompt": "a", "stream": "yes"}), 400, ["stream"]),
+    ("not UTF-8", dict(data=b'{"model": "gpt", "prompt": "caf\xe9"}', headers={"Content-Type": "application/json"}),
+     400, ["UTF-8"]),
+    ("not a text model", dict(json={"model": "lenet", "prompt": "a"}), 400, ["/classify", "gpt"]),
+    ("unknown field", dict(json={"model": "gpt", "prompt": "a", "beam": 4}), 400, ["beam"]),
+    ("form body", dict(data={"model": "gpt", "prompt": "a"}), 415, ["JSON"]),
+]
+
+
+@pytest.mark.parametrize("desc, kwargs, status, words", TEXT_BAD, ids=[b[0] for b in TEXT_BAD])
+def test_bad_generate_text_request_gets_a_clear_client_error(server, desc, kwargs, status, words):
+    r = requests.post(f"{server}/generate_text", timeout=30, **kwargs)
+    assert r.status_code == status, f"{desc}: {r.status_code} {r.text[:300]}"
+    for w in words:
+        assert w in r.json()["error"], f"{desc}: {r.json()['error']!r} lacks {w!r}"
+
+
 def test_classify_accepts_chw_and_top_k(server, held_out):
     x, y = held_out
     r = classify(server, "lenet", x[0].tolist(), top_k=5)
@@ -360,6 +484,8 @@ def test_server_keeps_serving_after_bad_input_and_never_answered_500(server, hel
         requests.post(f"{server}/classify", timeout=30, **kwargs)
     for _, kwargs, _, _ in GENERATE_BAD:
         requests.post(f"{server}/generate", timeout=30, **kwargs)
+    for _, kwargs, _, _ in TEXT_BAD:
+        requests.post(f"{server}/generate_text", timeout=30, **kwargs)
     assert classify(server, "lenet", held_out[0][0, 0].tolist()).status_code == 200
     text = requests.get(f"{server}/metrics", timeout=5).text
     assert not re.search(r'http_response_code="5\d\d"[^}]*\} [1-9]', text), "a request was answered 5xx"
