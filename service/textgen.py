@@ -51,8 +51,10 @@ class TextModel:
         self.dtypes = {t["name"]: t["dtype"] for t in card["inputs"]}
 
     def new(self, tokens: list[int]) -> Sequence:
+        """A sequence to continue `tokens`; with a context, a longer prompt is cut from the left."""
         seq = Sequence(list(tokens))
-        self._reset(seq, 0)
+        over = len(tokens) - self.context if self.context is not None else 0
+        self._reset(seq, max(over, 0))
         return seq
 
     def _reset(self, seq: Sequence, start: int) -> None:

@@ -6,7 +6,7 @@ imports it: it serves whatever the exporter put into the model store, described 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from torch import nn
@@ -33,6 +33,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     betas: tuple[float, float] = (0.9, 0.999)  # Adam's; GANs use (0.5, 0.999)
     warmup_steps: int = 0  # > 0: linear warm-up then cosine decay per step (else cosine per epoch)
+    grad_clip: float | None = None  # max global gradient norm
     limit_train: int | None = None  # use only the first N training examples (quick runs)
 
 
@@ -75,6 +76,11 @@ class CourseModel:
 
 
 QUICK = TrainConfig(epochs=1, limit_train=256)
+# Measured: without warm-up (or with dropout) the GPT sat at ~2.6 nats/char for its first epochs;
+# with it, the loss breaks through after ~250 steps, as small transformers do once attention
+# learns to copy.
+GPT_TRAIN = TrainConfig(epochs=4, batch_size=32, lr=3e-3, weight_decay=0.0, betas=(0.9, 0.95), warmup_steps=50,
+                        grad_clip=1.0)
 
 REGISTRY: dict[str, CourseModel] = {
     m.name: m
@@ -169,8 +175,8 @@ REGISTRY: dict[str, CourseModel] = {
             export=kv_cache_lm_spec(),
             dataset="stdlib_docstrings",
             presets={"quick": TrainConfig(epochs=1, limit_train=64),
-                     "ci": TrainConfig(epochs=1, batch_size=32, lr=2e-3, weight_decay=0.01, limit_train=1500),
-                     "full": TrainConfig(epochs=2, batch_size=32, lr=2e-3, weight_decay=0.01)},
+                     "ci": replace(GPT_TRAIN, epochs=1, limit_train=1500),
+                     "full": GPT_TRAIN},
         ),
     )
 }

@@ -44,6 +44,8 @@ def train_epoch(model: nn.Module, split: Split, opt: torch.optim.Optimizer, tc: 
         loss = model.loss(x, y) if hasattr(model, "loss") else nn.functional.cross_entropy(model(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if tc.grad_clip is not None:
+            nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
         opt.step()
         if step_sched is not None:
             step_sched.step()

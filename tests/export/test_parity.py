@@ -43,7 +43,8 @@ def _reload(name: str, runs: Path):
     entry, graph = GRAPHS[name]
     model, ckpt = load_checkpoint(latest_checkpoint(entry.name, runs), entry)
     x = load_dataset(ckpt["dataset"], ckpt["seed"]).test.x
-    return graph.spec, model, parity_inputs(graph.spec, x)
+    spec = graph.spec.resolve(ckpt["config"])
+    return spec, model, parity_inputs(spec, x, model)
 
 
 @pytest.mark.parametrize("name", list(GRAPHS))

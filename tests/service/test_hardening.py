@@ -43,6 +43,30 @@ def test_chunked_body_over_the_limit_is_413_without_content_length(server):
     assert r.status_code == 413
 
 
+def test_a_million_one_byte_chunks_get_a_400_without_reading_them_all(server):
+    import socket
+    import threading
+
+    url = urlparse(server)
+    sock = socket.create_connection((url.hostname, url.port), timeout=5)
+    head = (b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n")
+    body = b"1\r\n \r\n" * 1_000_000 + b"0\r\n\r\n"
+
+    def send() -> None:
+        try:
+            sock.sendall(head + body)
+        except OSError:  # the server answered and closed before the million chunks were sent
+            pass
+
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    reply = sock.recv(4096)  # raises socket.timeout if no answer comes within 5 s
+    sock.close()
+    assert reply.startswith(b"HTTP/1.1 400") and b"chunks" in reply, reply[:300]
+    assert requests.post(f"{server}/classify", json={"model": "lenet", "image": DIGIT}, timeout=10).status_code == 200
+
+
 def test_stalled_body_is_answered_408_and_the_server_goes_on(server):
     url = urlparse(server)
     conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
