@@ -33,10 +33,6 @@ def max_body_bytes() -> int:
 # A client that stalls or trickles its body would hold a connection and a coroutine: the whole
 # body must arrive within this time.
 BODY_TIMEOUT_S = float(os.environ.get("EE559_BODY_TIMEOUT_S", "10"))
-# Each chunk of a chunked body costs a parser event and a Python iteration: a body cut into a
-# million one-byte chunks would keep a worker busy for seconds. Real clients send a few large
-# chunks (a 4 MB body in 64 KB chunks is 64 of them).
-MAX_BODY_CHUNKS = int(os.environ.get("EE559_MAX_BODY_CHUNKS", "4096"))
 
 
 @dataclass
@@ -77,9 +73,6 @@ async def read_body(request: Request, limit: int) -> bytes:
                 if total > limit:
                     raise ClientError(413, "too_large", f"request body is over the limit of {limit} bytes")
                 chunks.append(chunk)
-                if len(chunks) > MAX_BODY_CHUNKS:
-                    raise ClientError(400, "too_many_chunks", f"request body arrived in more than {MAX_BODY_CHUNKS} "
-                                                              "chunks; send it in fewer, larger chunks")
     except TimeoutError:
         raise ClientError(408, "body_timeout", f"request body not received within {BODY_TIMEOUT_S:g} s") from None
     return b"".join(chunks)

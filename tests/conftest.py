@@ -93,7 +93,8 @@ def stop_server(proc: subprocess.Popen) -> None:
 def server(exported, runs: Path):
     """A real `bentoml serve` of every exported model on a free port; yields its base URL."""
     log = runs / "serve.log"
-    url, proc = start_server({"EE559_BODY_TIMEOUT_S": "3"}, log=log)
+    # Text generation is fast (thousands of tokens/s): long generations let the tests watch one run.
+    url, proc = start_server({"EE559_BODY_TIMEOUT_S": "3", "EE559_MAX_NEW_TOKENS": "20000"}, log=log)
     try:
         wait_ready(url, proc)
         yield url

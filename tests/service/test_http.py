@@ -295,7 +295,7 @@ def test_concurrent_generations_progress_together(server):
                     order.append(f"{tag} done")
 
     with ThreadPoolExecutor(2) as pool:
-        long = pool.submit(stream, "long", 500)
+        long = pool.submit(stream, "long", 20000)
         while not order:  # the long one is generating
             pass
         pool.submit(stream, "short", 5).result()
@@ -309,18 +309,32 @@ def _active(url: str, name: str) -> float:
     return sum(float(v) for v in found)
 
 
+def _generated(url: str, name: str) -> float:
+    text = requests.get(f"{url}/metrics", timeout=5).text
+    found = re.findall(rf'ee559_generated_tokens_total{{[^}}]*model="{name}"[^}}]*}} ([0-9.e+-]+)', text)
+    return sum(float(v) for v in found)
+
+
 def test_client_that_disconnects_mid_stream_stops_its_generation(server):
     name = TEXT_MODELS[-1]
-    with requests.post(f"{server}/generate_text", json={"model": name, "prompt": "Return ", "max_new_tokens": 500,
+    before = _generated(server, name)
+    with requests.post(f"{server}/generate_text", json={"model": name, "prompt": "Return ", "max_new_tokens": 20000,
                                                         "stream": True}, stream=True, timeout=60) as r:
-        for i, _ in zip(range(5), sse_events(r)):
-            pass
+        events = sse_events(r)  # kept referenced: a discarded urllib3 chunk reader closes the connection
+        for _ in range(5):
+            next(events)
         assert _active(server, name) >= 1
+        r.close()
+        del events
     for _ in range(100):  # the scheduler drops it at its next step
         if _active(server, name) == 0:
             break
         __import__("time").sleep(0.05)
     assert _active(server, name) == 0, "the generation went on after its client left"
+    stopped_at = _generated(server, name) - before
+    assert stopped_at < 20000, "every token was generated for a client that had left"
+    __import__("time").sleep(0.5)
+    assert _generated(server, name) - before == stopped_at
     assert generate_text(server, model=name, prompt="Return ", max_new_tokens=5).status_code == 200
 
 
@@ -329,7 +343,7 @@ TEXT_BAD = [
     ("prompt not a string", dict(json={"model": "gpt", "prompt": 42}), 400, ["'prompt'"]),
     ("unknown character", dict(json={"model": "gpt", "prompt": "caf\u00e9 \u2603"}), 400, ["U+2603", "knows"]),
     ("prompt too long", dict(json={"model": "gpt", "prompt": "a" * 3000}), 400, ["at most 2048"]),
-    ("too many tokens", dict(json={"model": "gpt", "prompt": "a", "max_new_tokens": 513}), 400, ["from 1 to 512"]),
+    ("too many tokens", dict(json={"model": "gpt", "prompt": "a", "max_new_tokens": 20001}), 400, ["from 1 to 20000"]),
     ("zero tokens", dict(json={"model": "gpt", "prompt": "a", "max_new_tokens": 0}), 400, ["max_new_tokens"]),
     ("zero temperature", dict(json={"model": "gpt", "prompt": "a", "temperature": 0}), 400, ["(0, 10]", "top_k 1"]),
     ("negative temperature", dict(json={"model": "gpt", "prompt": "a", "temperature": -1}), 400, ["temperature"]),
@@ -386,9 +400,8 @@ def test_concurrent_requests_are_batched(server, held_out):
 
     def batches():
         text = requests.get(f"{server}/metrics", timeout=5).text
-        count = float(re.search(r'ee559_inference_batch_size_count\{model="lenet"\} (\S+)', text).group(1))
-        total = float(re.search(r'ee559_inference_batch_size_sum\{model="lenet"\} (\S+)', text).group(1))
-        return count, total
+        found = [re.search(rf'ee559_inference_batch_size_{k}\{{model="lenet"\}} (\S+)', text) for k in ("count", "sum")]
+        return tuple(float(m.group(1)) if m else 0.0 for m in found)  # absent before lenet's first batch
 
     before = batches()
     with ThreadPoolExecutor(32) as pool:

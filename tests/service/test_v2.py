@@ -15,7 +15,8 @@ from tritonclient.utils import InferenceServerException
 
 from training.registry import served_graphs
 
-GRAPHS = served_graphs()
+GRAPHS = {n: g for n, g in served_graphs().items() if g[1].spec.generation is None}  # tensor in, tensor out
+TEXT = [n for n, g in served_graphs().items() if g[1].spec.generation is not None]
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +62,15 @@ def test_infer_matches_onnx_runtime(client, exported, name: str, binary_in: bool
     assert got.shape == (5, *spec.outputs[0].shape[1:]) and got.dtype == np.float32
     np.testing.assert_allclose(got, direct(exported, name, x), rtol=0, atol=1e-5)
     assert result.get_response()["id"] == "req-7"
+
+
+@pytest.mark.parametrize("name", TEXT)
+def test_text_models_are_described_and_point_to_generate_text(client, server, name: str):
+    meta = client.get_model_metadata(name)
+    assert meta["inputs"][0] == {"name": "tokens", "datatype": "INT64", "shape": [-1, -1]}
+    r = requests.post(f"{server}/v2/models/{name}/infer", timeout=10,
+                      json={"inputs": [{"name": "tokens", "datatype": "INT64", "shape": [1, 1], "data": [0]}]})
+    assert r.status_code == 400 and "/generate_text" in r.json()["error"]
 
 
 def test_unknown_model_and_version_are_404(client, server):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -11,15 +12,28 @@ from training.registry import REGISTRY, served_graphs
 from training.train import latest_checkpoint, load_checkpoint, run
 
 
+def example_inputs(model, spec, batch: int) -> tuple[torch.Tensor, ...]:
+    """Inputs of the graph's shape: images or noise, or for text 3 new tokens after 4."""
+    if spec.input_data == "steps":
+        return model.step_inputs(torch.randint(0, model.cfg.num_classes, (batch, 7)), 4)
+    return (torch.rand(batch, *spec.inputs[0].shape[1:]),)
+
+
 @pytest.mark.parametrize("name", list(served_graphs()))
 def test_output_shape(name: str):
     entry, graph = served_graphs()[name]
     model = entry.build().eval()
+    spec = graph.spec.resolve(asdict(model.cfg))
     for batch in (1, 5):
-        x = torch.rand(batch, *graph.spec.inputs[0].shape[1:])
-        out = getattr(model, graph.spec.method)(x)  # what the exported graph computes
+        inputs = example_inputs(model, spec, batch)
+        assert [tuple(x.shape) for x in inputs] == [
+            tuple({"batch_size": batch, "sequence_length": 3, "past_length": 4}.get(d, d) for d in t.shape)
+            for t in spec.inputs]
+        with torch.no_grad():
+            out = getattr(model, spec.method)(*inputs)  # what the exported graph computes
         outs = out if isinstance(out, tuple) else (out,)
-        assert [o.shape for o in outs] == [(batch, *t.shape[1:]) for t in graph.spec.outputs]
+        dims = {"batch_size": batch, "sequence_length": 3, "total_length": 7}
+        assert [tuple(o.shape) for o in outs] == [tuple(dims.get(d, d) for d in t.shape) for t in spec.outputs]
 
 
 @pytest.mark.parametrize("name", list(REGISTRY))
@@ -31,10 +45,10 @@ def test_quick_preset_trains_and_checkpoint_rebuilds_model(name: str, tmp_path: 
     assert ckpt["metrics"]["test_loss"] >= 0.0
     assert 0.0 <= ckpt["metrics"].get("test_accuracy", 0.0) <= 1.0
     assert ckpt["train"]["epochs"] == 1
-    x = torch.rand(3, *entry.export.inputs[0].shape[1:])
+    x = example_inputs(model, entry.export, 3)
     with torch.no_grad():
-        rebuilt = model(x)
-        again = load_checkpoint(path, entry)[0](x)
+        rebuilt = model(*x)
+        again = load_checkpoint(path, entry)[0](*x)
     torch.testing.assert_close(rebuilt, again)  # tuples of outputs compare element-wise
 
 
