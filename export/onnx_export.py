@@ -26,7 +26,7 @@ from service.store import sha256_file as sha256
 from service.preprocess import latent_noise
 from training.registry import CourseModel, Graph
 
-from .spec import BATCH_AXIS, PAST_AXIS, TEXT_PARITY_STEPS, ExportSpec
+from .spec import PAST_AXIS, TEXT_PARITY_STEPS, ExportSpec
 
 ONNX_FILE = "model.onnx"
 

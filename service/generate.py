@@ -42,6 +42,7 @@ class Generation:
     last: float = 0.0
     first_token_s: float | None = None
     cancelled: bool = False  # the client went away: dropped at the next step
+    finished: bool = False  # out of the scheduler (done, cancelled or failed)
 
 
 class TextEngine:
@@ -136,8 +137,8 @@ class TextEngine:
     def _finish(self, gen: Generation) -> None:
         if gen in self.running:
             self.running.remove(gen)
-        if not getattr(gen, "_counted_out", False):
-            gen._counted_out = True  # type: ignore[attr-defined]
+        if not gen.finished:
+            gen.finished = True
             metrics.active_generations().labels(model=self.name).dec()
             gen.seq.state.clear()  # the caches are the memory a generation holds
 

@@ -107,7 +107,8 @@ class TextModel:
             for name, out in self.state_io.items():
                 row = np.take(outs[out], [i], axis=self.batch_axis)
                 if self.kind == "kv":  # drop this row's left padding
-                    row = np.take(row, np.arange(longest - pasts[i], row.shape[self.length_axis]), axis=self.length_axis)
+                    keep = np.arange(longest - pasts[i], row.shape[self.length_axis])
+                    row = np.take(row, keep, axis=self.length_axis)
                 s.state[name] = row
             s.fed += t
         return outs["logits"][:, -1]

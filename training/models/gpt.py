@@ -129,4 +129,5 @@ class GPT(nn.Module):
     def evaluate_batch(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         """Sums over the batch of each window's mean loss in nats per character."""
         nats = nn.functional.cross_entropy(self.full_forward(x).transpose(1, 2), y, reduction="none").mean(1)
-        return {"loss": nats.sum().item(), "nats_per_char": nats.sum().item(), "bits_per_char": (nats / math.log(2)).sum().item()}
+        return {"loss": nats.sum().item(), "nats_per_char": nats.sum().item(),
+                "bits_per_char": (nats / math.log(2)).sum().item()}
