@@ -184,6 +184,9 @@ def in_process(bench_model, device: str, seconds: float = 2.0) -> dict[str, floa
     results["bare ORT batch 1 (calls/s)"] = rate(lambda: sess.run(None, {"image": x1}))
     for name, tag in store.discover(list(REGISTRY)).items():
         served = store.load(tag)  # the exported model and the checkpoint it came from
+        if served.card.get("generation"):
+            continue  # text step graphs: python -m loadtests.textbench
+        feed = served.card["inputs"][0]["name"]
         model, _ = load_checkpoint(Path(served.card["checkpoint"]["path"]), REGISTRY[name])
         graph_fn = getattr(model, REGISTRY[name].export.method)  # what the ONNX graph computes
         s = ort.InferenceSession(str(served.onnx_path), so, providers=["CPUExecutionProvider"])
@@ -191,7 +194,7 @@ def in_process(bench_model, device: str, seconds: float = 2.0) -> dict[str, floa
         xt = torch.from_numpy(x)
         with torch.inference_mode():
             t = rate(lambda: graph_fn(xt))
-        o = rate(lambda: s.run(None, {"image": x}))
+        o = rate(lambda: s.run(None, {feed: x}))
         results[f"{name}: ORT / PyTorch eager, batch 1, CPU"] = o / t
         if device == "cuda":
             results.update(cuda_compare(name, graph_fn, model, served, rate, sample))
@@ -214,9 +217,10 @@ def cuda_compare(name: str, graph_fn, model, served, rate, sample) -> dict[str, 
         xt = torch.from_numpy(x).cuda()
         with torch.inference_mode():
             t = rate(lambda: (graph_fn(xt), torch.cuda.synchronize()))
-        o = rate(lambda: sess.run(None, {"image": x}))
+        feed = served.card["inputs"][0]["name"]
+        o = rate(lambda: sess.run(None, {feed: x}))
         binding = sess.io_binding()
-        binding.bind_ortvalue_input("image", ort.OrtValue.ortvalue_from_numpy(x, "cuda", 0))
+        binding.bind_ortvalue_input(feed, ort.OrtValue.ortvalue_from_numpy(x, "cuda", 0))
         for spec in served.card["outputs"]:
             binding.bind_output(spec["name"], "cuda")
         b = rate(lambda: sess.run_with_iobinding(binding))

@@ -32,3 +32,24 @@ def test_bentoml_build_packs_service_and_models(exported):
     packages = [line for line in requirements if line and not line.startswith("#")]
     assert any(p.startswith("onnxruntime") for p in packages)
     assert not any(p.startswith("torch") for p in packages), "the serving image must not carry torch"
+
+
+def test_container_runs_as_non_root_and_binds_all_interfaces(exported):
+    """What `bentoml containerize` builds from the Bento: the Dockerfile BentoML generated drops
+    to an unprivileged user, and the server inside listens on 0.0.0.0:3000 (BentoML's default,
+    not overridden by our configuration), while `make run` binds 127.0.0.1."""
+    import re
+
+    import bentoml
+    from bentoml._internal.configuration.containers import BentoMLContainer
+
+    if not list(bentoml.bentos.list("ee559")):
+        test_bentoml_build_packs_service_and_models(exported)
+    dockerfile = (Path(bentoml.bentos.get("ee559:latest").path) / "env" / "docker" / "Dockerfile").read_text()
+    users = re.findall(r"^USER\s+(\S+)", dockerfile, flags=re.M)
+    assert users and users[-1] not in ("root", "0"), users
+    assert re.search(r"useradd .*-u \$BENTO_USER_UID", dockerfile) and "ARG BENTO_USER_UID=1034" in dockerfile
+    assert "EXPOSE 3000" in dockerfile
+    assert BentoMLContainer.http.host.get() == "0.0.0.0"
+    makefile = (ROOT / "Makefile").read_text()
+    assert re.search(r"^HOST \?= 127\.0\.0\.1", makefile, flags=re.M)

@@ -175,3 +175,66 @@ def test_deeply_nested_json_is_a_400_and_the_server_goes_on(server, route: str):
     r = requests.post(f"{server}{route}", data=body, headers={"Content-Type": "application/json"}, timeout=30)
     assert r.status_code == 400 and "JSON" in r.json()["error"]
     assert requests.post(f"{server}/classify", json={"model": "lenet", "image": DIGIT}, timeout=10).status_code == 200
+
+
+def _worker_pids(root: int) -> list[int]:
+    """The serving workers under `bentoml serve` (processes running the service, not the arbiter)."""
+    out = []
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            fields = dict(line.split(":\t", 1) for line in status.read_text().splitlines() if ":\t" in line)
+            cmd = (status.parent / "cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:
+            continue
+        if int(fields.get("PPid", "0").strip()) == root and b"worker" in cmd:
+            out.append(int(status.parent.name))
+    return out
+
+
+def test_killed_worker_comes_back_and_only_its_requests_fail(exported, runs):
+    import os
+    import signal
+    import threading
+    import time
+
+    url, proc = start_server({"EE559_WORKERS": "2"}, log=runs / "serve-kill.log")
+    try:
+        wait_ready(url, proc)
+        workers = _worker_pids(proc.pid)
+        assert len(workers) == 2, workers
+        results: list[int] = []
+        stop = threading.Event()
+
+        def load() -> None:
+            while not stop.is_set():
+                try:
+                    r = requests.post(f"{url}/classify", json={"model": "lenet", "image": DIGIT}, timeout=10)
+                    results.append(r.status_code)
+                except requests.RequestException:
+                    results.append(-1)
+
+        threads = [threading.Thread(target=load) for _ in range(4)]
+        for t in threads:
+            t.start()
+        while len(results) < 50:
+            time.sleep(0.01)
+        os.kill(workers[0], signal.SIGKILL)
+        killed_at = len(results)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and len(_worker_pids(proc.pid)) < 2:
+            time.sleep(0.2)
+        back = _worker_pids(proc.pid)
+        assert len(back) == 2 and workers[0] not in back, f"worker not replaced within 10 s: {back}"
+        wait_ready(url, proc, timeout=10)
+        served_after = len(results)
+        while len(results) < served_after + 100:
+            time.sleep(0.01)
+        stop.set()
+        for t in threads:
+            t.join()
+        failed = [c for c in results if c != 200]
+        assert len(failed) <= 4, f"{len(failed)} failures: more than the 4 requests in flight at the kill"
+        assert all(c == 200 for c in results[served_after:]), "requests kept failing after recovery"
+        assert killed_at >= 50
+    finally:
+        stop_server(proc)
