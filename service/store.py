@@ -85,4 +85,25 @@ def load(tag: str) -> ServedModel:
     digest = sha256_file(onnx_file)
     if digest != card["sha256"]:
         raise ModelStoreError(f"{tag}: {onnx_file} has sha256 {digest}, its model card says {card['sha256']}")
+    check_external_data(onnx_file)
     return ServedModel(name=model.tag.name, tag=str(model.tag), path=path, card=card)
+
+
+def check_external_data(onnx_file: Path) -> None:
+    """Refuse tensors whose external data lies outside the model's directory: an absolute path, a
+    `..`, or a link that leads out (the ONNX external-data path-traversal CVEs). Our exporter
+    writes single-file models; this guards against a tampered or foreign one."""
+    import onnx
+    from onnx.external_data_helper import _get_all_tensors
+
+    root = onnx_file.parent.resolve()
+    model = onnx.load(str(onnx_file), load_external_data=False)
+    for tensor in _get_all_tensors(model):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+        target = (root / location).resolve()
+        if (not location or Path(location).is_absolute() or ".." in Path(location).parts
+                or (target != root and root not in target.parents)):
+            raise ModelStoreError(f"{onnx_file}: tensor {tensor.name[:64]!r} takes its data from {location[:200]!r}, "
+                                  "outside the model's directory; refused")

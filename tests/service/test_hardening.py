@@ -238,3 +238,41 @@ def test_killed_worker_comes_back_and_only_its_requests_fail(exported, runs):
         assert killed_at >= 50
     finally:
         stop_server(proc)
+
+
+def _model_with_external_data(folder: Path, location: str) -> Path:
+    """A one-node ONNX file whose single initializer takes its bytes from `location`."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    weight = helper.make_tensor("w", TensorProto.FLOAT, [4], [0.0] * 4)
+    weight.ClearField("float_data")
+    weight.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", location), ("offset", "0"), ("length", "16")):
+        weight.external_data.add(key=key, value=value)
+    graph = helper.make_graph([helper.make_node("Identity", ["w"], ["y"])], "g", [],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])], [weight])
+    path = folder / "model.onnx"
+    path.write_bytes(helper.make_model(graph).SerializeToString())  # as is: onnx.save would rewrite the data
+    assert onnx.load(str(path), load_external_data=False).graph.initializer[0].data_location == TensorProto.EXTERNAL
+    return path
+
+
+@pytest.mark.parametrize("location", ["../secret.bin", "/etc/passwd", "sub/../../secret.bin", "link.bin"])
+def test_external_data_outside_the_model_directory_is_refused(tmp_path: Path, location: str):
+    from service import store
+
+    outside = tmp_path / "secret.bin"
+    outside.write_bytes(b"\0" * 16)
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "link.bin").symlink_to(outside)  # inside by name, outside by target
+    with pytest.raises(store.ModelStoreError, match="outside the model's directory"):
+        store.check_external_data(_model_with_external_data(folder, location))
+
+
+def test_external_data_inside_the_model_directory_is_accepted(tmp_path: Path):
+    from service import store
+
+    (tmp_path / "weights.bin").write_bytes(b"\0" * 16)
+    store.check_external_data(_model_with_external_data(tmp_path, "weights.bin"))
