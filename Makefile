@@ -16,7 +16,7 @@ export BENTOML_DO_NOT_TRACK ?= true
 # RETRAIN=1 trains and exports again even when a checkpoint / stored model exists.
 REUSE := $(if $(RETRAIN),,--if-missing)
 
-.PHONY: run install train export serve test loadtest bench textbench build clean
+.PHONY: run install train export serve test loadtest bench textbench audit build clean
 
 run: export
 	@echo "Serving every exported model on http://$(HOST):$(PORT) (POST /classify /explain /segment /denoise /embed, /v2 Open Inference Protocol, GET /readyz, GET /metrics)"
@@ -54,6 +54,11 @@ bench: export
 
 textbench: export
 	$(PY) -m loadtests.textbench $(TEXTBENCH_ARGS)
+
+# Known vulnerabilities of the pinned, installed packages (needs PyPI's JSON API or OSV).
+audit: install
+	test -x .venv-audit/bin/pip-audit || (python3.11 -m venv .venv-audit && .venv-audit/bin/pip install --quiet pip-audit==2.9.0)
+	.venv-audit/bin/pip-audit --path $(VENV)/lib/python3.11/site-packages --desc on
 
 build: export
 	$(VENV)/bin/bentoml build
