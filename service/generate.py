@@ -29,7 +29,7 @@ from .textgen import Sequence, TextModel, choose
 log = logging.getLogger("ee559.generate")
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity: two requests may be equal field by field
 class Generation:
     seq: Sequence
     max_new: int

@@ -22,7 +22,7 @@ from typing import Any, Callable
 import numpy as np
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity (its state holds arrays)
 class Sequence:
     tokens: list[int]  # the prompt and everything generated so far
     state: dict[str, np.ndarray] = field(default_factory=dict)  # graph input name -> batch of one

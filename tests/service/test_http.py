@@ -303,6 +303,17 @@ def test_concurrent_generations_progress_together(server):
     assert order.index("short done") < order.index("long done"), order
 
 
+@pytest.mark.parametrize("name", TEXT_MODELS)
+def test_identical_concurrent_requests_get_identical_answers(server, name: str):
+    """Same prompt and seed at once: the same text for each (regression: the scheduler once told
+    requests apart by comparing their fields, which failed on equal ones)."""
+    body = {"model": name, "prompt": "Return the ", "max_new_tokens": 64, "seed": 5}
+    with ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(lambda _: requests.post(f"{server}/generate_text", json=body, timeout=60), range(6)))
+    assert [a.status_code for a in answers] == [200] * 6, [a.text[:100] for a in answers]
+    assert len({a.json()["text"] for a in answers}) == 1
+
+
 def _active(url: str, name: str) -> float:
     text = requests.get(f"{url}/metrics", timeout=5).text
     found = re.findall(rf'ee559_active_generations{{[^}}]*model="{name}"[^}}]*}} ([0-9.e+-]+)', text)
