@@ -276,3 +276,31 @@ def test_external_data_inside_the_model_directory_is_accepted(tmp_path: Path):
 
     (tmp_path / "weights.bin").write_bytes(b"\0" * 16)
     store.check_external_data(_model_with_external_data(tmp_path, "weights.bin"))
+
+
+def test_overload_is_shed_with_503_and_retry_after_never_500(exported, runs):
+    """A queue of 8 rows per worker and model, one worker, 64 clients at once on the slowest image
+    model: the excess is answered 503 with Retry-After (not queued, not failed), the rest 200."""
+    import numpy as np
+    from concurrent.futures import ThreadPoolExecutor
+
+    url, proc = start_server({"EE559_WORKERS": "1", "EE559_MAX_QUEUE": "8"}, log=runs / "serve-overload.log")
+    try:
+        wait_ready(url, proc)
+        image = np.random.default_rng(0).random((3, 32, 32)).round(3).tolist()
+
+        def one(_):
+            return requests.post(f"{url}/segment", json={"model": "unet", "image": image}, timeout=30)
+
+        with ThreadPoolExecutor(64) as pool:
+            answers = list(pool.map(one, range(256)))
+        codes = [a.status_code for a in answers]
+        assert set(codes) <= {200, 503}, sorted(set(codes))
+        shed = [a for a in answers if a.status_code == 503]
+        assert shed and codes.count(200) > 0, f"{len(shed)} shed of {len(codes)}"
+        assert all(a.headers.get("Retry-After") == "1" and "capacity" in a.json()["error"] for a in shed)
+        assert requests.post(f"{url}/segment", json={"model": "unet", "image": image}, timeout=30).status_code == 200
+        text = requests.get(f"{url}/metrics", timeout=5).text
+        assert 'ee559_rejected_requests_total{reason="overloaded"}' in text
+    finally:
+        stop_server(proc)
