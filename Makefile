@@ -16,7 +16,7 @@ export BENTOML_DO_NOT_TRACK ?= true
 # RETRAIN=1 trains and exports again even when a checkpoint / stored model exists.
 REUSE := $(if $(RETRAIN),,--if-missing)
 
-.PHONY: run install train export serve test loadtest bench textbench audit build clean
+.PHONY: run install train export serve test loadtest bench textbench soak audit build clean
 
 run: export
 	@echo "Serving every exported model on http://$(HOST):$(PORT) (POST /classify /explain /segment /denoise /embed, /v2 Open Inference Protocol, GET /readyz, GET /metrics)"
@@ -51,6 +51,10 @@ bench: export
 	# PyTriton's Python-backend stub links the system libpython3.11: its venv must use that interpreter.
 	test -x .venv-triton/bin/python || ($(TRITON_PYTHON) -m venv .venv-triton && .venv-triton/bin/pip install --quiet -r requirements-triton.txt)
 	$(PY) -m loadtests.bench $(BENCH_ARGS)
+
+# The 30-minute soak (EE559_SOAK_SECONDS to change it): memory growth and failures at 70% load.
+soak: install
+	$(PY) -m pytest -q -s -m slow tests/service/test_soak.py
 
 textbench: export
 	$(PY) -m loadtests.textbench $(TEXTBENCH_ARGS)
