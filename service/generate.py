@@ -86,6 +86,7 @@ class TextEngine:
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
+        admitting: list[Generation] = []  # the one between the queue and the running batch
         try:
             while self.waiting or self.running:
                 while self.waiting and len(self.running) < self.max_running:
@@ -93,8 +94,10 @@ class TextEngine:
                     if gen.cancelled:
                         self._finish(gen)
                         continue
+                    admitting = [gen]
                     logits = await loop.run_in_executor(self.executor, self.model.step, [gen.seq])
                     self._emit(gen, logits[0])
+                    admitting = []
                 for gen in [g for g in self.running if g.cancelled]:
                     self._finish(gen)
                 if self.running:
@@ -108,9 +111,10 @@ class TextEngine:
                         self._emit(gen, row)
         except Exception as exc:  # noqa: BLE001 - every waiting request gets the failure; the server goes on
             log.exception("text generation failed")
-            for gen in [*self.waiting, *self.running]:
+            for gen in [*admitting, *self.waiting, *self.running]:
                 gen.queue.put_nowait(exc)
                 self._finish(gen)
+            self.waiting.clear()
 
     def _emit(self, gen: Generation, logits: np.ndarray) -> None:
         if gen.cancelled:
