@@ -105,3 +105,60 @@ def test_a_failing_batch_fails_its_requests_and_the_batcher_goes_on():
         return await b.submit(np.ones((1, 1)))
 
     assert asyncio.run(main())[0][0, 0] == 1
+
+
+def _text_engine(run, max_running: int = 8):
+    from service.generate import TextEngine
+    from service.textgen import TextModel
+
+    card = {"generation": {"cache": "recurrent", "state": {"h": "h_out"}, "batch_axis": 1, "context": None},
+            "labels": list("abcd"), "inputs": [{"name": "tokens", "shape": ["batch_size", "sequence_length"],
+                                                "dtype": "int64"},
+                                               {"name": "h", "shape": [1, "batch_size", 2], "dtype": "float32"}]}
+    return TextEngine("toy", TextModel(card, run), ThreadPoolExecutor(1), max_running, 64, "CPUExecutionProvider")
+
+
+def test_text_scheduler_batches_decode_steps_of_concurrent_generations():
+    calls = []
+
+    def run(feeds):
+        calls.append(feeds["tokens"].shape)
+        b = len(feeds["tokens"])
+        return {"logits": np.tile(np.array([0.0, 0.0, 5.0, 0.0], np.float32), (b, feeds["tokens"].shape[1], 1)),
+                "h_out": feeds["h"] + 1}
+
+    async def main():
+        engine = _text_engine(run)
+        gens = [engine.submit([0, 1], 5, 1.0, 1, seed) for seed in range(4)]
+        return [[t async for t in engine.tokens(g)] for g in gens]
+
+    outs = asyncio.run(main())
+    assert outs == [[2] * 5] * 4  # greedy: the argmax every time
+    assert calls[:4] == [(1, 2)] * 4  # a prompt step each
+    assert (4, 1) in calls and len(calls) < 4 + 4 * 4  # then decode steps shared by all four
+
+
+def test_text_scheduler_failure_reaches_every_request_and_the_next_one_runs():
+    state = {"fail": True}
+
+    def run(feeds):
+        if state["fail"]:
+            raise RuntimeError("boom")
+        b, t = feeds["tokens"].shape
+        return {"logits": np.zeros((b, t, 4), np.float32), "h_out": feeds["h"]}
+
+    async def main():
+        engine = _text_engine(run)
+        gens = [engine.submit([0], 3, 1.0, 1, 0) for _ in range(3)]
+        failures = 0
+        for g in gens:
+            try:
+                _ = [t async for t in engine.tokens(g)]
+            except RuntimeError:
+                failures += 1
+        state["fail"] = False
+        after = [t async for t in engine.tokens(engine.submit([0], 3, 1.0, 1, 0))]
+        return failures, after
+
+    failures, after = asyncio.run(asyncio.wait_for(main(), 30))  # a lost request would hang: fail instead
+    assert failures == 3 and after == [0, 0, 0]
