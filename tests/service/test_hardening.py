@@ -304,3 +304,41 @@ def test_overload_is_shed_with_503_and_retry_after_never_500(exported, runs):
         assert 'ee559_rejected_requests_total{reason="overloaded"}' in text
     finally:
         stop_server(proc)
+
+
+def test_sigterm_finishes_in_flight_requests_and_exits_0(exported, runs):
+    """SIGTERM: the listener closes at once (readiness fails: connections are refused, not
+    answered 503), the generation in flight completes, and the process exits 0."""
+    import os
+    import signal
+    import threading
+    import time
+
+    url, proc = start_server({"EE559_WORKERS": "1", "EE559_MAX_NEW_TOKENS": "3000"}, log=runs / "serve-term.log")
+    try:
+        wait_ready(url, proc)
+        result: dict = {}
+
+        def long() -> None:
+            r = requests.post(f"{url}/generate_text", json={"model": "gpt", "prompt": "Return ", "max_new_tokens": 3000},
+                              timeout=60)
+            result.update(status=r.status_code, tokens=r.json().get("tokens"))
+
+        t = threading.Thread(target=long)
+        t.start()
+        time.sleep(0.3)  # in flight
+        os.killpg(proc.pid, signal.SIGTERM)
+        ready_seen = []
+        for _ in range(50):
+            try:
+                ready_seen.append(requests.get(f"{url}/readyz", timeout=0.5).status_code)
+            except requests.RequestException:
+                ready_seen.append(None)
+                break
+            time.sleep(0.1)
+        t.join(60)
+        assert result == {"status": 200, "tokens": 3000}
+        assert ready_seen[-1] is None, f"still answering readiness: {ready_seen}"
+        assert proc.wait(30) == 0
+    finally:
+        stop_server(proc)
