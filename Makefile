@@ -1,5 +1,5 @@
 # Two commands on a fresh machine:
-#   make run    train (on the embedded digits), export behind the parity gate, serve on http://127.0.0.1:3000
+#   make run    train (on embedded data), export behind the parity gate, serve on http://127.0.0.1:3000
 #   make test   the test suite (what CI runs)
 #   make bench  the benchmark against FastAPI and Triton (needs apt for wrk)
 # Artifacts live under runs/ (EE559_RUNS); the BentoML model store under runs/bentoml (BENTOML_HOME).
@@ -19,7 +19,7 @@ REUSE := $(if $(RETRAIN),,--if-missing)
 .PHONY: run install train export serve test loadtest bench textbench soak audit build clean
 
 run: export
-	@echo "Serving every exported model on http://$(HOST):$(PORT) (POST /classify /explain /segment /denoise /embed, /v2 Open Inference Protocol, GET /readyz, GET /metrics)"
+	@echo "Serving every exported model on http://$(HOST):$(PORT) (POST /classify /explain /segment /denoise /embed /reconstruct /generate /generate_text, /v2 Open Inference Protocol, GET /readyz, GET /metrics)"
 	$(VENV)/bin/bentoml serve service.service:EE559 --host $(HOST) --port $(PORT)
 
 install: $(VENV)/.installed
