@@ -18,18 +18,15 @@ from pathlib import Path
 
 import numpy as np
 
+from service.textgen import greedy
+
 
 def decode_loop(model, prompt: list[int], new_tokens: int, cached: bool) -> list[int]:
-    """Greedy decoding with a TextModel: one step per token with the cache, or (cached=False)
-    every token from a fresh state over the whole window (the same window rule as the cache)."""
+    """Greedy decoding with a TextModel: one step per token with the cache (the served loop,
+    textgen.greedy), or (cached=False) every token from a fresh state over the whole window (the
+    same window rule as the cache)."""
     if cached:
-        seq = model.new(prompt)
-        last = model.step([seq])[0]
-        for k in range(new_tokens):
-            seq.tokens.append(int(np.argmax(last)))
-            if k + 1 < new_tokens:
-                last = model.step([seq])[0]
-        return seq.tokens[len(prompt):]
+        return greedy(model, [prompt], new_tokens, batched=True)[0]
     tokens, start = list(prompt), 0
     for _ in range(new_tokens):
         if model.context is not None and len(tokens) - start > model.context:

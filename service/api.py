@@ -49,6 +49,13 @@ def task_endpoint(task_name: str):
     return endpoint
 
 
+async def json_fields(request: Request, route: str, example: str) -> dict[str, Any]:
+    """The JSON object of a route that takes no image; 415 for any other body, naming an example."""
+    if media_type(request) != JSON:
+        raise ClientError(415, "unsupported_media_type", f"/{route} takes a JSON object such as {example}")
+    return parse_json_object(await read_body(request, max_body_bytes()))
+
+
 def generate_endpoint(task_name: str):
     """Tasks without an image: the JSON fields say what to make, the task draws the model input."""
     task = TASKS[task_name]
@@ -56,10 +63,7 @@ def generate_endpoint(task_name: str):
     async def endpoint(request: Request) -> Response:
         svc = bentoml.get_current_service()
         try:
-            if media_type(request) != JSON:
-                raise ClientError(415, "unsupported_media_type", f"/{task_name} takes a JSON object such as "
-                                                                 '{"model": "dcgan", "n": 16, "seed": 0}')
-            fields = parse_json_object(await read_body(request, max_body_bytes()))
+            fields = await json_fields(request, task_name, '{"model": "dcgan", "n": 16, "seed": 0}')
             card = svc.card_for(fields.get("model"), task_name)
             options = task.options(card, fields)
             outputs, provider = await svc.run(card["name"], task.noise(card, **options))
@@ -78,10 +82,7 @@ async def generate_text(request: Request) -> Response:
 
     svc = bentoml.get_current_service()
     try:
-        if media_type(request) != JSON:
-            raise ClientError(415, "unsupported_media_type", "/generate_text takes a JSON object such as "
-                                                             '{"model": "gpt", "prompt": "Return the", "stream": true}')
-        fields = parse_json_object(await read_body(request, max_body_bytes()))
+        fields = await json_fields(request, "generate_text", '{"model": "gpt", "prompt": "Return the", "stream": true}')
         card = svc.card_for(fields.get("model"), "generate_text")
         opts = generate.options(card, fields, MAX_NEW_TOKENS, MAX_PROMPT_CHARS)
         engine = svc.text[card["name"]]

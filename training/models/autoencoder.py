@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .common import conv_down, conv_up
+
 
 @dataclass
 class AutoencoderConfig:
@@ -29,14 +31,11 @@ class DenoisingAutoencoder(nn.Module):
         self.cfg = cfg
         c = cfg.in_channels
         self.encoder = nn.Sequential(
-            nn.Conv2d(c, 32, 3, 2, 1), nn.ReLU(),  # (B, 32, 14, 14)
-            nn.Conv2d(32, 64, 3, 2, 1), nn.ReLU(),  # (B, 64, 7, 7)
-            nn.Flatten(), nn.Linear(64 * 7 * 7, cfg.latent),  # (B, latent)
+            *conv_down(c), nn.Flatten(), nn.Linear(64 * 7 * 7, cfg.latent),  # (B, latent)
         )
         self.decoder = nn.Sequential(
             nn.Linear(cfg.latent, 64 * 7 * 7), nn.ReLU(), nn.Unflatten(1, (64, 7, 7)),
-            nn.ConvTranspose2d(64, 32, 4, 2, 1), nn.ReLU(),  # (B, 32, 14, 14)
-            nn.ConvTranspose2d(32, c, 4, 2, 1), nn.Sigmoid(),  # (B, c, 28, 28) in [0, 1]
+            *conv_up(c), nn.Sigmoid(),  # (B, c, 28, 28) in [0, 1]
         )
 
     def corrupt(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

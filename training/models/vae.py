@@ -9,6 +9,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .common import conv_down, conv_up
+
 
 @dataclass
 class VAEConfig:
@@ -23,16 +25,12 @@ class VAE(nn.Module):
         self.cfg = cfg
         c = cfg.in_channels
         self.encoder = nn.Sequential(
-            nn.Conv2d(c, 32, 3, 2, 1), nn.ReLU(),  # (B, 32, 14, 14)
-            nn.Conv2d(32, 64, 3, 2, 1), nn.ReLU(),  # (B, 64, 7, 7)
-            nn.Flatten(), nn.Linear(64 * 7 * 7, 256), nn.ReLU(),
+            *conv_down(c), nn.Flatten(), nn.Linear(64 * 7 * 7, 256), nn.ReLU(),
             nn.Linear(256, 2 * cfg.latent),  # (B, 2 * latent): mean and log-variance
         )
         self.decoder = nn.Sequential(
             nn.Linear(cfg.latent, 256), nn.ReLU(), nn.Linear(256, 64 * 7 * 7), nn.ReLU(),
-            nn.Unflatten(1, (64, 7, 7)),
-            nn.ConvTranspose2d(64, 32, 4, 2, 1), nn.ReLU(),  # (B, 32, 14, 14)
-            nn.ConvTranspose2d(32, c, 4, 2, 1),  # (B, c, 28, 28) Bernoulli logits
+            nn.Unflatten(1, (64, 7, 7)), *conv_up(c),  # (B, c, 28, 28) Bernoulli logits
         )
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
