@@ -20,20 +20,25 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import os
+import signal
+import threading
 from typing import Any
 
 import bentoml
 import numpy as np
 from bentoml.models import BentoModel
 
-from . import store
+from . import patches, store
 from .api import http_app
 from .auth import TokenAuth
 from .engine import Engine
 from .errors import ClientError
 from .ort_runtime import preflight
 
+log = logging.getLogger("ee559.service")
+patches.apply()
 
 MAX_BATCH_SIZE = int(os.environ.get("EE559_MAX_BATCH_SIZE", "64"))
 # Generous on purpose: a request still queued after this long is answered 503 (BentoML's
@@ -70,6 +75,34 @@ def _quiet_gc() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 50, 100)
+
+
+# SIGTERM: readiness answers 503 at once, and the worker goes on serving for this long (so load
+# balancers polling readiness stop sending traffic) before it closes its listener and finishes
+# what is in flight. BentoML's arbiter kills a worker 30 s after SIGTERM: keep it well below.
+DRAIN_S = float(os.environ.get("EE559_DRAIN_SECONDS", "2"))
+
+
+def _drain_on_sigterm(on_drain: Any) -> None:
+    """Put our handler in front of uvicorn's SIGTERM handler (installed before the service is
+    built): call `on_drain()`, then hand the signal to uvicorn after DRAIN_S. Only in a server's
+    main thread, where a Python handler is already there to hand it to."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    server_handler = signal.getsignal(signal.SIGTERM)
+    if not callable(server_handler):
+        return
+    timer: list[threading.Timer] = []
+
+    def on_term(sig: int, frame: Any) -> None:
+        if timer:  # the arbiter forwards the signal the process group already got
+            return
+        on_drain()
+        timer.append(threading.Timer(DRAIN_S, server_handler, (sig, None)))
+        timer[0].daemon = True
+        timer[0].start()
+
+    signal.signal(signal.SIGTERM, on_term)
 
 
 # Text generation (POST /generate_text): caps on what one request may ask for.
@@ -134,6 +167,8 @@ class EE559:
         else:
             self.engine = _engine(SERVED)  # loaded and warmed up before the worker reports ready
             self.cards, self.text = self.engine.cards, self.engine.text
+        self.draining = False
+        _drain_on_sigterm(self._start_draining)
         _quiet_gc()  # runs at the worker's start-up, after BentoML built the app around us
 
     def card_for(self, name: Any, task_name: str) -> dict[str, Any]:
@@ -166,7 +201,18 @@ class EE559:
         outputs = [np.stack([r[0][k] for r in rows]) for k in range(len(rows[0][0]))]
         return outputs, rows[0][1]
 
-    async def is_ready(self) -> bool:
+    def bentoml_openapi(self) -> dict[str, Any]:
+        """BentoML's own OpenAPI document of this service (its probes and metrics)."""
+        return EE559.openapi_spec.asdict()
+
+    def _start_draining(self) -> None:
+        self.draining = True
+        log.info("SIGTERM: readiness is 503 from now; serving %g s more, then finishing what is in flight", DRAIN_S)
+
+    async def __is_ready__(self) -> bool:
+        """GET /readyz (BentoML) and /v2/health/ready: false once SIGTERM arrived."""
+        if self.draining:
+            return False
         if self.engine is not None:
             return True  # the engine is built in __init__, before the worker serves
         proxy = self.inference

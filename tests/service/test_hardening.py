@@ -306,39 +306,48 @@ def test_overload_is_shed_with_503_and_retry_after_never_500(exported, runs):
         stop_server(proc)
 
 
-def test_sigterm_finishes_in_flight_requests_and_exits_0(exported, runs):
-    """SIGTERM: the listener closes at once (readiness fails: connections are refused, not
-    answered 503), the generation in flight completes, and the process exits 0."""
+def test_sigterm_turns_readiness_503_finishes_in_flight_requests_and_exits_0(exported, runs):
+    """SIGTERM: readiness answers 503 at once while the worker still serves for the drain time
+    (EE559_DRAIN_SECONDS), then the listener closes, the generation in flight completes, and the
+    process exits 0."""
     import os
     import signal
     import threading
     import time
 
-    url, proc = start_server({"EE559_WORKERS": "1", "EE559_MAX_NEW_TOKENS": "3000"}, log=runs / "serve-term.log")
+    url, proc = start_server({"EE559_WORKERS": "1", "EE559_MAX_NEW_TOKENS": "30000", "EE559_DRAIN_SECONDS": "1"},
+                             log=runs / "serve-term.log")
     try:
         wait_ready(url, proc)
+        assert requests.get(f"{url}/readyz", timeout=5).status_code == 200
         result: dict = {}
 
         def long() -> None:
-            r = requests.post(f"{url}/generate_text", json={"model": "gpt", "prompt": "Return ", "max_new_tokens": 3000},
-                              timeout=60)
+            r = requests.post(f"{url}/generate_text", json={"model": "gpt", "prompt": "Return ", "max_new_tokens": 30000},
+                              timeout=90)
             result.update(status=r.status_code, tokens=r.json().get("tokens"))
 
         t = threading.Thread(target=long)
         t.start()
-        time.sleep(0.3)  # in flight
+        time.sleep(0.3)  # in flight (30,000 tokens: several seconds on a CPU)
         os.killpg(proc.pid, signal.SIGTERM)
-        ready_seen = []
-        for _ in range(50):
+        time.sleep(0.1)
+        ready, v2_ready = (requests.get(f"{url}{p}", timeout=5).status_code for p in ("/readyz", "/v2/health/ready"))
+        served_while_draining = requests.post(f"{url}/classify", json={"model": "lenet", "image": DIGIT},
+                                              timeout=10).status_code
+        seen = []
+        for _ in range(100):
             try:
-                ready_seen.append(requests.get(f"{url}/readyz", timeout=0.5).status_code)
+                seen.append(requests.get(f"{url}/readyz", timeout=0.5).status_code)
             except requests.RequestException:
-                ready_seen.append(None)
+                seen.append(None)
                 break
             time.sleep(0.1)
-        t.join(60)
-        assert result == {"status": 200, "tokens": 3000}
-        assert ready_seen[-1] is None, f"still answering readiness: {ready_seen}"
+        in_flight_when_closed = t.is_alive()
+        t.join(90)
+        assert (ready, v2_ready, served_while_draining) == (503, 503, 200)
+        assert seen[-1] is None and set(seen[:-1]) <= {503}, f"readiness after SIGTERM: {seen}"
+        assert in_flight_when_closed and result == {"status": 200, "tokens": 30000}
         assert proc.wait(30) == 0
     finally:
         stop_server(proc)
