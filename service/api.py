@@ -2,7 +2,8 @@
 read raw (size limits, content types and error messages are ours):
 
 - task endpoints, one per serving task: POST /classify, ...
-- the Open Inference Protocol (KServe v2 / Triton HTTP), with the binary tensor data extension.
+- the Open Inference Protocol (KServe v2 / Triton HTTP), with the binary tensor data extension;
+- GET /docs.json, the OpenAPI document of all of them (service/openapi.py).
 """
 
 from __future__ import annotations
@@ -119,7 +120,18 @@ async def generate_text(request: Request) -> Response:
     return json_response(summary(text))
 
 
+async def openapi_document(request: Request) -> Response:
+    """GET /docs.json: BentoML's document (probes, metrics) with our routes (service/openapi.py).
+    Our mounted routes are matched before BentoML's own /docs.json."""
+    from .openapi import document
+    from .service import MAX_NEW_TOKENS, MAX_PROMPT_CHARS
+
+    svc = bentoml.get_current_service()
+    return json_response(document(svc.bentoml_openapi(), svc.cards, MAX_NEW_TOKENS, MAX_PROMPT_CHARS))
+
+
 http_app = Starlette(routes=[
+    Route("/docs.json", openapi_document, methods=["GET"]),
     Route("/generate_text", generate_text, methods=["POST"]),
     *(Route(f"/{name}", (task_endpoint if getattr(task, "takes_image", True) else generate_endpoint)(name),
             methods=["POST"]) for name, task in TASKS.items() if getattr(task, "route", True)),

@@ -153,9 +153,9 @@ def options(card: dict[str, Any], fields: dict[str, Any], max_new_cap: int, max_
     import secrets
 
     from .preprocess import MAX_SEED
-    from .tasks import check_fields, int_field
+    from .tasks import GenerateText, check_fields, int_field
 
-    check_fields(fields, ("model", "prompt", "max_new_tokens", "temperature", "top_k", "seed", "stream"), image=False)
+    check_fields(fields, GenerateText.fields, image=False)
     prompt = fields.get("prompt")
     if not isinstance(prompt, str) or not prompt:
         raise ClientError(400, "bad_field", "'prompt' must be a non-empty string (the text to continue)")

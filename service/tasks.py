@@ -13,6 +13,7 @@ from starlette.responses import Response
 
 from .errors import ClientError
 from .preprocess import MAX_SEED, latent_noise
+from .schema import ANY_ARRAY, BOOL, INT, NUM, STR, arr, obj
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
@@ -43,6 +44,7 @@ def int_field(fields: dict[str, Any], name: str, lo: int, hi: int, default: int)
 
 
 FORMATS = ("json", "png")
+FORMAT = {"type": "string", "enum": list(FORMATS), "description": "json (default) or png (a rendered picture)"}
 
 
 def format_option(fields: dict[str, Any], accepted: tuple[str, ...]) -> dict[str, Any]:
@@ -59,6 +61,10 @@ class Classify:
 
     name = "classify"
     fields = ("model", "top_k")
+    request = {"top_k": {**INT, "minimum": 1, "description": "how many of the best classes to list (default 3)"}}
+    answer = {"label": STR, "class_index": INT, "probabilities": arr(NUM),
+              "top_k": arr(obj({"label": STR, "class_index": INT, "probability": NUM},
+                               ("label", "class_index", "probability")))}
 
     @staticmethod
     def options(card: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
@@ -90,15 +96,22 @@ def heat_colours(heat: np.ndarray) -> np.ndarray:
     return np.stack([np.clip(3 * heat, 0, 1), np.clip(3 * heat - 1, 0, 1), np.clip(3 * heat - 2, 0, 1)], axis=-1)
 
 
-class Explain:
+class ImageAnswer:
+    """Tasks that answer JSON or a picture (field 'format')."""
+
+    fields = ("model", "format")
+    request = {"format": FORMAT}
+
+    @classmethod
+    def options(cls, card: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
+        return format_option(fields, cls.fields)
+
+
+class Explain(ImageAnswer):
     """Class activation map of the predicted class: where in the image the evidence was."""
 
     name = "explain"
-    fields = ("model", "format")
-
-    @staticmethod
-    def options(card: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
-        return format_option(fields, Explain.fields)
+    answer = {"label": STR, "class_index": INT, "probability": NUM, "heatmap": arr(arr(NUM))}
 
     @staticmethod
     def respond(card: dict[str, Any], outputs: list[np.ndarray], pixels: np.ndarray, provider: str,
@@ -140,15 +153,11 @@ def as_rgb(pixels: np.ndarray) -> np.ndarray:
     return pixels.transpose(1, 2, 0) if len(pixels) == 3 else np.repeat(pixels[0][..., None], 3, axis=-1)
 
 
-class Segment:
+class Segment(ImageAnswer):
     """Semantic segmentation: a class per pixel."""
 
     name = "segment"
-    fields = ("model", "format")
-
-    @staticmethod
-    def options(card: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
-        return format_option(fields, Segment.fields)
+    answer = {"classes": arr(STR), "mask": arr(arr(INT)), "pixel_counts": {"type": "object", "additionalProperties": INT}}
 
     @staticmethod
     def respond(card: dict[str, Any], outputs: list[np.ndarray], pixels: np.ndarray, provider: str,
@@ -167,15 +176,11 @@ class Segment:
         }
 
 
-class Denoise:
+class Denoise(ImageAnswer):
     """The image with its noise removed (same shape as the input)."""
 
     name = "denoise"
-    fields = ("model", "format")
-
-    @staticmethod
-    def options(card: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
-        return format_option(fields, Denoise.fields)
+    answer = {"denoised": ANY_ARRAY}
 
     @staticmethod
     def respond(card: dict[str, Any], outputs: list[np.ndarray], pixels: np.ndarray, provider: str,
@@ -195,15 +200,11 @@ def image_answer(card: dict[str, Any], pixels: np.ndarray, image: np.ndarray, ke
             **extra, "provider": provider}
 
 
-class Reconstruct:
+class Reconstruct(ImageAnswer):
     """A VAE's reconstruction of the image (decoded from the posterior mean), with the posterior."""
 
     name = "reconstruct"
-    fields = ("model", "format")
-
-    @staticmethod
-    def options(card: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
-        return format_option(fields, Reconstruct.fields)
+    answer = {"reconstruction": ANY_ARRAY, "mean": arr(NUM), "logvar": arr(NUM)}
 
     @staticmethod
     def respond(card: dict[str, Any], outputs: list[np.ndarray], pixels: np.ndarray, provider: str,
@@ -218,6 +219,8 @@ class Embed:
 
     name = "embed"
     fields = ("model",)
+    request: dict[str, Any] = {}
+    answer = {"embedding": arr(NUM), "dim": INT}
 
     @staticmethod
     def options(card: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
@@ -253,6 +256,11 @@ class Generate:
     name = "generate"
     fields = ("model", "n", "seed", "format")
     takes_image = False
+    request = {"n": {**INT, "minimum": 1, "description": "how many samples (default 1, at most the model's batch)"},
+               "seed": {**INT, "minimum": 0, "maximum": MAX_SEED, "description": "the same seed, the same images"},
+               "format": FORMAT}
+    required: tuple[str, ...] = ()
+    answer = {"seed": INT, "n": INT, "images": ANY_ARRAY}
 
     @staticmethod
     def options(card: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
@@ -281,6 +289,16 @@ class GenerateText:
 
     name = "generate_text"
     route = False  # not a row-per-request task: service/generate.py schedules it
+    fields = ("model", "prompt", "max_new_tokens", "temperature", "top_k", "seed", "stream")
+    request = {"prompt": {**STR, "minLength": 1, "description": "the text to continue (characters the model knows)"},
+               "max_new_tokens": {**INT, "minimum": 1, "description": "default 128 (at most EE559_MAX_NEW_TOKENS)"},
+               "temperature": {**NUM, "minimum": 0, "exclusiveMinimum": True, "maximum": 10, "description": "default 1"},
+               "top_k": {**INT, "minimum": 1, "description": "sample among the k likeliest (1: greedy)"},
+               "seed": {**INT, "minimum": 0, "maximum": MAX_SEED},
+               "stream": {**BOOL, "description": "server-sent events, one per character"}}
+    required = ("prompt",)
+    answer = {"prompt": STR, "text": STR, "tokens": INT, "seed": INT, "temperature": NUM, "top_k": INT,
+              "time_to_first_token_s": NUM, "seconds": NUM}
 
 
 TASKS = {t.name: t for t in (Classify, Explain, Segment, Denoise, Embed, Reconstruct, Generate, GenerateText)}

@@ -1,0 +1,151 @@
+"""The service's OpenAPI document (GET /docs.json, rendered by /docs): BentoML's own (probes,
+metrics) merged with every route of ours, which BentoML cannot see inside a mounted Starlette app.
+Built per request from the task classes (their request fields and answers) and the served model
+cards (model names per route), so it describes what this server really serves."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .io import IMAGE_TYPES, JSON, MULTIPART, NPY, RAW
+from .schema import ANY_ARRAY, BINARY, INT, STR, arr, obj
+from .tasks import TASKS
+
+ERROR = obj({"error": STR}, ("error",))
+ERRORS = {
+    "400": "the request is malformed or a field is out of range (the message says what is accepted)",
+    "401": "missing or wrong bearer token (only when EE559_API_TOKEN is set)",
+    "404": "no such model",
+    "408": "the body did not arrive within EE559_BODY_TIMEOUT_S",
+    "413": "the body is over EE559_MAX_BODY_BYTES",
+    "415": "content type or content encoding not accepted",
+    "503": "at capacity or past the queue deadline: retry after Retry-After seconds",
+}
+IMAGE_FIELD = {"description": "pixels in [0, 1], nested arrays (H, W) or (C, H, W) of the model's input shape",
+               **ANY_ARRAY}
+
+
+def _errors(*codes: str) -> dict[str, Any]:
+    errors = {code: {"description": ERRORS[code], "content": {JSON: {"schema": ERROR}}} for code in codes}
+    if "404" in errors:  # a path parameter no route can hold (a newline) gets BentoML's plain 404
+        errors["404"]["content"]["text/plain"] = {"schema": STR}
+    return errors
+
+
+def _answer(task: Any, models: list[str]) -> dict[str, Any]:
+    content = {JSON: {"schema": obj({"model": STR, "version": STR, "provider": STR, **task.answer},
+                                    ("model", "version", "provider", *task.answer))}}
+    if "format" in task.fields:
+        content["image/png"] = {"schema": BINARY}
+    return {"200": {"description": task.__doc__.splitlines()[0], "content": content}}
+
+
+def _model_field(models: list[str]) -> dict[str, Any]:
+    return {"type": "string", "enum": models, "description": "a served model (or the graph's own name)"}
+
+
+def _image_operation(task: Any, models: list[str]) -> dict[str, Any]:
+    fields = {"model": _model_field(models), **task.request}
+    binary = {"schema": BINARY}
+    return {
+        "summary": task.__doc__.splitlines()[0],
+        "operationId": task.name,
+        "tags": ["tasks"],
+        "parameters": [{"name": name, "in": "query", "required": False, "schema": schema,
+                        "description": "with a binary body (image, .npy, raw float32)"}
+                       for name, schema in fields.items()],
+        "requestBody": {"required": True, "content": {
+            JSON: {"schema": obj({**fields, "image": IMAGE_FIELD}, ("model", "image"), additionalProperties=False)},
+            MULTIPART: {"schema": obj({**fields, "image": BINARY}, ("model", "image"))},
+            **{t: binary for t in (*IMAGE_TYPES, NPY, RAW)},
+        }},
+        "responses": {**_answer(task, models), **_errors("400", "401", "404", "408", "413", "415", "503")},
+    }
+
+
+def _json_operation(task: Any, models: list[str], extra_200: dict[str, Any] | None = None,
+                    limits: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    answer = _answer(task, models)
+    request = {k: {**v, **(limits or {}).get(k, {})} for k, v in task.request.items()}
+    answer["200"]["content"].update(extra_200 or {})
+    return {
+        "summary": task.__doc__.splitlines()[0],
+        "operationId": task.name,
+        "tags": ["tasks"],
+        "requestBody": {"required": True, "content": {JSON: {"schema": obj(
+            {"model": _model_field(models), **request}, ("model", *task.required), additionalProperties=False)}}},
+        "responses": {**answer, **_errors("400", "401", "404", "408", "413", "415", "503")},
+    }
+
+
+V2_TENSOR = obj({"name": STR, "shape": arr(INT), "datatype": STR, "data": ANY_ARRAY,
+                 "parameters": {"type": "object"}}, ("name", "shape", "datatype"))
+V2_REQUEST = obj({"id": STR, "inputs": arr(V2_TENSOR), "parameters": {"type": "object"},
+                  "outputs": arr(obj({"name": STR, "parameters": {"type": "object"}}, ("name",)))}, ("inputs",))
+V2_RESPONSE = obj({"model_name": STR, "model_version": STR, "id": STR, "parameters": {"type": "object"},
+                   "outputs": arr(V2_TENSOR)}, ("model_name", "outputs"))
+V2_METADATA = obj({"name": STR, "versions": arr(STR), "platform": STR,
+                   "inputs": arr(V2_TENSOR), "outputs": arr(V2_TENSOR)}, ("name", "platform", "inputs", "outputs"))
+
+
+def _v2_paths(models: list[str]) -> dict[str, Any]:
+    model = {"name": "model", "in": "path", "required": True, "schema": {"type": "string", "enum": models}}
+    version = {"name": "version", "in": "path", "required": True, "schema": STR}
+    status = {"200": {"description": "yes"}, "503": {"description": "no"}}
+    paths = {
+        "/v2": {"get": {"summary": "Server metadata (Open Inference Protocol)", "operationId": "v2_server",
+                        "tags": ["v2"], "responses": {"200": {"description": "name, version, extensions", "content": {
+                            JSON: {"schema": obj({"name": STR, "version": STR, "extensions": arr(STR)},
+                                                 ("name", "version", "extensions"))}}}}}},
+        "/v2/health/live": {"get": {"summary": "Liveness", "operationId": "v2_live", "tags": ["v2"],
+                                    "responses": {"200": {"description": "live"}}}},
+        "/v2/health/ready": {"get": {"summary": "Readiness", "operationId": "v2_ready", "tags": ["v2"],
+                                     "responses": status}},
+    }
+    for prefix, params, tag in (("/v2/models/{model}", [model], ""),
+                                ("/v2/models/{model}/versions/{version}", [model, version], "_version")):
+        paths[prefix] = {"get": {"summary": "Model metadata", "operationId": f"v2_metadata{tag}", "tags": ["v2"],
+                                 "parameters": params,
+                                 "responses": {"200": {"description": "inputs and outputs", "content": {
+                                     JSON: {"schema": V2_METADATA}}}, **_errors("400", "401", "404")}}}
+        paths[f"{prefix}/ready"] = {"get": {"summary": "Model readiness", "operationId": f"v2_model_ready{tag}",
+                                            "tags": ["v2"], "parameters": params,
+                                            "responses": {**status, **_errors("400", "401", "404")}}}
+        paths[f"{prefix}/infer"] = {"post": {
+            "summary": "Inference (JSON, or the binary tensor data extension)", "operationId": f"v2_infer{tag}",
+            "tags": ["v2"], "parameters": params,
+            "requestBody": {"required": True, "content": {JSON: {"schema": V2_REQUEST},
+                                                          RAW: {"schema": BINARY}}},
+            "responses": {"200": {"description": "outputs", "content": {
+                JSON: {"schema": V2_RESPONSE}, RAW: {"schema": BINARY}}},
+                **_errors("400", "401", "404", "408", "413", "415", "503")}}}
+    return paths
+
+
+def document(bentoml_doc: dict[str, Any], cards: dict[str, dict[str, Any]], max_new_tokens: int,
+             max_prompt_chars: int) -> dict[str, Any]:
+    """BentoML's document with our routes added; `cards`: served graph name -> model card; the
+    limits of /generate_text as configured."""
+    def models(task_name: str) -> list[str]:
+        names = {n for n, c in cards.items() if task_name in c["tasks"]}
+        return sorted(names | {cards[n].get("family", n) for n in names})
+
+    paths: dict[str, Any] = {}
+    for name, task in TASKS.items():
+        served = models(name)
+        if not served:
+            continue
+        if name == "generate_text":
+            stream = {"text/event-stream": {"schema": obj({"event": STR, "data": STR}, ("data",))}}
+            limits = {"max_new_tokens": {"maximum": max_new_tokens}, "prompt": {"maxLength": max_prompt_chars}}
+            paths["/generate_text"] = {"post": _json_operation(task, served, stream, limits)}
+        elif getattr(task, "takes_image", True):
+            paths[f"/{name}"] = {"post": _image_operation(task, served)}
+        else:
+            paths[f"/{name}"] = {"post": _json_operation(task, served)}
+    all_models = sorted(cards)
+    doc = dict(bentoml_doc)
+    doc["paths"] = {**bentoml_doc.get("paths", {}), **paths, **(_v2_paths(all_models) if all_models else {})}
+    doc["tags"] = [*bentoml_doc.get("tags", []), {"name": "tasks", "description": "one route per serving task"},
+                   {"name": "v2", "description": "Open Inference Protocol (KServe v2, Triton HTTP)"}]
+    return doc
