@@ -133,10 +133,14 @@ def choose(logits: np.ndarray, temperature: float, top_k: int, rng: np.random.Ge
     """The next token: greedy for top_k == 1, else sampled from the top_k most likely at `temperature`."""
     if top_k == 1:
         return int(np.argmax(logits))
-    z = logits.astype(np.float64) / temperature
+    z = logits.astype(np.float64)
+    # Shift before dividing: a tiny temperature (5e-324 is a valid float) then sends every other
+    # logit to -inf instead of making inf - inf = nan.
+    with np.errstate(over="ignore"):
+        z = (z - z.max()) / temperature
     if top_k < len(z):
         z[np.argpartition(z, -top_k)[:-top_k]] = -np.inf
-    p = np.exp(z - z.max())
+    p = np.exp(z)
     return int(rng.choice(len(p), p=p / p.sum()))
 
 

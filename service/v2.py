@@ -66,7 +66,7 @@ async def live(request: Request) -> Response:
 
 
 async def ready(request: Request) -> Response:
-    return Response(status_code=200 if await _svc().is_ready() else 503)
+    return Response(status_code=200 if await _svc().__is_ready__() else 503)
 
 
 async def model_metadata(request: Request) -> Response:
@@ -86,7 +86,7 @@ async def model_ready(request: Request) -> Response:
         _card(request)
     except ClientError as exc:
         return error_response(exc)
-    return Response(status_code=200 if await _svc().is_ready() else 503)
+    return Response(status_code=200 if await _svc().__is_ready__() else 503)
 
 
 def _split_body(request: Request, body: bytes) -> tuple[dict[str, Any], memoryview]:
@@ -109,6 +109,15 @@ def _split_body(request: Request, body: bytes) -> tuple[dict[str, Any], memoryvi
     return req, rest
 
 
+def _parameters(entry: dict[str, Any], where: str) -> dict[str, Any]:
+    params = entry.get("parameters")
+    if params is None:
+        return {}
+    if not isinstance(params, dict):
+        raise ClientError(400, "bad_parameters", f"'parameters' of {where} must be a JSON object")
+    return params
+
+
 def _input_tensor(spec: dict[str, Any], given: dict[str, Any], binary: memoryview, offset: int,
                   max_batch: int) -> tuple[np.ndarray, int]:
     name = spec["name"]
@@ -125,7 +134,7 @@ def _input_tensor(spec: dict[str, Any], given: dict[str, Any], binary: memoryvie
                                             f"with the batch dimension from 1 to {max_batch}")
     count = int(np.prod(shape))
     dtype = np.dtype(DATATYPES[want_type])
-    params = given.get("parameters") or {}
+    params = _parameters(given, f"input {name!r}")
     if "binary_data_size" in params:
         size = params["binary_data_size"]
         if not isinstance(size, int) or size != count * dtype.itemsize or offset + size > len(binary):
@@ -167,7 +176,10 @@ async def infer(request: Request) -> Response:
         if card.get("generation"):  # the server keeps a text model's state between steps
             raise ClientError(400, "stateful_model", f"model {card['name']!r} generates text: use POST /generate_text")
         (spec,) = card["inputs"]
-        given = {t.get("name"): t for t in req["inputs"] if isinstance(t, dict)}
+        if not all(isinstance(t, dict) and isinstance(t.get("name"), str) for t in req["inputs"]):
+            raise ClientError(400, "bad_input", "each entry of 'inputs' must be an object with a string 'name', "
+                                                "'shape', 'datatype' and 'data' (or parameters.binary_data_size)")
+        given = {t["name"]: t for t in req["inputs"]}
         if set(given) != {spec["name"]} or len(req["inputs"]) != 1:
             raise ClientError(400, "bad_input_name", f"inputs {sorted(map(str, given))}; model {card['name']!r} "
                                                      f"takes exactly one input: {spec['name']!r}")
@@ -182,7 +194,8 @@ async def infer(request: Request) -> Response:
         if not isinstance(wanted, list) or not all(isinstance(w, dict) and w.get("name") in out_names
                                                    for w in wanted):
             raise ClientError(400, "bad_output_name", f"requested outputs must be among {out_names}")
-        default_binary = bool((req.get("parameters") or {}).get("binary_data_output", False))
+        default_binary = bool(_parameters(req, "the request").get("binary_data_output", False))
+        binary_out = [bool(_parameters(w, f"output {w['name']!r}").get("binary_data", default_binary)) for w in wanted]
         outputs, _ = await svc.run(card["name"], np.ascontiguousarray(x))
         by_name = dict(zip(out_names, outputs))
     except ClientError as exc:
@@ -190,10 +203,10 @@ async def infer(request: Request) -> Response:
 
     blobs: list[bytes] = []
     result = []
-    for w in wanted:
+    for w, as_binary in zip(wanted, binary_out):
         arr = by_name[w["name"]]
         entry: dict[str, Any] = {"name": w["name"], "datatype": NUMPY_TO_V2[str(arr.dtype)], "shape": list(arr.shape)}
-        if (w.get("parameters") or {}).get("binary_data", default_binary):
+        if as_binary:
             blob = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes()
             entry["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)

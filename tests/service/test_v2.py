@@ -103,6 +103,17 @@ V2_BAD = [
      {"Inference-Header-Content-Length": "X"}),
     ("unknown output", json.dumps({"inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 1, 28, 28],
                                                "data": [0] * 784}], "outputs": [{"name": "probs"}]}).encode(), {}),
+    # found by schemathesis (500s before): a name that is not a string, parameters that are not objects
+    ("object as name", json.dumps({"inputs": [{"name": {}, "datatype": "FP32", "shape": [1, 1, 28, 28],
+                                               "data": [0] * 784}]}).encode(), {}),
+    ("list as parameters", json.dumps({"inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 1, 28, 28],
+                                                   "data": [0] * 784}], "parameters": []}).encode(), {}),
+    ("string as input parameters", json.dumps({"inputs": [{"name": "image", "datatype": "FP32",
+                                                           "shape": [1, 1, 28, 28], "data": [0] * 784,
+                                                           "parameters": "x"}]}).encode(), {}),
+    ("list as output parameters", json.dumps({"inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 1, 28, 28],
+                                                          "data": [0] * 784}],
+                                              "outputs": [{"name": "logits", "parameters": [1]}]}).encode(), {}),
 ]
 
 

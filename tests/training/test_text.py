@@ -121,3 +121,12 @@ def test_sampling_is_seeded_and_respects_top_k():
     many = {choose(logits, 1.0, 2, np.random.default_rng(s)) for s in range(200)}
     assert many == {2, 3}
     assert choose(logits, 0.5, 1, np.random.default_rng(0)) == 3
+
+
+@pytest.mark.parametrize("temperature", [5e-324, 1e-30, 10.0])
+def test_sampling_at_extreme_temperatures_gives_a_token(temperature: float):
+    """Found by schemathesis: the smallest positive float as temperature made every logit inf and
+    the probabilities nan (a 500). Near zero it is greedy; ties share the draw."""
+    logits = np.array([0.0, 3.0, 2.0, 3.0, -1.0], dtype=np.float32)
+    draws = {choose(logits, temperature, 3, np.random.default_rng(s)) for s in range(50)}
+    assert draws <= ({1, 3} if temperature < 1 else {1, 2, 3}) and draws
