@@ -43,9 +43,10 @@ def test_chunked_body_over_the_limit_is_413_without_content_length(server):
     assert r.status_code == 413
 
 
-def test_a_million_one_byte_chunks_get_a_4xx_and_the_server_goes_on(server):
-    """uvicorn parses every chunk in a Python callback and hands the app the bytes coalesced, so
-    the app cannot count chunks: the body deadline (EE559_BODY_TIMEOUT_S, 3 s here) ends it."""
+def test_a_million_one_byte_chunks_are_read_and_refused_before_the_body_deadline(server):
+    """With httptools the million chunks are parsed in C (0.15 s measured here), and the body of
+    spaces is refused as malformed JSON: a 400, not the 408 of the body deadline (EE559_BODY_TIMEOUT_S,
+    3 s in these tests) that uvicorn's pure-Python parser ran into (4 s of parsing)."""
     import socket
     import threading
 
@@ -64,9 +65,11 @@ def test_a_million_one_byte_chunks_get_a_4xx_and_the_server_goes_on(server):
     sender = threading.Thread(target=send, daemon=True)
     sender.start()
     sock.settimeout(30)
-    reply = sock.recv(4096)
+    reply = b""
+    while b"}" not in reply and (part := sock.recv(4096)):  # the status line, then the JSON error
+        reply += part
     sock.close()
-    assert reply.startswith((b"HTTP/1.1 408", b"HTTP/1.1 400", b"HTTP/1.1 413")), reply[:300]
+    assert reply.startswith(b"HTTP/1.1 400") and b"malformed JSON" in reply, reply[:300]
     assert requests.post(f"{server}/classify", json={"model": "lenet", "image": DIGIT}, timeout=10).status_code == 200
 
 
@@ -279,27 +282,35 @@ def test_external_data_inside_the_model_directory_is_accepted(tmp_path: Path):
 
 
 def test_overload_is_shed_with_503_and_retry_after_never_500(exported, runs):
-    """A queue of 8 rows per worker and model, one worker, 64 clients at once on the slowest image
-    model: the excess is answered 503 with Retry-After (not queued, not failed), the rest 200."""
+    """A queue of 8 rows per worker and model, one worker, 64 clients at once, each request a batch
+    of 8 U-Net images (so one waiting request fills the queue, however fast the server is against
+    these Python clients): the excess is answered 503 with Retry-After (not queued, not failed),
+    the rest 200."""
+    import json
+
     import numpy as np
     from concurrent.futures import ThreadPoolExecutor
 
     url, proc = start_server({"EE559_WORKERS": "1", "EE559_MAX_QUEUE": "8"}, log=runs / "serve-overload.log")
     try:
         wait_ready(url, proc)
-        image = np.random.default_rng(0).random((3, 32, 32)).round(3).tolist()
+        batch = np.random.default_rng(0).random((8, 3, 32, 32)).round(3)
+        body = json.dumps({"inputs": [{"name": "image", "datatype": "FP32", "shape": list(batch.shape),
+                                       "data": batch.ravel().tolist()}]}).encode()
 
         def one(_):
-            return requests.post(f"{url}/segment", json={"model": "unet", "image": image}, timeout=30)
+            return requests.post(f"{url}/v2/models/unet/infer", data=body, timeout=30,
+                                 headers={"Content-Type": "application/json"})
 
         with ThreadPoolExecutor(64) as pool:
             answers = list(pool.map(one, range(256)))
         codes = [a.status_code for a in answers]
         assert set(codes) <= {200, 503}, sorted(set(codes))
         shed = [a for a in answers if a.status_code == 503]
+        print(f"overload: {len(shed)} of {len(codes)} shed")
         assert shed and codes.count(200) > 0, f"{len(shed)} shed of {len(codes)}"
         assert all(a.headers.get("Retry-After") == "1" and "capacity" in a.json()["error"] for a in shed)
-        assert requests.post(f"{url}/segment", json={"model": "unet", "image": image}, timeout=30).status_code == 200
+        assert one(0).status_code == 200
         text = requests.get(f"{url}/metrics", timeout=5).text
         assert 'ee559_rejected_requests_total{reason="overloaded"}' in text
     finally:
