@@ -32,7 +32,7 @@ def _errors(*codes: str) -> dict[str, Any]:
     return errors
 
 
-def _answer(task: Any, models: list[str]) -> dict[str, Any]:
+def _answer(task: Any) -> dict[str, Any]:
     content = {JSON: {"schema": obj({"model": STR, "version": STR, "provider": STR, **task.answer},
                                     ("model", "version", "provider", *task.answer))}}
     if "format" in task.fields:
@@ -59,13 +59,13 @@ def _image_operation(task: Any, models: list[str]) -> dict[str, Any]:
             MULTIPART: {"schema": obj({**fields, "image": BINARY}, ("model", "image"))},
             **{t: binary for t in (*IMAGE_TYPES, NPY, RAW)},
         }},
-        "responses": {**_answer(task, models), **_errors("400", "401", "404", "408", "413", "415", "503")},
+        "responses": {**_answer(task), **_errors("400", "401", "404", "408", "413", "415", "503")},
     }
 
 
 def _json_operation(task: Any, models: list[str], extra_200: dict[str, Any] | None = None,
                     limits: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
-    answer = _answer(task, models)
+    answer = _answer(task)
     request = {k: {**v, **(limits or {}).get(k, {})} for k, v in task.request.items()}
     answer["200"]["content"].update(extra_200 or {})
     return {

@@ -83,12 +83,18 @@ def test_soak_at_70_percent_of_capacity_keeps_memory_flat(exported, runs):
         warm = min(120.0, seconds / 10)
         _drive(url, warm, rate)
         start_rss = _tree_rss_bytes(proc.pid)
-        ok, failed = _drive(url, seconds, rate)
-        end_rss = _tree_rss_bytes(proc.pid)
+        ok = failed = 0
+        trail = [start_rss]  # every tenth of the run, to tell a leak (a slope) from a plateau
+        for _ in range(10):
+            answered, lost = _drive(url, seconds / 10, rate)
+            ok, failed = ok + answered, failed + lost
+            trail.append(_tree_rss_bytes(proc.pid))
+        end_rss = trail[-1]
         growth = end_rss / start_rss - 1
         print(f"\nsoak: {seconds:.0f} s at {rate:.0f} req/s (70% of {capacity:.0f}); {ok} answered, {failed} failed; "
               f"resident memory {start_rss / 2**20:.1f} MiB after {warm:.0f} s of warm-up -> "
-              f"{end_rss / 2**20:.1f} MiB ({100 * growth:+.2f}%)")
+              f"{end_rss / 2**20:.1f} MiB ({100 * growth:+.2f}%); every tenth: "
+              f"{' '.join(f'{r / 2**20:.0f}' for r in trail)} MiB")
         assert failed == 0
         assert growth < 0.05
     finally:
