@@ -16,7 +16,7 @@ export BENTOML_DO_NOT_TRACK ?= true
 # RETRAIN=1 trains and exports again even when a checkpoint / stored model exists.
 REUSE := $(if $(RETRAIN),,--if-missing)
 
-.PHONY: run install train export serve test loadtest bench textbench soak audit build clean
+.PHONY: run install train export serve test loadtest bench textbench soak container-test audit build clean
 
 run: export
 	@echo "Serving every exported model on http://$(HOST):$(PORT) (POST /classify /explain /segment /denoise /embed /reconstruct /generate /generate_text, /v2 Open Inference Protocol, GET /readyz, GET /metrics)"
@@ -55,6 +55,12 @@ bench: export
 # The 30-minute soak (EE559_SOAK_SECONDS to change it): memory growth and failures at 70% load.
 soak: install
 	$(PY) -m pytest -q -s -m slow tests/service/test_soak.py
+
+# The container, really built with `bentoml containerize --backend podman` and run (as root:
+# installs podman, runc and debootstrap from Debian's packages; ~10 minutes the first time).
+container-test: install
+	command -v podman >/dev/null || (apt-get update -q && apt-get install -y -q podman runc debootstrap)
+	$(PY) -m pytest -q -s -m slow tests/test_container.py
 
 textbench: export
 	$(PY) -m loadtests.textbench $(TEXTBENCH_ARGS)
