@@ -71,7 +71,9 @@ def _quiet_gc() -> None:
     """Full garbage collections paused the event loop for 30-70 ms every ~0.5 s under load (each
     scanned ~100k live objects and freed almost nothing): p99 of a single connection was 120 ms
     against 2 ms with the collector off. Freezing the start-up heap and collecting far less often
-    keeps cycles reclaimed while making those pauses rare. Request data is acyclic (refcounted)."""
+    keeps cycles reclaimed while making those pauses rare. Request data is acyclic (refcounted).
+    (Most of those live objects turned out to be kept by BentoML's uncancelled request timers,
+    fixed in service/patches.py; a worker's live heap is now a few thousand objects.)"""
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 50, 100)
