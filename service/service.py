@@ -116,9 +116,11 @@ def _engine(served: dict[str, str]) -> Engine:
     return Engine(served, PROVIDER, MAX_BATCH_SIZE, MAX_LATENCY_MS, MAX_QUEUE_ROWS)
 
 
-def _split_text_models() -> tuple[dict[str, str], dict[str, str]]:
-    """(tensor models, text generators): the Inference service batches only the first kind."""
-    text = {n: t for n, t in SERVED.items() if store.load(t).card.get("generation")}
+def _split_text_models(cards: dict[str, dict[str, Any]] | None = None) -> tuple[dict[str, str], dict[str, str]]:
+    """(tensor models, text generators): the Inference service batches only the first kind.
+    `cards`, when the caller has read them already, saves reading every stored model again."""
+    cards = cards or {n: store.load(t).card for n, t in SERVED.items()}
+    text = {n: t for n, t in SERVED.items() if cards[n].get("generation")}
     return {n: t for n, t in SERVED.items() if n not in text}, text
 
 
@@ -164,7 +166,7 @@ class EE559:
         if BATCHER == "bentoml":
             self.engine = None
             self.cards = {name: store.load(tag).card for name, tag in SERVED.items()}
-            text = _split_text_models()[1]
+            text = _split_text_models(self.cards)[1]
             self.text = _engine(text).text if text else {}  # generation keeps its state in this worker
         else:
             self.engine = _engine(SERVED)  # loaded and warmed up before the worker reports ready
