@@ -85,24 +85,23 @@ def _quiet_gc() -> None:
 DRAIN_S = float(os.environ.get("EE559_DRAIN_SECONDS", "2"))
 
 
-def _drain_on_sigterm(on_drain: Any) -> None:
+def _drain_on_sigterm(svc: Any) -> None:
     """Put our handler in front of uvicorn's SIGTERM handler (installed before the service is
-    built): call `on_drain()`, then hand the signal to uvicorn after DRAIN_S. Only in a server's
-    main thread, where a Python handler is already there to hand it to."""
+    built): start `svc` draining, then hand the signal to uvicorn after DRAIN_S. Only in a
+    server's main thread, where a Python handler is already there to hand it to."""
     if threading.current_thread() is not threading.main_thread():
         return
     server_handler = signal.getsignal(signal.SIGTERM)
     if not callable(server_handler):
         return
-    timer: list[threading.Timer] = []
 
     def on_term(sig: int, frame: Any) -> None:
-        if timer:  # the arbiter forwards the signal the process group already got
+        if svc.draining:  # the arbiter forwards the signal the process group already got
             return
-        on_drain()
-        timer.append(threading.Timer(DRAIN_S, server_handler, (sig, None)))
-        timer[0].daemon = True
-        timer[0].start()
+        svc.start_draining()
+        timer = threading.Timer(DRAIN_S, server_handler, (sig, None))
+        timer.daemon = True
+        timer.start()
 
     signal.signal(signal.SIGTERM, on_term)
 
@@ -172,7 +171,7 @@ class EE559:
             self.engine = _engine(SERVED)  # loaded and warmed up before the worker reports ready
             self.cards, self.text = self.engine.cards, self.engine.text
         self.draining = False
-        _drain_on_sigterm(self._start_draining)
+        _drain_on_sigterm(self)
         _quiet_gc()  # runs at the worker's start-up, after BentoML built the app around us
 
     def card_for(self, name: Any, task_name: str) -> dict[str, Any]:
@@ -209,7 +208,7 @@ class EE559:
         """BentoML's own OpenAPI document of this service (its probes and metrics)."""
         return EE559.openapi_spec.asdict()
 
-    def _start_draining(self) -> None:
+    def start_draining(self) -> None:
         self.draining = True
         log.info("SIGTERM: readiness is 503 from now; serving %g s more, then finishing what is in flight", DRAIN_S)
 

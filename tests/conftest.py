@@ -41,16 +41,30 @@ def exported(runs: Path) -> dict[str, Path]:
     return {name: sorted((runs / "export" / name).glob("*/model_card.json"))[-1] for name in served_graphs()}
 
 
+def processes() -> dict[int, dict[str, str]]:
+    """Every process's /proc/PID/status fields (PPid, VmRSS, ...) and its command line, by pid."""
+    table = {}
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            fields = dict(line.split(":\t", 1) for line in status.read_text().splitlines() if ":\t" in line)
+            fields["cmdline"] = (status.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:  # gone meanwhile
+            continue
+        table[int(status.parent.name)] = {k: v.strip() for k, v in fields.items()}
+    return table
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 90) -> None:
+def wait_ready(url: str, proc: subprocess.Popen | None, timeout: float = 90) -> None:
+    """Until `url`/readyz answers 200; fails at once if `proc` (the local server, if any) exits."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
+        if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"bentoml serve exited with {proc.returncode}")
         try:
             with urllib.request.urlopen(f"{url}/readyz", timeout=2) as r:

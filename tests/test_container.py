@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from .conftest import ROOT, free_port
+from .conftest import ROOT, free_port, wait_ready
 
 HERE = Path(__file__).resolve().parent / "container"
 DEBIAN = "localhost/ee559-debian:bookworm"
@@ -69,13 +69,10 @@ def test_container_serves_as_non_root_on_all_interfaces_and_stops_cleanly(export
     cid = podman("run", "-d", "--init", "-p", f"127.0.0.1:{port}:3000", TAG).stdout.strip()
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline, ready = time.monotonic() + 120, False
-        while time.monotonic() < deadline and not ready:
-            try:
-                ready = requests.get(f"{url}/readyz", timeout=2).status_code == 200
-            except requests.RequestException:
-                time.sleep(0.5)
-        assert ready, podman("logs", cid, check=False).stdout[-3000:]
+        try:
+            wait_ready(url, None, timeout=120)
+        except TimeoutError:
+            raise AssertionError(podman("logs", cid, check=False).stdout[-3000:]) from None
         r = requests.post(f"{url}/classify", json={"model": "lenet", "image": DIGIT}, timeout=10)
         assert r.status_code == 200 and r.json()["model"] == "lenet" and "label" in r.json(), r.text[:300]
         assert podman("exec", cid, "id", "-u").stdout.strip() == "1034"

@@ -12,7 +12,7 @@ from urllib.parse import urlparse
 import pytest
 import requests
 
-from ..conftest import start_server, stop_server, wait_ready
+from ..conftest import processes, start_server, stop_server, wait_ready
 
 DIGIT = [[0.0] * 28 for _ in range(28)]
 
@@ -182,16 +182,8 @@ def test_deeply_nested_json_is_a_400_and_the_server_goes_on(server, route: str):
 
 def _worker_pids(root: int) -> list[int]:
     """The serving workers under `bentoml serve` (processes running the service, not the arbiter)."""
-    out = []
-    for status in Path("/proc").glob("[0-9]*/status"):
-        try:
-            fields = dict(line.split(":\t", 1) for line in status.read_text().splitlines() if ":\t" in line)
-            cmd = (status.parent / "cmdline").read_bytes().replace(b"\0", b" ")
-        except OSError:
-            continue
-        if int(fields.get("PPid", "0").strip()) == root and b"worker" in cmd:
-            out.append(int(status.parent.name))
-    return out
+    return [pid for pid, fields in processes().items()
+            if int(fields.get("PPid", "0")) == root and "worker" in fields["cmdline"]]
 
 
 def test_killed_worker_comes_back_and_only_its_requests_fail(exported, runs):

@@ -12,31 +12,22 @@ from pathlib import Path
 import pytest
 import requests
 
-from ..conftest import start_server, stop_server, wait_ready
+from ..conftest import processes, start_server, stop_server, wait_ready
 
 DIGIT = [[0.0] * 28 for _ in range(28)]
 
 
 def _tree_rss_bytes(root: int) -> int:
     """Resident memory of `root` and every process below it."""
-    parents: dict[int, int] = {}
-    rss: dict[int, int] = {}
-    for status in Path("/proc").glob("[0-9]*/status"):
-        try:
-            fields = dict(line.split(":\t", 1) for line in status.read_text().splitlines() if ":\t" in line)
-        except OSError:
-            continue
-        pid = int(status.parent.name)
-        parents[pid] = int(fields.get("PPid", "0").strip())
-        rss[pid] = int(fields.get("VmRSS", "0 kB").split()[0]) * 1024
+    table = processes()
     tree, grew = {root}, True
     while grew:
         grew = False
-        for pid, ppid in parents.items():
-            if ppid in tree and pid not in tree:
+        for pid, fields in table.items():
+            if int(fields.get("PPid", "0")) in tree and pid not in tree:
                 tree.add(pid)
                 grew = True
-    return sum(rss.get(p, 0) for p in tree)
+    return sum(int(table[p].get("VmRSS", "0 kB").split()[0]) * 1024 for p in tree if p in table)
 
 
 def _drive(url: str, seconds: float, rate: float | None, threads: int = 4) -> tuple[int, int]:
