@@ -16,7 +16,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from training.runtime import runs_dir
+from core.paths import runs_dir
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,11 +38,12 @@ def main(argv: list[str] | None = None) -> int:
     runs = args.runs or runs_dir()
     os.environ.setdefault("BENTOML_HOME", str(runs / "bentoml"))
 
+    from core import store
     from training.data import load_dataset
     from training.train import latest_checkpoint, load_checkpoint
 
-    from .onnx_export import (CARD, ONNX_FILE, ParityError, build_card, export_onnx, export_sample, parity_inputs,
-                              save_to_store, sha256, stored_card, validate)
+    from .onnx_export import (ONNX_FILE, ParityError, build_card, export_onnx, export_sample, parity_inputs,
+                              validate)
     from .text_parity import greedy_parity
 
     names = list(registry.REGISTRY) if args.model == "all" else [args.model]
@@ -53,8 +54,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"export: no checkpoint for {name!r}; train it first: python -m training {name}",
                   file=sys.stderr)
             return 2
-        digest = sha256(ckpt_path)
-        if args.if_missing and all((card := stored_card(g.name)) and card["checkpoint"]["sha256"] == digest
+        digest = store.sha256_file(ckpt_path)
+        if args.if_missing and all((card := store.newest_card(g.name)) and card.checkpoint.get("sha256") == digest
                                    for g in entry.graphs):
             print(f"{name}: {', '.join(g.name for g in entry.graphs)} in the model store for {ckpt_path}; skipping")
             continue
@@ -75,16 +76,16 @@ def main(argv: list[str] | None = None) -> int:
             except ParityError as exc:
                 print(f"export: parity gate FAILED: {exc}", file=sys.stderr)
                 return 1
-            card = build_card(entry, graph, ckpt, ckpt_path, onnx_path, parity)
+            card = build_card(entry, graph, ckpt, ckpt_path, onnx_path, parity, (splits.test.x, splits.test.y))
             if decoding:
-                card["parity"]["greedy_decoding"] = decoding
-            (folder / CARD).write_text(json.dumps(card, indent=2))
-            tag = save_to_store(card, folder)
+                card.parity["greedy_decoding"] = decoding
+            (folder / store.CARD_FILE).write_text(json.dumps(card.to_json(), indent=2))
+            tag = store.save(card, onnx_path)
             worst = max(o["max_abs_error"] for r in parity for o in r["outputs"].values())
             sizes = ", ".join(str(r["batch_size"]) for r in parity)
             print(f"{graph.name}: parity OK at batch sizes {sizes} (max abs error {worst:.2e} <= "
                   f"{graph.spec.atol:g}); "
-                  + "; ".join(f"{k.removeprefix('test_')} {v:.4f}" for k, v in card["metrics"].items()
+                  + "; ".join(f"{k.removeprefix('test_')} {v:.4f}" for k, v in card.metrics.items()
                               if k.startswith("test_") and k != "test_loss")
                   + f"; saved {tag} ({folder / ONNX_FILE})")
     return 0

@@ -1,17 +1,14 @@
-"""Export a trained model to ONNX, gate it on parity with PyTorch, write its model card and
-save it into the BentoML model store.
+"""Export a trained model to ONNX, gate it on parity with PyTorch and write its model card.
 
 The gate checks names, then shapes, then values (as Optimum's `validate_model_outputs` does),
-but fails the export instead of warning.
+collects every failure of every output and batch size, and fails the export instead of warning.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import platform
-import shutil
-from dataclasses import asdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,19 +17,39 @@ import onnx
 import torch
 from torch import nn
 
-from service.ort_runtime import make_session
-from service.store import CARD, PROJECT_LABEL
-from service.store import sha256_file as sha256
-from service.preprocess import latent_noise
+from core.card import ModelCard
+from core.images import latent_noise
+from core.session import make_session
+from core.spec import PAST_AXIS, TEXT_PARITY_STEPS, ExportSpec
+from core.store import sha256_file
 from training.registry import CourseModel, Graph
 
-from .spec import PAST_AXIS, TEXT_PARITY_STEPS, ExportSpec
-
 ONNX_FILE = "model.onnx"
+EXAMPLES = 16  # held-out inputs recorded in the card (core/card.py: ModelCard.examples)
+
+
+@dataclass(frozen=True)
+class ParityFailure:
+    """One check the graph failed: `kind` is names, shape, value or top1."""
+
+    kind: str
+    output: str
+    batch_size: int | None
+    detail: str
+
+    def __str__(self) -> str:
+        at = f" at batch size {self.batch_size}" if self.batch_size is not None else ""
+        return f"{self.kind}: {self.output}{at}: {self.detail}"
 
 
 class ParityError(RuntimeError):
-    """ONNX Runtime does not reproduce PyTorch within the model's tolerance."""
+    """ONNX Runtime does not reproduce PyTorch within the model's tolerance; `failures` lists every
+    failed check (each output at each batch size), not only the first."""
+
+    def __init__(self, model: str, failures: list[ParityFailure]) -> None:
+        self.model, self.failures = model, failures
+        super().__init__(f"{model}: {len(failures)} parity check(s) failed:\n"
+                         + "\n".join(f"  - {f}" for f in failures))
 
 
 class ExportView(nn.Module):
@@ -88,22 +105,27 @@ def validate(name: str, spec: ExportSpec, model: nn.Module, onnx_path: Path,
              inputs: list[tuple[np.ndarray, ...]]) -> list[dict[str, Any]]:
     """Compare ORT with PyTorch on `inputs` (per batch, one array per graph input).
 
-    Returns one record per batch size; raises ParityError naming the model, output, batch size and
-    error when any check fails.
+    Returns one record per batch size; raises ParityError listing every failed check (names and
+    declared shapes first: values are compared only when those hold).
     """
     graph = onnx.load(str(onnx_path)).graph
     want_in, want_out = [t.name for t in spec.inputs], [t.name for t in spec.outputs]
     got_in = [i.name for i in graph.input]
     got_out = [o.name for o in graph.output]
+    failures = []
     if got_in != want_in or got_out != want_out:
-        raise ParityError(f"{name}: graph inputs/outputs {got_in}/{got_out}, spec says {want_in}/{want_out}")
-    for vi, t in zip([*graph.input, *graph.output], [*spec.inputs, *spec.outputs]):
-        if _dims(vi) != t.shape:
-            raise ParityError(f"{name}: {t.name} has shape {_dims(vi)} in the graph, spec says {t.shape}")
+        failures.append(ParityFailure("names", "graph", None, f"inputs/outputs {got_in}/{got_out}, "
+                                                                f"spec says {want_in}/{want_out}"))
+    else:
+        failures += [ParityFailure("shape", t.name, None, f"{_dims(vi)} in the graph, spec says {t.shape}")
+                     for vi, t in zip([*graph.input, *graph.output], [*spec.inputs, *spec.outputs])
+                     if _dims(vi) != t.shape]
+    if failures:
+        raise ParityError(name, failures)
 
     session, _, _ = make_session(onnx_path, "cpu")
     model = ExportView(model, spec.method).eval()
-    records = []
+    records: list[dict[str, Any]] = []
     for x in inputs:
         x = x if isinstance(x, tuple) else (x,)
         batch = len(x[0])
@@ -115,8 +137,8 @@ def validate(name: str, spec: ExportSpec, model: nn.Module, onnx_path: Path,
         for out_name, r, g in zip(want_out, ref, got):
             r = r.numpy()
             if r.shape != g.shape:
-                raise ParityError(f"{name}: output {out_name!r} at batch size {batch}: ONNX Runtime shape "
-                                  f"{g.shape}, PyTorch {r.shape}")
+                failures.append(ParityFailure("shape", out_name, batch, f"ONNX Runtime {g.shape}, PyTorch {r.shape}"))
+                continue
             err = float(np.max(np.abs(r - g))) if r.size else 0.0
             entry: dict[str, Any] = {"max_abs_error": err, "tolerance": spec.atol}
             if out_name in spec.check_top1:
@@ -124,12 +146,14 @@ def validate(name: str, spec: ExportSpec, model: nn.Module, onnx_path: Path,
                 entry["top1_agreement"] = float(np.mean(r.argmax(axis) == g.argmax(axis)))
             record["outputs"][out_name] = entry
             if not np.isfinite(err) or err > spec.atol:
-                raise ParityError(f"{name}: output {out_name!r} at batch size {batch}: max abs error "
-                                  f"{err:.3g} > tolerance {spec.atol:g}")
+                failures.append(ParityFailure("value", out_name, batch,
+                                              f"max abs error {err:.3g} > tolerance {spec.atol:g}"))
             if entry.get("top1_agreement", 1.0) < spec.min_top1_agreement:
-                raise ParityError(f"{name}: output {out_name!r} at batch size {batch}: top-1 agreement "
-                                  f"{entry['top1_agreement']:.6f} < {spec.min_top1_agreement}")
+                failures.append(ParityFailure("top1", out_name, batch, f"agreement {entry['top1_agreement']:.6f} "
+                                                                       f"< {spec.min_top1_agreement}"))
         records.append(record)
+    if failures:
+        raise ParityError(name, failures)
     return records
 
 
@@ -185,63 +209,46 @@ def _preprocessing(spec: ExportSpec, cfg: dict[str, Any]) -> dict[str, Any] | No
     }
 
 
+def examples(spec: ExportSpec, test_x: np.ndarray, test_y: np.ndarray, labels: list[str]) -> dict[str, list[Any]]:
+    """The first EXAMPLES held-out inputs and their targets, for the card (generators: none; text:
+    prompts of 16 characters)."""
+    if spec.input_data == "normal":
+        return {}
+    if spec.input_data == "steps":
+        return {"prompts": ["".join(labels[t] for t in row[:16]) for row in test_x[:EXAMPLES]]}
+    x = test_x[:EXAMPLES]
+    return {"inputs": np.round(x.astype(np.float64), 4).tolist(), "targets": test_y[:EXAMPLES].tolist()}
+
+
 def build_card(entry: CourseModel, graph: Graph, ckpt: dict[str, Any], ckpt_path: Path, onnx_path: Path,
-               parity: list[dict[str, Any]]) -> dict[str, Any]:
+               parity: list[dict[str, Any]], held_out: tuple[np.ndarray, np.ndarray]) -> ModelCard:
     spec = graph.spec
     cfg = ckpt["config"]
-    digest = sha256(onnx_path)
-    return {
-        "name": graph.name,
-        "family": entry.name,  # the registered model; clients name it in task requests
-        "version": digest[:16],
-        "chapter": entry.chapter,
-        "tasks": list(graph.tasks),
-        "format": "onnx",
-        "file": ONNX_FILE,
-        "sha256": digest,
-        "opset": spec.opset,
-        "inputs": [asdict(t) for t in spec.inputs],
-        "outputs": [asdict(t) for t in spec.outputs],
-        "max_batch_size": spec.max_batch_size,
-        "labels": ckpt.get("labels") or [str(i) for i in range(cfg.get("num_classes", 10))],
-        "preprocessing": _preprocessing(spec, cfg),
-        "sampling": {"noise": "numpy.random.default_rng(seed).standard_normal((n, dim), dtype=float32)"}
+    digest = sha256_file(onnx_path)
+    labels = ckpt.get("labels") or [str(i) for i in range(cfg.get("num_classes", 10))]
+    return ModelCard(
+        name=graph.name,
+        family=entry.name,  # the registered model; clients name it in task requests
+        version=digest[:16],
+        chapter=entry.chapter,
+        tasks=graph.tasks,
+        format="onnx",
+        file=ONNX_FILE,
+        sha256=digest,
+        opset=spec.opset,
+        inputs=spec.inputs,
+        outputs=spec.outputs,
+        max_batch_size=spec.max_batch_size,
+        labels=tuple(labels),
+        preprocessing=_preprocessing(spec, cfg),
+        sampling={"noise": "numpy.random.default_rng(seed).standard_normal((n, dim), dtype=float32)"}
         if spec.input_data == "normal" else None,
-        "parity": {"tolerance_abs": spec.atol, "provider": "CPUExecutionProvider", "batches": parity},
-        "generation": spec.generation,
-        "metrics": {k: v for k, v in ckpt["metrics"].items() if k != "history"},
-        "dataset": {"name": ckpt["dataset"], "source": ckpt["data_source"], "seed": ckpt["seed"]},
-        "checkpoint": {"path": str(ckpt_path), "sha256": sha256(ckpt_path)},
-        "config": cfg,
-        "libraries": library_versions(),
-    }
-
-
-def save_to_store(card: dict[str, Any], folder: Path) -> str:
-    """Put the ONNX file and its card into the BentoML model store; return the tag."""
-    import bentoml
-
-    tag = f"{card['name']}:{card['version']}"
-    try:
-        existing = bentoml.models.get(tag)
-        return str(existing.tag)  # the same bytes were exported before
-    except bentoml.exceptions.NotFound:
-        pass
-    labels = {"project": PROJECT_LABEL, "tasks": ",".join(card["tasks"])}
-    metadata = {"sha256": card["sha256"], "opset": card["opset"],
-                **{k: float(v) for k, v in card["metrics"].items() if k.startswith("test_")}}
-    with bentoml.models.create(tag, labels=labels, metadata=metadata, module="ee559.onnx") as m:
-        for f in (ONNX_FILE, CARD):
-            shutil.copyfile(folder / f, Path(m.path) / f)
-    return tag
-
-
-def stored_card(name: str) -> dict[str, Any] | None:
-    """The card of the newest stored model called `name`, if any."""
-    import bentoml
-
-    try:
-        model = bentoml.models.get(f"{name}:latest")
-    except bentoml.exceptions.NotFound:
-        return None
-    return json.loads((Path(model.path) / CARD).read_text())
+        parity={"tolerance_abs": spec.atol, "provider": "CPUExecutionProvider", "batches": parity},
+        generation=spec.generation,
+        metrics={k: v for k, v in ckpt["metrics"].items() if k != "history"},
+        dataset={"name": ckpt["dataset"], "source": ckpt["data_source"], "seed": ckpt["seed"]},
+        checkpoint={"path": str(ckpt_path), "sha256": sha256_file(ckpt_path)},
+        config=cfg,
+        libraries=library_versions(),
+        examples=examples(spec, *held_out, labels),
+    )

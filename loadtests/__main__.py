@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from training.runtime import runs_dir
+from core.paths import runs_dir
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 

@@ -21,20 +21,24 @@ import re
 import resource
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import psutil
 
+from loadtests.servers import free_port, wait_http
+
 ROOT = Path(__file__).resolve().parent.parent
 TRITON_PY = ROOT / ".venv-triton" / "bin" / "python"
+if TYPE_CHECKING:
+    from core.card import ModelCard
+
 CPU_BOUND = 0.9  # wrk runs one thread: above 90% of a core it measures itself
 
 
@@ -53,27 +57,6 @@ class Run:
     @property
     def void(self) -> bool:
         return self.client_cpu >= CPU_BOUND
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_http(url: str, proc: subprocess.Popen, timeout: float = 120) -> float:
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode} before {url} answered")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return time.monotonic() - start
-        except OSError:
-            pass
-        time.sleep(0.05)
-    raise TimeoutError(url)
 
 
 def tree(proc: subprocess.Popen) -> list[psutil.Process]:
@@ -159,7 +142,7 @@ def in_process(bench_model, device: str, seconds: float = 2.0) -> dict[str, floa
     import onnxruntime as ort
     import torch
 
-    from service import store
+    from core import store
     from training.registry import REGISTRY
     from training.train import load_checkpoint
 
@@ -176,18 +159,19 @@ def in_process(bench_model, device: str, seconds: float = 2.0) -> dict[str, floa
     so.intra_op_num_threads = 1
     torch.set_num_threads(1)
     results: dict[str, float] = {}
-    def sample(card: dict, batch: int) -> np.ndarray:
-        return np.random.default_rng(0).random((batch, *card["inputs"][0]["shape"][1:]), dtype=np.float32)
+
+    def sample(card: ModelCard, batch: int) -> np.ndarray:
+        return np.random.default_rng(0).random((batch, *card.row_shape), dtype=np.float32)
 
     sess = ort.InferenceSession(str(bench_model.onnx_path), so, providers=["CPUExecutionProvider"])
     x1 = sample(bench_model.card, 1)
     results["bare ORT batch 1 (calls/s)"] = rate(lambda: sess.run(None, {"image": x1}))
-    for name, tag in store.discover(list(REGISTRY)).items():
+    for name, tag in store.discover(tuple(REGISTRY)).items():
         served = store.load(tag)  # the exported model and the checkpoint it came from
-        if served.card.get("generation"):
+        if served.card.is_text:
             continue  # text step graphs: python -m loadtests.textbench
-        feed = served.card["inputs"][0]["name"]
-        model, _ = load_checkpoint(Path(served.card["checkpoint"]["path"]), REGISTRY[name])
+        feed = served.card.input.name
+        model, _ = load_checkpoint(Path(served.card.checkpoint["path"]), REGISTRY[name])
         graph_fn = getattr(model, REGISTRY[name].export.method)  # what the ONNX graph computes
         s = ort.InferenceSession(str(served.onnx_path), so, providers=["CPUExecutionProvider"])
         x = sample(served.card, 1)
@@ -217,12 +201,12 @@ def cuda_compare(name: str, graph_fn, model, served, rate, sample) -> dict[str, 
         xt = torch.from_numpy(x).cuda()
         with torch.inference_mode():
             t = rate(lambda: (graph_fn(xt), torch.cuda.synchronize()))
-        feed = served.card["inputs"][0]["name"]
+        feed = served.card.input.name
         o = rate(lambda: sess.run(None, {feed: x}))
         binding = sess.io_binding()
         binding.bind_ortvalue_input(feed, ort.OrtValue.ortvalue_from_numpy(x, "cuda", 0))
-        for spec in served.card["outputs"]:
-            binding.bind_output(spec["name"], "cuda")
+        for spec in served.card.outputs:
+            binding.bind_output(spec.name, "cuda")
         b = rate(lambda: sess.run_with_iobinding(binding))
         out[f"{name}: PyTorch CUDA, batch {batch} (calls/s)"] = t
         out[f"{name}: ORT CUDA numpy I/O, batch {batch} (calls/s)"] = o
@@ -258,14 +242,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     os.environ.setdefault("BENTOML_HOME", str(ROOT / "runs" / "bentoml"))
     sys.path.insert(0, str(ROOT))
-    from service import store
+    from core import store
 
-    tag = store.discover([args.model])[args.model]
+    tag = store.discover((args.model,))[args.model]
     served = store.load(tag)
-    from training.data import load_dataset
-    from training.runtime import DEFAULT_SEED
-
-    x = load_dataset("digits", DEFAULT_SEED).test.x[0]  # (1, 28, 28), a held-out digit
+    x = np.asarray(served.card.examples["inputs"][0], dtype=np.float32)  # (1, 28, 28), a held-out digit
     conns = [int(c) for c in args.connections.split(",")]
     workdir = Path(tempfile.mkdtemp(prefix="ee559-bench-"))
     body = bodies(args.model, x, workdir)

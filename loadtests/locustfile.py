@@ -1,6 +1,9 @@
-"""Locust users for every registered model, with real held-out inputs and content checks.
+"""Locust users for every served model, with real held-out inputs and content checks.
 
-Run headless through `python -m loadtests` (CSV + HTML reports, SLO gate), or by hand:
+The users learn what to call from the server itself (its model cards and their examples, fetched
+once per Locust process at start-up), so any machine with requirements-loadtest.txt can generate
+load: no torch, no dataset, no model store. Run headless through `python -m loadtests` (CSV +
+HTML reports, SLO gate), or by hand, on one machine or as master and workers:
     locust -f loadtests/locustfile.py --host http://127.0.0.1:3000
 The SLOs (--slo-p95-ms, --slo-fail-ratio) set the exit code when Locust quits.
 """
@@ -12,12 +15,25 @@ import json
 import logging
 import time
 
+from typing import Any
+
 from locust import FastHttpUser, HttpUser, constant_throughput, events, task
 
-from loadtests.tasks import ACCURACY, PROMPTS, TASK_LOADS
-from training.registry import REGISTRY
+from loadtests.tasks import ACCURACY, prompts, served_cards, weighted_tasks
 
 log = logging.getLogger("ee559.locust")
+TEXT: dict[str, list[str]] = {}  # text model -> held-out prompts, filled at start-up
+
+
+@events.init.add_listener
+def _discover(environment: Any, **_kw: Any) -> None:
+    """Ask the server what it serves, before any user starts (on the master and on every worker)."""
+    if not environment.host:
+        raise RuntimeError("give the server's address: --host http://HOST:PORT")
+    cards = served_cards(environment.host)
+    CourseModelUser.tasks = weighted_tasks(cards)
+    TEXT.update({c.family: prompts(c) for c in cards if c.is_text})
+    log.info("load for %d served graphs: %s", len(cards), ", ".join(c.name for c in cards))
 
 
 @events.init_command_line_parser.add_listener
@@ -28,20 +44,20 @@ def _slo_options(parser) -> None:
                         help="pace each user to this many requests/s (0: as fast as the server answers)")
 
 
+def paced_wait(user: Any) -> float:
+    """--per-user-rps R paces each user to R requests/s; 0: as fast as the server answers."""
+    opts = user.environment.parsed_options
+    rate = getattr(opts, "per_user_rps", 0.0) if opts is not None else 0.0
+    return constant_throughput(rate)(user) if rate > 0 else 0.0
+
+
 class CourseModelUser(FastHttpUser):
-    """Every registered model, each with its serving task's requests."""
+    """Every served model, each with its serving task's requests (tasks set by _discover)."""
 
     weight = 3
 
-    tasks = {fn: w for entry in REGISTRY.values() for task in entry.tasks for fn, w in TASK_LOADS[task](entry).items()}
-
     def wait_time(self) -> float:
-        opts = self.environment.parsed_options
-        rate = getattr(opts, "per_user_rps", 0.0) if opts is not None else 0.0
-        return constant_throughput(rate)(self) if rate > 0 else 0.0
-
-
-TEXT_MODELS = [e.name for e in REGISTRY.values() if "generate_text" in e.tasks]
+        return paced_wait(self)
 
 
 class StreamingTextUser(HttpUser):
@@ -52,17 +68,16 @@ class StreamingTextUser(HttpUser):
     counter = itertools.count()
 
     def wait_time(self) -> float:
-        opts = self.environment.parsed_options
-        rate = getattr(opts, "per_user_rps", 0.0) if opts is not None else 0.0
-        return constant_throughput(rate)(self) if rate > 0 else 0.0
+        return paced_wait(self)
 
     @task
     def stream(self) -> None:
-        if not TEXT_MODELS:
+        if not TEXT:
             return
         i = next(self.counter)
-        model = TEXT_MODELS[i % len(TEXT_MODELS)]
-        body = {"model": model, "prompt": PROMPTS[i % len(PROMPTS)], "max_new_tokens": 64, "seed": i, "stream": True}
+        model = sorted(TEXT)[i % len(TEXT)]
+        texts = TEXT[model]
+        body = {"model": model, "prompt": texts[i % len(texts)], "max_new_tokens": 64, "seed": i, "stream": True}
         start = time.perf_counter()
         with self.client.post("/generate_text", data=json.dumps(body), headers={"Content-Type": "application/json"},
                               name=f"/generate_text [{model}, stream]", stream=True, catch_response=True) as resp:

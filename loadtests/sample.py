@@ -1,8 +1,8 @@
-"""python -m loadtests.sample [--model lenet] [--index I] [--json PATH] [--png PATH] [--noise STD]
+"""python -m loadtests.sample [--host URL] [--model lenet] [--index I] [--json PATH] [--png PATH] [--noise STD]
 
-Writes one held-out test image of the model's dataset (never seen in training) as a JSON body
-for the model, a PNG, a .npy and raw float32 (beside the JSON), for trying the API with curl.
-Prints the true label.
+Writes one held-out example of the model (from its card, as the running server gives it:
+GET /models/{model}; never seen in training) as a JSON body for the model, a PNG, a .npy and raw
+float32 (beside the JSON), for trying the API with curl. Prints the true label.
 """
 
 from __future__ import annotations
@@ -14,24 +14,26 @@ from pathlib import Path
 
 import numpy as np
 
-from loadtests.tasks import png_bytes
+from core.card import ModelCard
+from core.images import png_bytes
+from loadtests.tasks import examples, fetch
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m loadtests.sample", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--host", default="http://127.0.0.1:3000", help="the running service")
     p.add_argument("--index", type=int, default=0)
     p.add_argument("--model", default="lenet")
     p.add_argument("--json", type=Path, default=Path("digit.json"))
     p.add_argument("--png", type=Path, default=Path("digit.png"))
     p.add_argument("--noise", type=float, default=0.0, help="add Gaussian noise of this std (for /denoise)")
     args = p.parse_args(argv)
-    from training.data import load_dataset
-    from training.registry import get
-    from training.runtime import DEFAULT_SEED
-
-    splits = load_dataset(get(args.model).dataset, DEFAULT_SEED)
-    x, y = splits.test.x, splits.test.y
+    card = ModelCard.from_json(fetch(f"{args.host.rstrip('/')}/models/{args.model}"))
+    x, y = examples(card)
+    if not len(x):
+        print(f"sample: {args.model} takes no image (its card has no held-out images)", file=sys.stderr)
+        return 2
     if args.noise > 0:
         x = np.clip(x + np.random.default_rng(0).normal(0, args.noise, x.shape), 0, 1).astype(np.float32)
     i = args.index % len(y)
@@ -41,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     npy, raw = args.json.with_suffix(".npy"), args.json.with_suffix(".f32")
     np.save(npy, x[i])  # (C, H, W) float32, for Content-Type application/x-npy
     x[i].astype("<f4").tofile(raw)  # for application/octet-stream with X-Tensor-Shape
-    truth = f"true label {splits.labels[y[i]]!r}" if np.ndim(y[i]) == 0 else "per-pixel target"
+    truth = f"true label {card.labels[int(y[i])]!r}" if np.ndim(y[i]) == 0 else "per-pixel target"
     print(f"held-out image #{i}, {truth}: wrote {args.json}, {args.png}, {npy} and {raw} "
           f"(X-Tensor-Shape: {','.join(map(str, x[i].shape))})")
     return 0

@@ -1,34 +1,42 @@
-"""Locust tasks per serving task, kept apart from locustfile.py so that importing them does not
-import Locust (whose gevent monkey-patching must not run inside other processes, e.g. pytest)."""
+"""Locust tasks per serving task, built from what the server serves: its model cards (GET /models)
+and the held-out examples each card carries (GET /models/{name}). Kept apart from locustfile.py
+so that importing them does not import Locust (whose gevent monkey-patching must not run inside
+other processes, e.g. pytest). Imports nothing of the project but core: a load-generating
+machine needs no torch (requirements-loadtest.txt)."""
 
 from __future__ import annotations
 
-import io
 import itertools
 import json
-from functools import cache
+import os
+import urllib.request
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
-from PIL import Image
 
-from training.data import load_dataset
-from training.runtime import DEFAULT_SEED
-
-
-@cache
-def held_out(dataset: str) -> tuple[np.ndarray, np.ndarray]:
-    """Test-split images the models never saw in training (same seed and split as training)."""
-    split = load_dataset(dataset, DEFAULT_SEED).test
-    return split.x, split.y
+from core.card import ModelCard
+from core.images import png_bytes
 
 
-def png_bytes(pixels: np.ndarray) -> bytes:
-    """(C, H, W) in [0, 1] -> PNG (grayscale for one channel, RGB for three)."""
-    u8 = (pixels * 255).round().astype(np.uint8)
-    img = Image.fromarray(u8[0], mode="L") if len(u8) == 1 else Image.fromarray(u8.transpose(1, 2, 0), mode="RGB")
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()
+def fetch(url: str) -> Any:
+    """GET a JSON document of the service (with EE559_API_TOKEN as the bearer token, if set)."""
+    token = os.environ.get("EE559_API_TOKEN")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=30) as r:
+        return json.loads(r.read())
+
+
+def served_cards(host: str) -> list[ModelCard]:
+    """Every graph the server at `host` serves, with its examples."""
+    listing = fetch(f"{host.rstrip('/')}/models")["models"]
+    return [ModelCard.from_json(fetch(f"{host.rstrip('/')}/models/{c['name']}")) for c in listing]
+
+
+def examples(card: ModelCard) -> tuple[np.ndarray, np.ndarray]:
+    """The card's held-out inputs (N, C, H, W) float32 and their targets."""
+    return (np.asarray(card.examples.get("inputs", []), dtype=np.float32),
+            np.asarray(card.examples.get("targets", [])))
 
 
 def check_classification(resp, expected_label: int, n_classes: int, stats: dict) -> None:
@@ -52,13 +60,14 @@ def check_classification(resp, expected_label: int, n_classes: int, stats: dict)
 ACCURACY: dict[str, dict[str, int]] = {}
 
 
-def classify_task(model: str, dataset: str, n_classes: int, as_png: bool):
-    """One Locust task: POST /classify for `model` with the next held-out image."""
+def classify_task(card: ModelCard, as_png: bool) -> Callable[[Any], None]:
+    """One Locust task: POST /classify for the card's model with its next held-out image."""
     counter = itertools.count()
+    model, n_classes = card.family, len(card.labels)
     stats = ACCURACY.setdefault(model, {"answered": 0, "correct": 0})
+    x, y = examples(card)
 
-    def run(user) -> None:  # a Locust HttpUser
-        x, y = held_out(dataset)
+    def run(user: Any) -> None:  # a Locust HttpUser
         i = next(counter) % len(y)
         name = f"/classify [{model}, {'png' if as_png else 'json'}]"
         if as_png:
@@ -73,13 +82,15 @@ def classify_task(model: str, dataset: str, n_classes: int, as_png: bool):
     return run
 
 
-def json_task(route: str, model: str, dataset: str, check):
-    """One Locust task: POST /<route> for `model` with the next held-out image; `check(body, x, y)`
-    returns what is wrong with a 200 answer, or None."""
+def json_task(route: str, card: ModelCard, check: Callable[[dict, np.ndarray, Any], str | None]
+              ) -> Callable[[Any], None]:
+    """One Locust task: POST /<route> for the card's model with its next held-out image;
+    `check(body, x, y)` returns what is wrong with a 200 answer, or None."""
     counter = itertools.count()
+    model = card.family
+    x, y = examples(card)
 
-    def run(user) -> None:  # a Locust HttpUser
-        x, y = held_out(dataset)
+    def run(user: Any) -> None:  # a Locust HttpUser
         i = next(counter) % len(x)
         with user.client.post(f"/{route}", name=f"/{route} [{model}]", catch_response=True,
                               data=json.dumps({"model": model, "image": x[i].tolist()}),
@@ -132,12 +143,12 @@ def _reconstruction_ok(body: dict, x: np.ndarray, y) -> str | None:
     return None if ok else f"malformed reconstruction {out.shape}"
 
 
-def generate_task(model: str, n: int = 4):
+def generate_task(model: str, n: int = 4) -> Callable[[Any], None]:
     """One Locust task: POST /generate for `model`, n samples, a new seed each time; checks the
     number, shape and range of the images and that the seed is echoed."""
     seeds = itertools.count()
 
-    def run(user) -> None:  # a Locust HttpUser
+    def run(user: Any) -> None:  # a Locust HttpUser
         seed = next(seeds)
         with user.client.post("/generate", name=f"/generate [{model}]", catch_response=True,
                               data=json.dumps({"model": model, "n": n, "seed": seed}),
@@ -154,16 +165,19 @@ def generate_task(model: str, n: int = 4):
     return run
 
 
-PROMPTS = ("Return the ", "This module ", "If the ", "Create a new ")
+def prompts(card: ModelCard) -> list[str]:
+    """Held-out text from the card (characters the model knows)."""
+    return [p for p in card.examples.get("prompts", []) if p] or [card.labels[0]]
 
 
-def generate_text_task(model: str, max_new_tokens: int = 32):
-    """One Locust task: POST /generate_text (not streamed) for `model`; checks the token count."""
+def generate_text_task(card: ModelCard, max_new_tokens: int = 32) -> Callable[[Any], None]:
+    """One Locust task: POST /generate_text (not streamed) for the card's model; checks the token count."""
     counter = itertools.count()
+    model, texts = card.family, prompts(card)
 
-    def run(user) -> None:  # a Locust HttpUser
+    def run(user: Any) -> None:  # a Locust HttpUser
         i = next(counter)
-        body = {"model": model, "prompt": PROMPTS[i % len(PROMPTS)], "max_new_tokens": max_new_tokens, "seed": i}
+        body = {"model": model, "prompt": texts[i % len(texts)], "max_new_tokens": max_new_tokens, "seed": i}
         with user.client.post("/generate_text", name=f"/generate_text [{model}]", catch_response=True,
                               data=json.dumps(body), headers={"Content-Type": "application/json"}) as resp:
             if resp.status_code != 200:
@@ -177,18 +191,21 @@ def generate_text_task(model: str, max_new_tokens: int = 32):
     return run
 
 
-# Serving task -> Locust tasks with weights: JSON arrays are the common client, PNG the rarer one.
-TASK_LOADS = {
-    "denoise": lambda entry: {json_task("denoise", entry.name, entry.dataset, _denoised_ok): 1},
-    "embed": lambda entry: {json_task("embed", entry.name, entry.dataset, _embedding_ok): 1},
-    "segment": lambda entry: {json_task("segment", entry.name, entry.dataset,
-                                        _mask_checker(entry.name, entry.export.outputs[0].shape[1])): 1},
-    "explain": lambda entry: {json_task("explain", entry.name, entry.dataset, _heatmap_ok): 1},
-    "reconstruct": lambda entry: {json_task("reconstruct", entry.name, entry.dataset, _reconstruction_ok): 1},
-    "generate": lambda entry: {generate_task(entry.name): 1},
-    "generate_text": lambda entry: {generate_text_task(entry.name): 1},
-    "classify": lambda entry: {
-        classify_task(entry.name, entry.dataset, entry.export.outputs[0].shape[-1], False): 3,
-        classify_task(entry.name, entry.dataset, entry.export.outputs[0].shape[-1], True): 1,
-    },
+# Serving task -> Locust tasks with weights, for one served graph: JSON arrays are the common
+# client, PNG the rarer one.
+TASK_LOADS: dict[str, Callable[[ModelCard], dict[Callable[[Any], None], int]]] = {
+    "denoise": lambda card: {json_task("denoise", card, _denoised_ok): 1},
+    "embed": lambda card: {json_task("embed", card, _embedding_ok): 1},
+    "segment": lambda card: {json_task("segment", card, _mask_checker(card.family, len(card.labels))): 1},
+    "explain": lambda card: {json_task("explain", card, _heatmap_ok): 1},
+    "reconstruct": lambda card: {json_task("reconstruct", card, _reconstruction_ok): 1},
+    "generate": lambda card: {generate_task(card.family): 1},
+    "generate_text": lambda card: {generate_text_task(card): 1},
+    "classify": lambda card: {classify_task(card, False): 3, classify_task(card, True): 1},
 }
+
+
+def weighted_tasks(cards: list[ModelCard]) -> list[Callable[[Any], None]]:
+    """Every served graph's Locust tasks, each repeated by its weight (Locust picks at random)."""
+    return [fn for card in cards for task in card.tasks for fn, w in TASK_LOADS[task](card).items()
+            for _ in range(w)]

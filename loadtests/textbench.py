@@ -10,7 +10,6 @@ stored ONNX file of each model ($EE559_RUNS, $BENTOML_HOME).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from service.textgen import greedy
+from core.textgen import greedy, window_start
 
 
 def decode_loop(model, prompt: list[int], new_tokens: int, cached: bool) -> list[int]:
@@ -29,8 +28,7 @@ def decode_loop(model, prompt: list[int], new_tokens: int, cached: bool) -> list
         return greedy(model, [prompt], new_tokens, batched=True)[0]
     tokens, start = list(prompt), 0
     for _ in range(new_tokens):
-        if model.context is not None and len(tokens) - start > model.context:
-            start = len(tokens) - model.context // 2
+        start = window_start(len(tokens), start, model.context)
         tokens.append(int(np.argmax(model.step([model.new(tokens[start:])])[0])))
     return tokens[len(prompt):]
 
@@ -53,13 +51,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prompt", default="Return the ")
     args = p.parse_args(argv)
 
+    from core.paths import runs_dir
     from training.registry import REGISTRY
-    from training.runtime import runs_dir
 
     os.environ.setdefault("BENTOML_HOME", str(runs_dir() / "bentoml"))
     import bentoml
     import torch
 
+    from core import store
     from export.text_parity import onnx_text_model, torch_text_model
     from training.train import latest_checkpoint, load_checkpoint
 
@@ -69,15 +68,15 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         entry = REGISTRY[name]
         stored = Path(bentoml.models.get(f"{name}:latest").path)
-        card = json.loads((stored / "model_card.json").read_text())
+        card = store.read_card(stored / store.CARD_FILE)
         ckpt_path = latest_checkpoint(name)
         if ckpt_path is None:
             print(f"textbench: no checkpoint for {name}; run: python -m training {name}", file=sys.stderr)
             return 2
         model, ckpt = load_checkpoint(ckpt_path, entry)
         spec = entry.export.resolve(ckpt["config"])
-        ort_model = onnx_text_model(spec, stored / card["file"], card["labels"])
-        pt_model = torch_text_model(model.eval(), spec, card["labels"])
+        ort_model = onnx_text_model(spec, stored / card.file, card.labels)
+        pt_model = torch_text_model(model.eval(), spec, card.labels)
         prompt = ort_model.encode(args.prompt)
         same = decode_loop(ort_model, prompt, args.new_tokens, True) == decode_loop(pt_model, prompt, args.new_tokens,
                                                                                    False)

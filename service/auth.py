@@ -9,7 +9,6 @@ models, authenticated or not.
 from __future__ import annotations
 
 import hmac
-import os
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -17,10 +16,10 @@ OPEN_PATHS = ("/livez", "/readyz", "/healthz", "/metrics", "/v2/health/live", "/
 
 
 class TokenAuth:
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, token: str = "", auth_probes: bool = False) -> None:
         self.app = app
-        self.token = os.environ.get("EE559_API_TOKEN", "").encode()
-        self.open = () if os.environ.get("EE559_AUTH_PROBES") == "1" else OPEN_PATHS
+        self.token = token.encode()
+        self.open = () if auth_probes else OPEN_PATHS
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if not self.token or scope["type"] not in ("http", "websocket") or scope.get("path") in self.open:

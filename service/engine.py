@@ -12,23 +12,28 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from . import metrics, store
+from core import store
+from core.card import ModelCard
+from core.session import make_session
+from core.textgen import StepRunner, TextModel
+
+from . import metrics
 from .errors import ClientError
-from .generate import TextEngine
-from .ort_runtime import make_session
-from .textgen import TextModel
+from .scheduler import TextScheduler
+from .settings import Settings
 
 log = logging.getLogger("ee559.engine")
 
 # Batches expected to take less than this run on the event loop itself: for small models the hop
-# to a thread costs more than the inference (measured: ~1,400 vs ~2,500 req/s for LeNet with two
-# workers), while longer batches go to a thread so the loop keeps reading requests meanwhile.
+# to a thread costs more than the inference (docs/benchmarks.md), while longer batches go to a
+# thread so the loop keeps reading requests meanwhile.
 INLINE_BELOW_S = 0.002
 
 
@@ -41,7 +46,7 @@ class _Pending:
 
 @dataclass
 class Batcher:
-    run: Any  # (x) -> list of output arrays, run in `executor`
+    execute: Callable[[np.ndarray], list[np.ndarray]]  # a batch -> its outputs; blocking
     executor: ThreadPoolExecutor
     max_batch_size: int
     max_latency_s: float
@@ -89,9 +94,9 @@ class Batcher:
                 t0 = time.perf_counter()
                 try:
                     if self.seconds_per_batch < INLINE_BELOW_S:
-                        outs = self.run(x)
+                        outs = self.execute(x)
                     else:
-                        outs = await loop.run_in_executor(self.executor, self.run, x)
+                        outs = await loop.run_in_executor(self.executor, self.execute, x)
                 except Exception as exc:  # noqa: BLE001 - every waiter gets the failure, the server goes on
                     log.exception("inference failed")
                     for p in batch:
@@ -110,43 +115,44 @@ class Batcher:
 
 
 class Engine:
-    """Every served model's session, warmed up; `infer` batches, `run` executes one batch; text
-    models generate through `text` (service/generate.py)."""
+    """Every served model's session, warmed up; `infer` queues rows into adaptive batches,
+    `run_batch` executes one batch; text models generate through `text` (service/scheduler.py).
+    `models` are read from the store unless the caller has them already."""
 
-    def __init__(self, served: dict[str, str], provider: str, max_batch_size: int, max_latency_ms: float,
-                 max_queue_rows: int) -> None:
+    def __init__(self, served: dict[str, str], settings: Settings,
+                 models: dict[str, store.StoredModel] | None = None) -> None:
         self.sessions: dict[str, Any] = {}
         self.providers: dict[str, str] = {}
-        self.cards: dict[str, dict[str, Any]] = {}
+        self.cards: dict[str, ModelCard] = {}
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ort")
-        self.text: dict[str, TextEngine] = {}
+        self.text: dict[str, TextScheduler] = {}
         reasons = set()
         for name, tag in served.items():
-            model = store.load(tag)
-            session, used, why = make_session(model.onnx_path, provider)
+            model = (models or {}).get(name) or store.load(tag)
+            session, used, why = make_session(model.onnx_path, settings.provider, settings.ort_threads)
             reasons.update([why] if why else [])
             self.sessions[name], self.providers[name], self.cards[name] = session, used, model.card
-            if model.card.get("generation"):
-                text_model = TextModel(model.card, self._graph_runner(name))
+            if model.card.is_text:
+                text_model = TextModel.from_card(model.card, self._step_runner(name))
                 text_model.step([text_model.new([0, 1, 2])])  # warm-up
-                self.text[name] = TextEngine(name, text_model, self.executor, max_running=max_batch_size,
-                                             max_waiting=max_queue_rows, provider=used)
+                self.text[name] = TextScheduler(name, text_model, self.executor, max_running=settings.max_batch_size,
+                                                max_waiting=settings.max_queue_rows, provider=used)
             else:
-                self._warm_up(name, max_batch_size)
-            metrics.model_info().labels(model=name, version=model.card["version"], opset=str(model.card["opset"]),
+                self._warm_up(name, settings.max_batch_size)
+            metrics.model_info().labels(model=name, version=model.card.version, opset=str(model.card.opset),
                                         provider=used).set(1)
         for why in reasons:
             log.warning("execution provider: CPU (CUDA not used: %s)", why)
         log.info("models ready: %s", ", ".join(f"{n} on {p}" for n, p in self.providers.items()))
         self.batchers = {
-            name: Batcher(lambda x, n=name: self.run(n, x), self.executor,
-                          min(max_batch_size, self.cards[name]["max_batch_size"]), max_latency_ms / 1000,
-                          max_queue_rows)
+            name: Batcher(lambda x, n=name: self.run_batch(n, x), self.executor,
+                          min(settings.max_batch_size, self.cards[name].max_batch_size),
+                          settings.max_latency_ms / 1000, settings.max_queue_rows)
             for name in served if name not in self.text
         }
 
-    def _graph_runner(self, name: str):
-        session, outputs = self.sessions[name], [o["name"] for o in self.cards[name]["outputs"]]
+    def _step_runner(self, name: str) -> StepRunner:
+        session, outputs = self.sessions[name], self.cards[name].output_names
 
         def run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             return dict(zip(outputs, session.run(outputs, feeds)))
@@ -154,16 +160,16 @@ class Engine:
         return run
 
     def _warm_up(self, name: str, max_batch_size: int) -> None:
-        spec = self.cards[name]["inputs"][0]
-        for batch in (1, min(max_batch_size, self.cards[name]["max_batch_size"])):
-            x = np.zeros((batch, *spec["shape"][1:]), dtype=spec["dtype"])
-            self.sessions[name].run(None, {spec["name"]: x})
+        card = self.cards[name]
+        for batch in (1, min(max_batch_size, card.max_batch_size)):
+            x = np.zeros((batch, *card.row_shape), dtype=card.input.dtype)
+            self.sessions[name].run(None, {card.input.name: x})
 
-    def run(self, name: str, x: np.ndarray) -> list[np.ndarray]:
+    def run_batch(self, name: str, x: np.ndarray) -> list[np.ndarray]:
         """Every output of `name` for the batch `x`, in model-card order (blocking)."""
         card = self.cards[name]
         start = time.perf_counter()
-        outs = self.sessions[name].run([o["name"] for o in card["outputs"]], {card["inputs"][0]["name"]: x})
+        outs = self.sessions[name].run(card.output_names, {card.input.name: x})
         metrics.inference_seconds().labels(model=name, provider=self.providers[name]).observe(
             time.perf_counter() - start)
         metrics.batch_size().labels(model=name).observe(len(x))

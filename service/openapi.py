@@ -1,15 +1,18 @@
 """The service's OpenAPI document (GET /docs.json, rendered by /docs): BentoML's own (probes,
 metrics) merged with every route of ours, which BentoML cannot see inside a mounted Starlette app.
-Built per request from the task classes (their request fields and answers) and the served model
-cards (model names per route), so it describes what this server really serves."""
+Built per request from the tasks (their request fields and answers), the served model cards
+(model names per route) and the settings (limits), so it describes what this server really serves."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from .io import IMAGE_TYPES, JSON, MULTIPART, NPY, RAW
+from .catalog import Catalog
+from .inputs import IMAGE_TYPES, JSON, MULTIPART, NPY, RAW
 from .schema import ANY_ARRAY, BINARY, INT, STR, arr, obj
-from .tasks import TASKS
+from .settings import Settings
+from .tasks import TASKS, Task
+from .tasks.base import IMAGE_FIELD
 
 ERROR = obj({"error": STR}, ("error",))
 ERRORS = {
@@ -21,8 +24,6 @@ ERRORS = {
     "415": "content type or content encoding not accepted",
     "503": "at capacity or past the queue deadline: retry after Retry-After seconds",
 }
-IMAGE_FIELD = {"description": "pixels in [0, 1], nested arrays (H, W) or (C, H, W) of the model's input shape",
-               **ANY_ARRAY}
 
 
 def _errors(*codes: str) -> dict[str, Any]:
@@ -32,23 +33,23 @@ def _errors(*codes: str) -> dict[str, Any]:
     return errors
 
 
-def _answer(task: Any) -> dict[str, Any]:
-    content = {JSON: {"schema": obj({"model": STR, "version": STR, "provider": STR, **task.answer},
-                                    ("model", "version", "provider", *task.answer))}}
-    if "format" in task.fields:
+def _answer(task: Task) -> dict[str, Any]:
+    content = {JSON: {"schema": obj({"model": STR, "version": STR, "provider": STR, **task.answer_schema},
+                                    ("model", "version", "provider", *task.answer_schema))}}
+    if task.renders_png:
         content["image/png"] = {"schema": BINARY}
-    return {"200": {"description": task.__doc__.splitlines()[0], "content": content}}
+    return {"200": {"description": task.summary, "content": content}}
 
 
 def _model_field(models: list[str]) -> dict[str, Any]:
     return {"type": "string", "enum": models, "description": "a served model (or the graph's own name)"}
 
 
-def _image_operation(task: Any, models: list[str]) -> dict[str, Any]:
-    fields = {"model": _model_field(models), **task.request}
+def _image_operation(task: Task, models: list[str]) -> dict[str, Any]:
+    fields = {"model": _model_field(models), **task.request_schema}
     binary = {"schema": BINARY}
     return {
-        "summary": task.__doc__.splitlines()[0],
+        "summary": task.summary,
         "operationId": task.name,
         "tags": ["tasks"],
         "parameters": [{"name": name, "in": "query", "required": False, "schema": schema,
@@ -63,13 +64,13 @@ def _image_operation(task: Any, models: list[str]) -> dict[str, Any]:
     }
 
 
-def _json_operation(task: Any, models: list[str], extra_200: dict[str, Any] | None = None,
+def _json_operation(task: Task, models: list[str], extra_200: dict[str, Any] | None = None,
                     limits: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     answer = _answer(task)
-    request = {k: {**v, **(limits or {}).get(k, {})} for k, v in task.request.items()}
+    request = {k: {**v, **(limits or {}).get(k, {})} for k, v in task.request_schema.items()}
     answer["200"]["content"].update(extra_200 or {})
     return {
-        "summary": task.__doc__.splitlines()[0],
+        "summary": task.summary,
         "operationId": task.name,
         "tags": ["tasks"],
         "requestBody": {"required": True, "content": {JSON: {"schema": obj(
@@ -122,30 +123,40 @@ def _v2_paths(models: list[str]) -> dict[str, Any]:
     return paths
 
 
-def document(bentoml_doc: dict[str, Any], cards: dict[str, dict[str, Any]], max_new_tokens: int,
-             max_prompt_chars: int) -> dict[str, Any]:
-    """BentoML's document with our routes added; `cards`: served graph name -> model card; the
-    limits of /generate_text as configured."""
-    def models(task_name: str) -> list[str]:
-        names = {n for n, c in cards.items() if task_name in c["tasks"]}
-        return sorted(names | {cards[n].get("family", n) for n in names})
+MODEL_CARDS = {
+    "/models": {"get": {"summary": "The served models' cards (without examples)", "operationId": "models",
+                        "tags": ["models"], "responses": {"200": {"description": "cards", "content": {JSON: {
+                            "schema": obj({"models": arr({"type": "object"})}, ("models",))}}}}}},
+    "/models/{name}": {"get": {"summary": "One served model's card, with a few held-out examples",
+                               "operationId": "model_card", "tags": ["models"],
+                               "parameters": [{"name": "name", "in": "path", "required": True, "schema": STR}],
+                               "responses": {"200": {"description": "the card", "content": {JSON: {"schema": obj(
+                                   {"name": STR, "version": STR, "tasks": arr(STR)}, ("name", "version", "tasks"))}}},
+                                   **_errors("401", "404")}}},
+}
 
+
+def document(bentoml_doc: dict[str, Any], catalog: Catalog, settings: Settings) -> dict[str, Any]:
+    """BentoML's document with our routes added, for the served cards and the configured limits."""
     paths: dict[str, Any] = {}
     for name, task in TASKS.items():
-        served = models(name)
+        served = catalog.names_for(name)
         if not served:
             continue
         if name == "generate_text":
             stream = {"text/event-stream": {"schema": obj({"event": STR, "data": STR}, ("data",))}}
-            limits = {"max_new_tokens": {"maximum": max_new_tokens}, "prompt": {"maxLength": max_prompt_chars}}
+            limits = {"max_new_tokens": {"maximum": settings.max_new_tokens},
+                      "prompt": {"maxLength": settings.max_prompt_chars}}
             paths["/generate_text"] = {"post": _json_operation(task, served, stream, limits)}
-        elif getattr(task, "takes_image", True):
+        elif task.takes_image:
             paths[f"/{name}"] = {"post": _image_operation(task, served)}
         else:
             paths[f"/{name}"] = {"post": _json_operation(task, served)}
-    all_models = sorted(cards)
+    paths.update(MODEL_CARDS)
+    all_models = sorted(catalog.cards)
     doc = dict(bentoml_doc)
     doc["paths"] = {**bentoml_doc.get("paths", {}), **paths, **(_v2_paths(all_models) if all_models else {})}
     doc["tags"] = [*bentoml_doc.get("tags", []), {"name": "tasks", "description": "one route per serving task"},
+                   {"name": "models", "description": "the served model cards"},
                    {"name": "v2", "description": "Open Inference Protocol (KServe v2, Triton HTTP)"}]
     return doc

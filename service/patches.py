@@ -1,4 +1,6 @@
-"""A fix to BentoML 1.4.40, applied before the service's app is built (service.service imports it).
+"""A fix to BentoML, applied before the service's app is built (service.service imports it), and
+only to the BentoML versions it was checked against: an upgrade fails loudly here until someone
+checks whether the new version still needs it (and adds the version to CHECKED_VERSIONS).
 
 BentoML's TimeoutMiddleware (`traffic.timeout`) schedules `loop.call_later(timeout, ...)` for every
 request and never cancels it. Each timer keeps the request's context (its OpenTelemetry span,
@@ -14,8 +16,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import bentoml
 from bentoml._internal.server.http.traffic import TimeoutMiddleware
 from starlette.responses import JSONResponse
+
+# The versions whose TimeoutMiddleware.__call__ was read and found to leak its timer.
+CHECKED_VERSIONS = ("1.4.40",)
 
 
 async def _timeout_call(self: TimeoutMiddleware, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -50,5 +56,14 @@ async def _timeout_call(self: TimeoutMiddleware, scope: dict[str, Any], receive:
     await app
 
 
-def apply() -> None:
+class UncheckedVersion(RuntimeError):
+    """The installed BentoML is not one the patch was checked against."""
+
+
+def apply(version: str = bentoml.__version__) -> None:
+    if version not in CHECKED_VERSIONS:
+        raise UncheckedVersion(
+            f"service/patches.py replaces BentoML's TimeoutMiddleware.__call__, checked against BentoML "
+            f"{', '.join(CHECKED_VERSIONS)}; this is {version}. Read bentoml/_internal/server/http/traffic.py: if "
+            "its call_later timer is still never cancelled, add the version to CHECKED_VERSIONS; else drop the patch.")
     TimeoutMiddleware.__call__ = _timeout_call  # type: ignore[method-assign]

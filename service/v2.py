@@ -7,6 +7,7 @@ binary_data extension. Errors are {"error": "..."}: 400 for bad requests, 404 fo
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import bentoml
@@ -16,9 +17,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from .errors import ClientError
-from .io import max_body_bytes, read_body
-from .responses import error_response, json_response
+from core.card import ModelCard, TensorSpec
+
+from .answers import json_response
+from .errors import ClientError, shown
+from .inputs import read_body
 
 SERVER_NAME = "ee559"
 SERVER_VERSION = "0.1.0"
@@ -32,29 +35,20 @@ NUMPY_TO_V2 = {"float32": "FP32", "float64": "FP64", "float16": "FP16", "int8": 
                "int32": "INT32", "int64": "INT64", "uint8": "UINT8", "bool": "BOOL"}
 
 
-def _svc():
+def _svc() -> Any:
     return bentoml.get_current_service()
 
 
-def _card(request: Request) -> dict[str, Any]:
-    name = request.path_params["model"]
-    card = _svc().cards.get(name)
-    if card is None:
-        raise ClientError(404, "unknown_model", f"model {name[:64]!r} is not served; served: "
-                                                f"{', '.join(_svc().cards)}")
-    version = request.path_params.get("version")
-    if version is not None and version != card["version"]:
-        raise ClientError(404, "unknown_version", f"model {name!r} has no version {version[:64]!r}; served "
-                                                  f"version: {card['version']}")
-    return card
+def _card(request: Request) -> ModelCard:
+    return _svc().catalog.graph(request.path_params["model"], request.path_params.get("version"))
 
 
-def _dims(shape: list[Any]) -> list[int]:
+def _dims(shape: tuple[int | str, ...]) -> list[int]:
     return [-1 if isinstance(d, str) else int(d) for d in shape]
 
 
-def _tensor_meta(t: dict[str, Any]) -> dict[str, Any]:
-    return {"name": t["name"], "datatype": NUMPY_TO_V2[t["dtype"]], "shape": _dims(t["shape"])}
+def _tensor_meta(t: TensorSpec) -> dict[str, Any]:
+    return {"name": t.name, "datatype": NUMPY_TO_V2[t.dtype], "shape": _dims(t.shape)}
 
 
 async def server_metadata(request: Request) -> Response:
@@ -70,22 +64,16 @@ async def ready(request: Request) -> Response:
 
 
 async def model_metadata(request: Request) -> Response:
-    try:
-        card = _card(request)
-    except ClientError as exc:
-        return error_response(exc)
+    card = _card(request)
     return json_response({
-        "name": card["name"], "versions": [card["version"]], "platform": "onnxruntime_onnx",
-        "inputs": [_tensor_meta(t) for t in card["inputs"]],
-        "outputs": [_tensor_meta(t) for t in card["outputs"]],
+        "name": card.name, "versions": [card.version], "platform": "onnxruntime_onnx",
+        "inputs": [_tensor_meta(t) for t in card.inputs],
+        "outputs": [_tensor_meta(t) for t in card.outputs],
     })
 
 
 async def model_ready(request: Request) -> Response:
-    try:
-        _card(request)
-    except ClientError as exc:
-        return error_response(exc)
+    _card(request)
     return Response(status_code=200 if await _svc().__is_ready__() else 503)
 
 
@@ -95,10 +83,14 @@ def _split_body(request: Request, body: bytes) -> tuple[dict[str, Any], memoryvi
     if raw is None:
         header, rest = body, memoryview(b"")
     else:
-        if not raw.isdigit() or int(raw) > len(body):
-            raise ClientError(400, "bad_header", f"Inference-Header-Content-Length {raw[:32]!r} must be an integer "
-                                                 f"no larger than the body ({len(body)} bytes)")
-        n = int(raw)
+        # ASCII digits, at most as many as the body's length has: str.isdigit() admits '²', which
+        # int() refuses, and thousands of digits would make int() itself refuse the conversion.
+        digits = raw.strip()
+        if not (digits.isascii() and digits.isdigit() and len(digits) <= len(str(len(body)))
+                and int(digits) <= len(body)):
+            raise ClientError(400, "bad_header", f"Inference-Header-Content-Length {shown(raw, 32)} must be an "
+                                                 f"integer no larger than the body ({len(body)} bytes)")
+        n = int(digits)
         header, rest = body[:n], memoryview(body)[n:]
     try:
         req = orjson.loads(header)
@@ -118,27 +110,27 @@ def _parameters(entry: dict[str, Any], where: str) -> dict[str, Any]:
     return params
 
 
-def _input_tensor(spec: dict[str, Any], given: dict[str, Any], binary: memoryview, offset: int,
+def _input_tensor(spec: TensorSpec, given: dict[str, Any], binary: memoryview, offset: int,
                   max_batch: int) -> tuple[np.ndarray, int]:
-    name = spec["name"]
-    want_type = NUMPY_TO_V2[spec["dtype"]]
+    name = spec.name
+    want_type = NUMPY_TO_V2[spec.dtype]
     if given.get("datatype") != want_type:
-        raise ClientError(400, "bad_dtype", f"input {name!r} has datatype {given.get('datatype')!r}; "
+        raise ClientError(400, "bad_dtype", f"input {name!r} has datatype {shown(given.get('datatype'))}; "
                                             f"accepted: {want_type}")
     shape = given.get("shape")
-    model_shape = _dims(spec["shape"])
+    model_shape = _dims(spec.shape)
     if (not isinstance(shape, list) or len(shape) != len(model_shape)
             or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape)
             or any(m != -1 and d != m for d, m in zip(shape, model_shape)) or not 1 <= shape[0] <= max_batch):
-        raise ClientError(400, "bad_shape", f"input {name!r} has shape {str(shape)[:80]}; accepted: {model_shape} "
+        raise ClientError(400, "bad_shape", f"input {name!r} has shape {shown(shape, 80)}; accepted: {model_shape} "
                                             f"with the batch dimension from 1 to {max_batch}")
-    count = int(np.prod(shape))
+    count = math.prod(shape)
     dtype = np.dtype(DATATYPES[want_type])
     params = _parameters(given, f"input {name!r}")
     if "binary_data_size" in params:
         size = params["binary_data_size"]
         if not isinstance(size, int) or size != count * dtype.itemsize or offset + size > len(binary):
-            raise ClientError(400, "bad_binary", f"input {name!r}: binary_data_size {size!r} must be "
+            raise ClientError(400, "bad_binary", f"input {name!r}: binary_data_size {shown(size)} must be "
                                                  f"{count * dtype.itemsize} bytes for shape {shape} {want_type}, "
                                                  f"within the {len(binary) - offset} binary bytes left")
         arr = np.frombuffer(binary[offset:offset + size], dtype=dtype).reshape(shape)
@@ -165,41 +157,40 @@ def _check_finite(name: str, x: np.ndarray) -> None:
 
 async def infer(request: Request) -> Response:
     svc = _svc()
-    try:
-        card = _card(request)
-        kind = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
-        if kind not in ("application/json", "application/octet-stream"):
-            raise ClientError(415, "unsupported_media_type", f"content type {kind!r} is not accepted; accepted: "
-                                                             "application/json, application/octet-stream "
-                                                             "(JSON header + binary tensors)")
-        req, binary = _split_body(request, await read_body(request, max_body_bytes()))
-        if card.get("generation"):  # the server keeps a text model's state between steps
-            raise ClientError(400, "stateful_model", f"model {card['name']!r} generates text: use POST /generate_text")
-        (spec,) = card["inputs"]
-        if not all(isinstance(t, dict) and isinstance(t.get("name"), str) for t in req["inputs"]):
-            raise ClientError(400, "bad_input", "each entry of 'inputs' must be an object with a string 'name', "
-                                                "'shape', 'datatype' and 'data' (or parameters.binary_data_size)")
-        given = {t["name"]: t for t in req["inputs"]}
-        if set(given) != {spec["name"]} or len(req["inputs"]) != 1:
-            raise ClientError(400, "bad_input_name", f"inputs {sorted(map(str, given))}; model {card['name']!r} "
-                                                     f"takes exactly one input: {spec['name']!r}")
-        x, used = _input_tensor(spec, given[spec["name"]], binary, 0, card["max_batch_size"])
-        if used != len(binary):
-            raise ClientError(400, "bad_binary", f"{len(binary) - used} binary bytes are not claimed by any input")
-        _check_finite(spec["name"], x)
-        out_names = [o["name"] for o in card["outputs"]]
-        wanted = req.get("outputs")
-        if wanted is None:
-            wanted = [{"name": n} for n in out_names]
-        if not isinstance(wanted, list) or not all(isinstance(w, dict) and w.get("name") in out_names
-                                                   for w in wanted):
-            raise ClientError(400, "bad_output_name", f"requested outputs must be among {out_names}")
-        default_binary = bool(_parameters(req, "the request").get("binary_data_output", False))
-        binary_out = [bool(_parameters(w, f"output {w['name']!r}").get("binary_data", default_binary)) for w in wanted]
-        outputs, _ = await svc.run(card["name"], np.ascontiguousarray(x))
-        by_name = dict(zip(out_names, outputs))
-    except ClientError as exc:
-        return error_response(exc)
+    card = _card(request)
+    kind = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+    if kind not in ("application/json", "application/octet-stream"):
+        raise ClientError(415, "unsupported_media_type", f"content type {kind[:64]!r} is not accepted; accepted: "
+                                                         "application/json, application/octet-stream "
+                                                         "(JSON header + binary tensors)")
+    req, binary = _split_body(request, await read_body(request, svc.settings))
+    if card.is_text:  # the server keeps a text model's state between steps
+        raise ClientError(400, "stateful_model", f"model {card.name!r} generates text: use POST /generate_text")
+    spec = card.input
+    if not all(isinstance(t, dict) and isinstance(t.get("name"), str) for t in req["inputs"]):
+        raise ClientError(400, "bad_input", "each entry of 'inputs' must be an object with a string 'name', "
+                                            "'shape', 'datatype' and 'data' (or parameters.binary_data_size)")
+    given = {t["name"]: t for t in req["inputs"]}
+    if set(given) != {spec.name} or len(req["inputs"]) != 1:
+        raise ClientError(400, "bad_input_name", f"inputs {', '.join(shown(n, 32) for n in sorted(given)[:5])}; model {card.name!r} "
+                                                 f"takes exactly one input: {spec.name!r}")
+    x, used = _input_tensor(spec, given[spec.name], binary, 0, card.max_batch_size)
+    if used != len(binary):
+        raise ClientError(400, "bad_binary", f"{len(binary) - used} binary bytes are not claimed by any input")
+    _check_finite(spec.name, x)
+    out_names = card.output_names
+    wanted = req.get("outputs")
+    if wanted is None:
+        wanted = [{"name": n} for n in out_names]
+    if not isinstance(wanted, list) or not all(isinstance(w, dict) and w.get("name") in out_names for w in wanted):
+        raise ClientError(400, "bad_output_name", f"requested outputs must be among {out_names}")
+    default_binary = bool(_parameters(req, "the request").get("binary_data_output", False))
+    binary_out = [bool(_parameters(w, f"output {w['name']!r}").get("binary_data", default_binary)) for w in wanted]
+    request_id = req.get("id")
+    if request_id is not None and not (isinstance(request_id, str) and len(request_id) <= 256):
+        raise ClientError(400, "bad_id", f"'id' must be a string of at most 256 characters, got {shown(request_id)}")
+    outputs, _ = await svc.infer(card.name, np.ascontiguousarray(x))
+    by_name = dict(zip(out_names, outputs))
 
     blobs: list[bytes] = []
     result = []
@@ -213,9 +204,9 @@ async def infer(request: Request) -> Response:
         else:
             entry["data"] = arr.ravel()
         result.append(entry)
-    body: dict[str, Any] = {"model_name": card["name"], "model_version": card["version"], "outputs": result}
-    if "id" in req:
-        body["id"] = req["id"]
+    body: dict[str, Any] = {"model_name": card.name, "model_version": card.version, "outputs": result}
+    if request_id is not None:
+        body["id"] = request_id
     header = orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
     if not blobs:
         return Response(header, media_type="application/json")

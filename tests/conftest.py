@@ -4,15 +4,14 @@ model trained (full preset: seconds on digits) and exported once, and a real `be
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+
+from loadtests.servers import free_port, wait_http
 
 ROOT = Path(__file__).resolve().parent.parent
 # Before anything imports bentoml: the store and runs of this session are private and temporary.
@@ -54,26 +53,12 @@ def processes() -> dict[int, dict[str, str]]:
     return table
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+__all__ = ["free_port", "processes", "start_server", "stop_server", "wait_ready"]
 
 
 def wait_ready(url: str, proc: subprocess.Popen | None, timeout: float = 90) -> None:
-    """Until `url`/readyz answers 200; fails at once if `proc` (the local server, if any) exits."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"bentoml serve exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(f"{url}/readyz", timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.3)
-    raise TimeoutError(f"{url} not ready after {timeout} s")
+    """Until the server at `url` is ready (/readyz 200); fails at once if `proc` exits."""
+    wait_http(f"{url}/readyz", proc, timeout)
 
 
 def start_server(env_extra: dict[str, str] | None = None, log: Path | None = None) -> tuple[str, subprocess.Popen]:

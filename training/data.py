@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from service.preprocess import resize_unit_image
+from core.images import resize_unit_image
 
 IMAGE_SIZE = (28, 28)
 IDX_IMAGES_MAGIC = 0x00000803

@@ -1,7 +1,10 @@
 """The registry of course models: name -> config, model class, dataset, export spec, task.
 
-The training CLI, the exporter, the tests and the load tests iterate over it. The service never
-imports it: it serves whatever the exporter put into the model store, described by model cards.
+The training CLI, the exporter and the tests iterate over it. Neither the service nor the load
+generator imports it: they serve and call whatever the exporter put into the model store,
+described by model cards (core/card.py). A model's whole path starts here: its entry names the
+model class (training/models/), the dataset (training/data.py), the export spec (core/spec.py)
+and the serving tasks (service/tasks/).
 """
 
 from __future__ import annotations
@@ -11,8 +14,8 @@ from typing import Any
 
 from torch import nn
 
-from export.spec import (ExportSpec, autoencoder_spec, generator_spec, image_classifier_spec, kv_cache_lm_spec,
-                         recurrent_lm_spec, segmenter_spec, vae_spec)
+from core.spec import (ExportSpec, autoencoder_spec, generator_spec, image_classifier_spec, kv_cache_lm_spec,
+                       recurrent_lm_spec, segmenter_spec, vae_spec)
 
 from .models.autoencoder import AutoencoderConfig, DenoisingAutoencoder
 from .models.char_lstm import CharLSTM, CharLSTMConfig

@@ -1,13 +1,15 @@
-"""The one place where seeds, devices and the run directory are decided."""
+"""The one place where seeds and devices are decided (the run directory: core/paths.py)."""
 
 from __future__ import annotations
 
-import os
 import random
-from pathlib import Path
 
 import numpy as np
 import torch
+
+from core.paths import runs_dir
+
+__all__ = ["DEFAULT_SEED", "pick_device", "runs_dir", "seed_everything"]
 
 DEFAULT_SEED = 1234
 
@@ -25,10 +27,3 @@ def pick_device(name: str = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
 
-
-def runs_dir() -> Path:
-    """Root of every artifact (checkpoints, ONNX files, model cards, the BentoML store).
-
-    `EE559_RUNS` overrides it; the default is `runs/` beside the sources (git-ignored).
-    """
-    return Path(os.environ.get("EE559_RUNS", Path(__file__).resolve().parent.parent / "runs"))

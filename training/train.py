@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from service.preprocess import latent_noise
+from core.images import latent_noise
 
 from .data import Split, Splits, load_dataset
 from .plots import loss_curve_png

@@ -10,7 +10,8 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from export.onnx_export import ParityError, parity_inputs, sha256, validate
+from core.store import sha256_file as sha256
+from export.onnx_export import ParityError, parity_inputs, validate
 from training.data import load_dataset
 from training.registry import REGISTRY, served_graphs
 from training.train import latest_checkpoint, load_checkpoint
@@ -60,8 +61,13 @@ def test_corrupted_export_is_rejected(exported, runs: Path, tmp_path: Path, name
     init.CopyFrom(numpy_helper.from_array(w, init.name))
     bad = tmp_path / "model.onnx"
     onnx.save(graph, str(bad))
-    with pytest.raises(ParityError, match=rf"{name}: output '\w+' at batch size \d+: (max abs error|top-1)"):
+    with pytest.raises(ParityError, match=rf"{name}: \d+ parity check\(s\) failed") as info:
         validate(name, spec, model, bad, inputs)
+    # every failure is listed, not only the first: each batch size fails, each named in the message
+    failed = {f.batch_size for f in info.value.failures if f.kind in ("value", "top1")}
+    assert failed == {len(x[0]) if isinstance(x, tuple) else len(x) for x in inputs}
+    for f in info.value.failures:
+        assert f"{f.kind}: {f.output} at batch size {f.batch_size}" in str(info.value)
 
 
 def test_renamed_output_is_rejected(exported, runs: Path, tmp_path: Path):

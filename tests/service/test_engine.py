@@ -108,14 +108,15 @@ def test_a_failing_batch_fails_its_requests_and_the_batcher_goes_on():
 
 
 def _text_engine(run, max_running: int = 8):
-    from service.generate import TextEngine
-    from service.textgen import TextModel
+    from core.card import Generation, TensorSpec
+    from core.textgen import TextModel
+    from service.scheduler import TextScheduler
 
-    card = {"generation": {"cache": "recurrent", "state": {"h": "h_out"}, "batch_axis": 1, "context": None},
-            "labels": list("abcd"), "inputs": [{"name": "tokens", "shape": ["batch_size", "sequence_length"],
-                                                "dtype": "int64"},
-                                               {"name": "h", "shape": [1, "batch_size", 2], "dtype": "float32"}]}
-    return TextEngine("toy", TextModel(card, run), ThreadPoolExecutor(1), max_running, 64, "CPUExecutionProvider")
+    generation = Generation(cache="recurrent", state={"h": "h_out"}, batch_axis=1)
+    inputs = (TensorSpec("tokens", ("batch_size", "sequence_length"), "int64"),
+              TensorSpec("h", (1, "batch_size", 2)))
+    return TextScheduler("toy", TextModel(generation, "abcd", inputs, run), ThreadPoolExecutor(1), max_running, 64,
+                         "CPUExecutionProvider")
 
 
 def test_text_scheduler_batches_decode_steps_of_concurrent_generations():

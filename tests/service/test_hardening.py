@@ -90,9 +90,9 @@ def test_stalled_body_is_answered_408_and_the_server_goes_on(server):
 def test_model_whose_file_differs_from_its_card_is_refused(exported, tmp_path: Path, monkeypatch):
     import bentoml
 
-    from service import store
+    from core import store
 
-    tag = store.discover(["lenet"])["lenet"]
+    tag = store.discover(("lenet",))["lenet"]
     src = Path(bentoml.models.get(tag).path)
     home = tmp_path / "home"
     dst = home / "models" / "lenet" / src.name
@@ -255,7 +255,7 @@ def _model_with_external_data(folder: Path, location: str) -> Path:
 
 @pytest.mark.parametrize("location", ["../secret.bin", "/etc/passwd", "sub/../../secret.bin", "link.bin"])
 def test_external_data_outside_the_model_directory_is_refused(tmp_path: Path, location: str):
-    from service import store
+    from core import store
 
     outside = tmp_path / "secret.bin"
     outside.write_bytes(b"\0" * 16)
@@ -267,7 +267,7 @@ def test_external_data_outside_the_model_directory_is_refused(tmp_path: Path, lo
 
 
 def test_external_data_inside_the_model_directory_is_accepted(tmp_path: Path):
-    from service import store
+    from core import store
 
     (tmp_path / "weights.bin").write_bytes(b"\0" * 16)
     store.check_external_data(_model_with_external_data(tmp_path, "weights.bin"))

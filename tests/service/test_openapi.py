@@ -9,7 +9,7 @@ from pathlib import Path
 
 import requests
 
-from service.api import http_app
+from service.app import http_app
 
 SCHEMATHESIS = Path(sys.executable).parent / "schemathesis"
 EXAMPLES = 25  # per operation and phase; fixed seed: a CI run is reproducible (`st replay` the failures)

@@ -8,7 +8,7 @@ import sys
 import onnxruntime as ort
 import pytest
 
-from service.ort_runtime import CPU, CUDA, ProviderError, _cuda_driver_present, make_session
+from core.session import CPU, CUDA, ProviderError, _cuda_driver_present, make_session
 
 needs_no_gpu = pytest.mark.skipif(_cuda_driver_present(), reason="this machine has an NVIDIA driver")
 
@@ -42,11 +42,3 @@ def test_cuda_is_used_when_it_really_works(exported):
         pytest.skip("no CUDA here")
     _, provider, _ = make_session(exported["lenet"].with_name("model.onnx"), "cuda")
     assert provider == CUDA
-
-
-def test_service_imports_neither_torch_nor_training(exported):
-    code = ("import sys, service.service; "
-            "bad = [m for m in sys.modules if m == 'torch' or m.startswith(('torch.', 'training'))]; "
-            "print(bad); sys.exit(1 if bad else 0)")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert r.returncode == 0, r.stdout + r.stderr

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from export.text_parity import torch_text_model, uncached_greedy
-from service.textgen import choose, greedy
+from core.textgen import choose, greedy
 from training.data import load_dataset
 from training.models.char_lstm import CharLSTM, CharLSTMConfig
 from training.models.gpt import GPT, GPTConfig

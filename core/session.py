@@ -9,7 +9,6 @@ where its libraries are missing, is to log errors and silently run on the CPU: w
 from __future__ import annotations
 
 import ctypes
-import os
 from pathlib import Path
 
 import onnxruntime as ort
@@ -47,17 +46,19 @@ def preflight(provider: str) -> None:
         raise ProviderError(f"CUDA was required (provider=cuda) but cannot be used: {why}")
 
 
-def session_options(intra_op_threads: int | None = None) -> ort.SessionOptions:
+def session_options(intra_op_threads: int = 1) -> ort.SessionOptions:
+    """One thread per session by default: the service runs one session per worker and core, and
+    batches requests rather than splitting one across threads."""
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.intra_op_num_threads = intra_op_threads or int(os.environ.get("EE559_ORT_THREADS", "1"))
+    so.intra_op_num_threads = intra_op_threads
     so.inter_op_num_threads = 1
     so.log_severity_level = 3  # errors only; provider fallbacks are reported by us
     return so
 
 
 def make_session(path: Path | str, provider: str = "auto",
-                 intra_op_threads: int | None = None) -> tuple[ort.InferenceSession, str, str | None]:
+                 intra_op_threads: int = 1) -> tuple[ort.InferenceSession, str, str | None]:
     """Open `path` on the requested provider.
 
     Returns the session, the provider really used, and why CUDA was not used (None if it was,

@@ -1,26 +1,18 @@
-"""Declarative export specs (torch-free), one per registered model, in the spirit of Optimum's
-ONNX configs: tensor names, named dynamic axes, opset and the parity tolerance."""
+"""Declarative export specs, one per registered model, in the spirit of Optimum's ONNX configs:
+tensor names, named dynamic axes, opset and the parity tolerance. Standard library only: the
+training registry declares them, the exporter follows them, the card records what they resolved to."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from .card import Generation, TensorSpec
+
 # Opset 18 is the newest that torch.onnx's exporter and every ONNX Runtime >= 1.14 both cover
 # fully; pinning it keeps graphs identical across re-exports.
 OPSET = 18
 BATCH_AXIS = "batch_size"
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    name: str
-    shape: tuple[int | str, ...]  # str entries are named dynamic axes, or config fields (see resolve)
-    dtype: str = "float32"
-
-    @property
-    def dynamic_axes(self) -> dict[int, str]:
-        return {i: d for i, d in enumerate(self.shape) if isinstance(d, str)}
 
 
 def config_value(value: Any, cfg: dict[str, Any]) -> Any:
@@ -53,8 +45,8 @@ class ExportSpec:
     # drawn from N(0, I) with a fixed seed (generators).
     input_data: str = "held_out"
     # Text generators: how the service carries state from one step to the next (see
-    # service/textgen.py); str values name config fields, filled in by resolve().
-    generation: dict[str, Any] | None = None
+    # core/textgen.py); a str context names a config field, filled in by resolve().
+    generation: Generation | None = None
 
     def resolve(self, cfg: dict[str, Any]) -> ExportSpec:
         """The spec of one trained model: dimensions and values that name config fields (the
@@ -62,7 +54,8 @@ class ExportSpec:
         def tensors(ts: tuple[TensorSpec, ...]) -> tuple[TensorSpec, ...]:
             return tuple(replace(t, shape=tuple(config_value(d, cfg) for d in t.shape)) for t in ts)
 
-        generation = None if self.generation is None else {k: config_value(v, cfg) for k, v in self.generation.items()}
+        generation = None if self.generation is None else replace(
+            self.generation, context=config_value(self.generation.context, cfg))
         return replace(self, inputs=tensors(self.inputs), outputs=tensors(self.outputs), generation=generation)
 
 
@@ -141,7 +134,7 @@ def recurrent_lm_spec() -> ExportSpec:
         check_top1=("logits",),
         atol=TEXT_ATOL,
         input_data="steps",
-        generation={"cache": "recurrent", "state": {"h": "h_out", "c": "c_out"}, "batch_axis": 1, "context": None},
+        generation=Generation(cache="recurrent", state={"h": "h_out", "c": "c_out"}, batch_axis=1),
     )
 
 
@@ -161,7 +154,7 @@ def kv_cache_lm_spec() -> ExportSpec:
         check_top1=("logits",),
         atol=TEXT_ATOL,
         input_data="steps",
-        generation={"cache": "kv", "state": {"past_keys": "present_keys", "past_values": "present_values"},
-                    "batch_axis": 1, "length_axis": 3, "positions": "positions", "past_mask": "past_mask",
-                    "context": "block"},
+        generation=Generation(cache="kv", state={"past_keys": "present_keys", "past_values": "present_values"},
+                              batch_axis=1, length_axis=3, positions="positions", past_mask="past_mask",
+                              context="block"),
     )

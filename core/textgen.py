@@ -10,16 +10,30 @@ The model card's "generation" section says how the state works:
   full at `context` tokens restarts from the last context/2 tokens (one prompt-sized step), so
   positions never leave the range the model was trained on.
 
-`TextModel.step` is the only place that runs a graph; the service's scheduler (service/generate.py)
-and the exporter's decoding parity check (export/text_parity.py) both go through it.
+`TextModel.step` is the only place that runs a graph; the service's scheduler (service/scheduler.py),
+the exporter's decoding parity check (export/text_parity.py) and the text benchmark go through it,
+and `window_start` is the one statement of the window rule (the uncached PyTorch references use it).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence as Seq
 from dataclasses import dataclass, field
-from typing import Any, Callable
 
 import numpy as np
+
+from .card import Generation, ModelCard, TensorSpec
+
+StepRunner = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
+
+
+def window_start(length: int, start: int, context: int | None) -> int:
+    """The first token a cache holds once a sequence is `length` tokens long, if it held
+    tokens[start:] so far: a cache that would pass `context` tokens restarts from the last
+    context/2 (one prompt-sized step), so positions never leave the range the model was trained on."""
+    if context is not None and length - start > context:
+        return length - context // 2
+    return start
 
 
 @dataclass(eq=False)  # compared by identity (its state holds arrays)
@@ -37,18 +51,25 @@ class Sequence:
 class TextModel:
     """One text step graph: `run(feeds) -> outputs` (both name -> array) does the work."""
 
-    def __init__(self, card: dict[str, Any], run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]) -> None:
-        self.card, self.run = card, run
-        gen = card["generation"]
-        self.kind: str = gen["cache"]
-        self.state_io: dict[str, str] = gen["state"]  # input -> output
-        self.batch_axis: int = gen["batch_axis"]
-        self.length_axis: int | None = gen.get("length_axis")
-        self.context: int | None = gen.get("context")
-        self.vocab: list[str] = card["labels"]
+    def __init__(self, generation: Generation, vocab: Seq[str], inputs: Seq[TensorSpec], run: StepRunner) -> None:
+        self.generation, self.run = generation, run
+        self.kind = generation.cache
+        self.state_io = generation.state  # input -> output
+        self.batch_axis = generation.batch_axis
+        self.length_axis = generation.length_axis
+        if generation.context is not None and not isinstance(generation.context, int):
+            raise ValueError(f"unresolved context {generation.context!r}: resolve the export spec first")
+        self.context: int | None = generation.context
+        self.vocab = list(vocab)
         self.index = {ch: i for i, ch in enumerate(self.vocab)}
-        self.shapes = {t["name"]: t["shape"] for t in card["inputs"]}
-        self.dtypes = {t["name"]: t["dtype"] for t in card["inputs"]}
+        self.shapes = {t.name: t.shape for t in inputs}
+        self.dtypes = {t.name: t.dtype for t in inputs}
+
+    @classmethod
+    def from_card(cls, card: ModelCard, run: StepRunner) -> TextModel:
+        if card.generation is None:
+            raise ValueError(f"{card.name} is not a text model")
+        return cls(card.generation, card.labels, card.inputs, run)
 
     def new(self, tokens: list[int]) -> Sequence:
         """A sequence to continue `tokens`; with a context, a longer prompt is cut from the left."""
@@ -66,9 +87,10 @@ class TextModel:
         seq.fed = seq.start = start
 
     def _slide(self, seq: Sequence) -> None:
-        """kv: a cache that would pass `context` tokens restarts from the last context/2."""
-        if self.context is not None and len(seq.tokens) - seq.start > self.context:
-            self._reset(seq, len(seq.tokens) - self.context // 2)
+        """kv: a cache that would pass `context` tokens restarts (window_start)."""
+        start = window_start(len(seq.tokens), seq.start, self.context)
+        if start != seq.start:
+            self._reset(seq, start)
 
     def step(self, seqs: list[Sequence]) -> np.ndarray:
         """Feed every sequence its pending tokens; return the logits after each one's last token,
@@ -93,10 +115,11 @@ class TextModel:
         pasts = [s.fed - s.start for s in seqs]
         longest = max(pasts)
         if self.kind == "kv":
-            gen = self.card["generation"]
-            feeds[gen["past_mask"]] = np.array([[0] * (longest - p) + [1] * p for p in pasts],
-                                               dtype=np.int64).reshape(len(seqs), longest)
-            feeds[gen["positions"]] = np.array([np.arange(p, p + t) for p in pasts], dtype=np.int64)
+            gen = self.generation
+            assert gen.past_mask and gen.positions and self.length_axis is not None  # checked by Generation
+            feeds[gen.past_mask] = np.array([[0] * (longest - p) + [1] * p for p in pasts],
+                                            dtype=np.int64).reshape(len(seqs), longest)
+            feeds[gen.positions] = np.array([np.arange(p, p + t) for p in pasts], dtype=np.int64)
             for name in self.state_io:
                 feeds[name] = np.concatenate([self._left_pad(s.state[name], longest) for s in seqs], self.batch_axis)
         else:

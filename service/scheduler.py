@@ -2,7 +2,7 @@
 
 One scheduler task per text model and worker loops while there is work: it first gives every
 newly arrived request its prompt step (one graph call each: prompts differ in length), then runs
-ONE decode step for all running requests together (service/textgen.py pads the GPT's caches to
+ONE decode step for all running requests together (core/textgen.py pads the GPT's caches to
 a common length), samples each request's next token with its own seeded generator, and hands it
 to the request's queue. A request joins the running batch at the next step after its prompt and
 leaves it when done or when its client went away, so concurrent generations never wait for each
@@ -22,11 +22,12 @@ from typing import Any
 
 import numpy as np
 
+from core.textgen import Sequence, TextModel, choose
+
 from . import metrics
 from .errors import ClientError
-from .textgen import Sequence, TextModel, choose
 
-log = logging.getLogger("ee559.generate")
+log = logging.getLogger("ee559.scheduler")
 
 
 @dataclass(eq=False)  # compared by identity: two requests may be equal field by field
@@ -45,7 +46,7 @@ class Generation:
     finished: bool = False  # out of the scheduler (done, cancelled or failed)
 
 
-class TextEngine:
+class TextScheduler:
     def __init__(self, name: str, model: TextModel, executor: ThreadPoolExecutor, max_running: int,
                  max_waiting: int, provider: str) -> None:
         self.name, self.model, self.executor, self.provider = name, model, executor, provider
@@ -145,44 +146,3 @@ class TextEngine:
             gen.finished = True
             metrics.active_generations().labels(model=self.name).dec()
             gen.seq.state.clear()  # the caches are the memory a generation holds
-
-
-def options(card: dict[str, Any], fields: dict[str, Any], max_new_cap: int, max_prompt_chars: int) -> dict[str, Any]:
-    """Validated request fields; every message says what is accepted."""
-    import math
-    import secrets
-
-    from .preprocess import MAX_SEED
-    from .tasks import GenerateText, check_fields, int_field
-
-    check_fields(fields, GenerateText.fields, image=False)
-    prompt = fields.get("prompt")
-    if not isinstance(prompt, str) or not prompt:
-        raise ClientError(400, "bad_field", "'prompt' must be a non-empty string (the text to continue)")
-    if len(prompt) > max_prompt_chars:
-        raise ClientError(400, "bad_field", f"'prompt' has {len(prompt)} characters; at most {max_prompt_chars} "
-                                            "are accepted (EE559_MAX_PROMPT_CHARS)")
-    vocab = card["labels"]
-    known = set(vocab)
-    unknown = sorted({ch for ch in prompt if ch not in known})
-    if unknown:
-        shown = ", ".join(f"{ch!r} (U+{ord(ch):04X})" for ch in unknown[:5])
-        raise ClientError(400, "unknown_characters", f"'prompt' holds characters the model never saw: {shown}"
-                                                     f"{' ...' if len(unknown) > 5 else ''}; it knows these "
-                                                     f"{len(vocab)}: {''.join(vocab)!r}")
-    temperature = fields.get("temperature", 1.0)
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
-            or not math.isfinite(temperature) or not 0 < temperature <= 10:
-        raise ClientError(400, "bad_field", f"'temperature' must be a number in (0, 10], got {str(temperature)[:40]!r}"
-                                            "; for greedy decoding send top_k 1")
-    stream = fields.get("stream", False)
-    if not isinstance(stream, bool):
-        raise ClientError(400, "bad_field", f"'stream' must be true or false, got {str(stream)[:40]!r}")
-    return {
-        "prompt": prompt,
-        "max_new": int_field(fields, "max_new_tokens", 1, max_new_cap, min(128, max_new_cap)),
-        "temperature": float(temperature),
-        "top_k": int_field(fields, "top_k", 1, len(vocab), len(vocab)),
-        "seed": int_field(fields, "seed", 0, MAX_SEED, secrets.randbelow(MAX_SEED + 1)),
-        "stream": stream,
-    }

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from service.errors import ClientError
-from service.io import array_from_json, array_from_upload, parse_json_object
+from service.inputs import array_from_json, array_from_upload, parse_json_object
 
 SHAPE = (1, 28, 28)
 

@@ -1,4 +1,5 @@
-"""Image preprocessing shared by training and serving (numpy + Pillow only, no torch).
+"""Image preprocessing shared by training and serving, latent noise, and PNG encoding (numpy and
+Pillow only).
 
 Every image model of the course takes float32 pixels in [0, 1] with ink bright on a dark
 background (as in MNIST). Normalisation (mean/std) is baked into the ONNX graph, so this module
@@ -68,6 +69,18 @@ def decode_image(data: bytes, size: tuple[int, int], channels: int = 1,
 
 
 MAX_SEED = 2**32 - 1
+
+
+def png_bytes(image: np.ndarray, scale: int = 1) -> bytes:
+    """A (C, H, W) image in [0, 1] (C = 1: grayscale, C = 3: RGB) as PNG, enlarged `scale` times
+    with nearest-neighbour pixels. The one PNG encoder of the project."""
+    u8 = (np.clip(image, 0, 1) * 255).round().astype(np.uint8)
+    img = Image.fromarray(u8[0], mode="L") if len(u8) == 1 else Image.fromarray(u8.transpose(1, 2, 0), mode="RGB")
+    if scale != 1:
+        img = img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def latent_noise(n: int, dim: int, seed: int) -> np.ndarray:

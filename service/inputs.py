@@ -1,11 +1,11 @@
 """Reading requests: size-limited bodies, content types, and image inputs (JSON arrays, PNG/JPEG
-uploads) validated into float32 arrays before anything is allocated for the model."""
+uploads, .npy, raw float32) validated into float32 arrays of the model's shape."""
 
 from __future__ import annotations
 
 import asyncio
 import io
-import os
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,8 +14,10 @@ import orjson
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 
+from core.images import PreprocessError, decode_image
+
 from .errors import ClientError
-from .preprocess import PreprocessError, decode_image
+from .settings import Settings
 
 JSON = "application/json"
 MULTIPART = "multipart/form-data"
@@ -26,19 +28,26 @@ ACCEPTED_TYPES = (f"{JSON}, {MULTIPART} (field 'image' with a PNG/JPEG file), {'
                   f"{NPY} (.npy, no pickles), {RAW} (little-endian float32 with an X-Tensor-Shape header)")
 
 
-def max_body_bytes() -> int:
-    return int(os.environ.get("EE559_MAX_BODY_BYTES", 4 * 1024 * 1024))
-
-
-# A client that stalls or trickles its body would hold a connection and a coroutine: the whole
-# body must arrive within this time.
-BODY_TIMEOUT_S = float(os.environ.get("EE559_BODY_TIMEOUT_S", "10"))
-
-
 @dataclass
 class ImageRequest:
-    fields: dict[str, Any]  # the other fields (model, top_k, ...), as sent
-    pixels: np.ndarray  # (C, H, W) float32 in [0, 1], shape checked against the model
+    """An image request, read but not decoded: `fields` (model, top_k, ...) choose the model, whose
+    input shape `pixels(shape)` then checks the image against."""
+
+    fields: dict[str, Any]
+    kind: str  # the media type the image came as
+    payload: Any  # the JSON value of 'image', or the body / uploaded file's bytes
+    tensor_shape: str | None = None  # X-Tensor-Shape, for raw float32
+
+    def pixels(self, shape: tuple[int, ...]) -> np.ndarray:
+        """(C, H, W) float32 in [0, 1] of exactly `shape`, or a ClientError saying what is accepted."""
+        c, h, w = shape
+        if self.kind == JSON:
+            return array_from_json(self.payload, (c, h, w))
+        if self.kind == NPY:
+            return array_from_npy(self.payload, (c, h, w))
+        if self.kind == RAW:
+            return array_from_raw(self.payload, self.tensor_shape, (c, h, w))
+        return array_from_upload(self.payload, (c, h, w))
 
 
 def media_type(request: Request) -> str:
@@ -61,20 +70,22 @@ def check_headers(request: Request, limit: int) -> None:
             raise ClientError(413, "too_large", f"request body of {size} bytes is over the limit of {limit} bytes")
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The body, refused with 413 as soon as it is known to exceed `limit` bytes, with 415 when it
-    is compressed, and with 408 when it has not fully arrived within BODY_TIMEOUT_S."""
+async def read_body(request: Request, settings: Settings) -> bytes:
+    """The body, refused with 413 as soon as it is known to exceed the size limit, with 415 when it
+    is compressed, and with 408 when it has not fully arrived within the body timeout."""
+    limit = settings.max_body_bytes
     check_headers(request, limit)
     chunks, total = [], 0
     try:
-        async with asyncio.timeout(BODY_TIMEOUT_S):
+        async with asyncio.timeout(settings.body_timeout_s):
             async for chunk in request.stream():
                 total += len(chunk)
                 if total > limit:
                     raise ClientError(413, "too_large", f"request body is over the limit of {limit} bytes")
                 chunks.append(chunk)
     except TimeoutError:
-        raise ClientError(408, "body_timeout", f"request body not received within {BODY_TIMEOUT_S:g} s") from None
+        raise ClientError(408, "body_timeout", f"request body not received within {settings.body_timeout_s:g} s"
+                          ) from None
     return b"".join(chunks)
 
 
@@ -148,9 +159,10 @@ def array_from_raw(data: bytes, header: str | None, shape: tuple[int, int, int])
     if not dims or any(d <= 0 for d in dims) or len(dims) > 4:
         raise ClientError(400, "bad_header", f"{RAW} bodies need an X-Tensor-Shape header such as "
                                              f"\"{','.join(map(str, shape))}\"")
-    if len(data) != 4 * int(np.prod(dims)):
-        raise ClientError(400, "bad_shape", f"X-Tensor-Shape {list(dims)} needs {4 * int(np.prod(dims))} bytes of "
-                                            f"float32, the body has {len(data)}")
+    needed = 4 * math.prod(dims)  # Python integers: a product of huge dimensions must not wrap to 0
+    if len(data) != needed:
+        raise ClientError(400, "bad_shape", f"X-Tensor-Shape {str(list(dims))[:80]} needs {str(needed)[:24]} bytes "
+                                            f"of float32, the body has {len(data)}")
     return checked_array(np.frombuffer(data, dtype="<f4").reshape(dims), shape)
 
 
@@ -162,34 +174,34 @@ def array_from_upload(data: bytes, shape: tuple[int, int, int]) -> np.ndarray:
         raise ClientError(415, "bad_image", str(exc)) from None
 
 
-async def read_image_request(request: Request, shape_of) -> ImageRequest:
-    """Parse a JSON, multipart or raw-image request. `shape_of(fields)` gives the (C, H, W) the
-    chosen model takes, or raises ClientError for an unknown model."""
+async def json_fields(request: Request, settings: Settings, route: str, example: str) -> dict[str, Any]:
+    """The JSON object of a route that takes no image; 415 for any other body, naming an example."""
+    if media_type(request) != JSON:
+        raise ClientError(415, "unsupported_media_type", f"/{route} takes a JSON object such as {example}")
+    return parse_json_object(await read_body(request, settings))
+
+
+async def read_image_request(request: Request, settings: Settings) -> ImageRequest:
+    """Read a JSON, multipart, image, .npy or raw request: its fields and its undecoded image."""
     kind = media_type(request)
-    limit = max_body_bytes()
+    limit = settings.max_body_bytes
     if kind == JSON:
-        data = parse_json_object(await read_body(request, limit))
+        data = parse_json_object(await read_body(request, settings))
         if "image" not in data:
             raise ClientError(400, "missing_field", "missing field 'image' (a JSON array, or send a PNG/JPEG as "
                                                     f"{MULTIPART} or {', '.join(IMAGE_TYPES)})")
-        image = data.pop("image")
-        return ImageRequest(data, array_from_json(image, shape_of(data)))
+        return ImageRequest(data, kind, data.pop("image"))
     if kind in (*IMAGE_TYPES, NPY, RAW):  # binary bodies: the other fields come as query parameters
         fields = dict(request.query_params)
-        shape = shape_of(fields)
-        body = await read_body(request, limit)
-        if kind == NPY:
-            return ImageRequest(fields, array_from_npy(body, shape))
-        if kind == RAW:
-            return ImageRequest(fields, array_from_raw(body, request.headers.get("x-tensor-shape"), shape))
-        return ImageRequest(fields, array_from_upload(body, shape))
+        return ImageRequest(fields, kind, await read_body(request, settings), request.headers.get("x-tensor-shape"))
     if kind == MULTIPART:
         check_headers(request, limit)
         try:
-            async with asyncio.timeout(BODY_TIMEOUT_S):
+            async with asyncio.timeout(settings.body_timeout_s):
                 form = await request.form(max_files=1, max_fields=16, max_part_size=limit)
         except TimeoutError:
-            raise ClientError(408, "body_timeout", f"request body not received within {BODY_TIMEOUT_S:g} s") from None
+            raise ClientError(408, "body_timeout", f"request body not received within {settings.body_timeout_s:g} s"
+                              ) from None
         except Exception as exc:  # starlette raises several types for malformed multipart bodies
             raise ClientError(400, "bad_multipart", f"malformed multipart body ({type(exc).__name__}); send "
                                                     "fields 'model' and 'image' (a PNG/JPEG file)") from None
@@ -197,9 +209,9 @@ async def read_image_request(request: Request, shape_of) -> ImageRequest:
         upload = form.get("image")
         if not isinstance(upload, UploadFile):
             raise ClientError(400, "missing_field", "multipart request without a file field 'image' (PNG or JPEG)")
-        shape = shape_of(fields)
         data = await upload.read(limit + 1)
         if len(data) > limit:
             raise ClientError(413, "too_large", f"uploaded image is over the limit of {limit} bytes")
-        return ImageRequest(fields, array_from_upload(data, shape))
-    raise ClientError(415, "unsupported_media_type", f"content type {kind!r} is not accepted; accepted: {ACCEPTED_TYPES}")
+        return ImageRequest(fields, "upload", data)
+    raise ClientError(415, "unsupported_media_type", f"content type {kind[:64]!r} is not accepted; accepted: "
+                                                     f"{ACCEPTED_TYPES}")

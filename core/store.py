@@ -1,0 +1,149 @@
+"""The BentoML model store: what the exporter saves and the service serves.
+
+The service is driven by artifacts, as Triton is by its model repository: every model the
+exporter saved (label project=ee559) is served, newest version per name, unless the service's
+settings name a subset. A stored model is one ONNX graph and its card; `load` refuses it when the
+file is not the one the card describes (sha256) or reaches outside its directory.
+BentoML and onnx are imported when used, so reading a card needs neither.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .card import CARD_FILE, CardError, ModelCard
+
+PROJECT_LABEL = "ee559"
+
+
+class ModelStoreError(RuntimeError):
+    """The model store does not hold what the service needs, or a file does not match its card."""
+
+
+@dataclass(frozen=True)
+class StoredModel:
+    name: str
+    tag: str
+    path: Path
+    card: ModelCard
+
+    @property
+    def onnx_path(self) -> Path:
+        return self.path / self.card.file
+
+
+def home() -> str:
+    """Where the store is, for messages."""
+    return os.environ.get("BENTOML_HOME", "~/bentoml")
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def discover(names: tuple[str, ...] | None = None) -> dict[str, str]:
+    """name -> concrete tag of the newest exported model of that name in the store; `names`
+    (None: every one) must all be there."""
+    import bentoml
+
+    newest: dict[str, Any] = {}
+    for m in bentoml.models.list():
+        if m.info.labels.get("project") != PROJECT_LABEL:
+            continue
+        name = m.tag.name
+        if name not in newest or m.info.creation_time > newest[name].info.creation_time:
+            newest[name] = m
+    if names is not None:
+        missing = [n for n in names if n not in newest]
+        if missing:
+            raise ModelStoreError(f"EE559_MODELS asks for {', '.join(missing)}, not in the model store ({home()}); "
+                                  "export them first: python -m export all")
+        newest = {n: newest[n] for n in names}
+    return {name: str(m.tag) for name, m in sorted(newest.items())}
+
+
+def read_card(path: Path) -> ModelCard:
+    try:
+        return ModelCard.from_json(json.loads(path.read_text()))
+    except (OSError, ValueError) as exc:  # CardError is a ValueError
+        raise ModelStoreError(f"unreadable model card {path}: {exc}") from exc
+
+
+def load(tag: str) -> StoredModel:
+    """Read a stored model's card and refuse it if the ONNX file is not the one the card describes."""
+    import bentoml
+
+    model = bentoml.models.get(tag)
+    path = Path(model.path)
+    card = read_card(path / CARD_FILE)
+    onnx_file = (path / card.file).resolve()
+    if onnx_file.parent != path.resolve():
+        raise ModelStoreError(f"{tag}: the card points outside the model directory: {card.file!r}")
+    digest = sha256_file(onnx_file)
+    if digest != card.sha256:
+        raise ModelStoreError(f"{tag}: {onnx_file} has sha256 {digest}, its model card says {card.sha256}")
+    check_external_data(onnx_file)
+    return StoredModel(name=model.tag.name, tag=str(model.tag), path=path, card=card)
+
+
+def newest_card(name: str) -> ModelCard | None:
+    """The card of the newest stored model called `name`, if any."""
+    import bentoml
+
+    try:
+        model = bentoml.models.get(f"{name}:latest")
+    except bentoml.exceptions.NotFound:
+        return None
+    return read_card(Path(model.path) / CARD_FILE)
+
+
+def save(card: ModelCard, onnx_file: Path) -> str:
+    """Put the ONNX file and its card into the store (a no-op when these bytes are there); the tag."""
+    import bentoml
+
+    tag = f"{card.name}:{card.version}"
+    try:
+        return str(bentoml.models.get(tag).tag)  # the same bytes were exported before
+    except bentoml.exceptions.NotFound:
+        pass
+    labels = {"project": PROJECT_LABEL, "tasks": ",".join(card.tasks)}
+    metadata = {"sha256": card.sha256, "opset": card.opset,
+                **{k: float(v) for k, v in card.metrics.items() if k.startswith("test_")}}
+    with bentoml.models.create(tag, labels=labels, metadata=metadata, module="ee559.onnx") as m:
+        shutil.copyfile(onnx_file, Path(m.path) / card.file)
+        (Path(m.path) / CARD_FILE).write_text(json.dumps(card.to_json(), indent=2))
+    return tag
+
+
+def check_external_data(onnx_file: Path) -> None:
+    """Refuse tensors whose external data lies outside the model's directory: an absolute path, a
+    `..`, or a link that leads out (the ONNX external-data path-traversal CVEs). Our exporter
+    writes single-file models; this guards against a tampered or foreign one."""
+    import onnx
+    from onnx.external_data_helper import _get_all_tensors
+
+    root = onnx_file.parent.resolve()
+    model = onnx.load(str(onnx_file), load_external_data=False)
+    for tensor in _get_all_tensors(model):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+        target = (root / location).resolve()
+        if (not location or Path(location).is_absolute() or ".." in Path(location).parts
+                or (target != root and root not in target.parents)):
+            raise ModelStoreError(f"{onnx_file}: tensor {tensor.name[:64]!r} takes its data from {location[:200]!r}, "
+                                  "outside the model's directory; refused")
+
+
+__all__ = ["CARD_FILE", "CardError", "ModelStoreError", "PROJECT_LABEL", "StoredModel", "check_external_data",
+           "discover", "home", "load", "newest_card", "read_card", "save", "sha256_file"]

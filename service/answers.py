@@ -1,0 +1,40 @@
+"""What every answer looks like: JSON bodies, the envelope of task answers, and client errors
+(counted in ee559_rejected_requests_total)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from core.card import ModelCard
+
+from . import metrics
+from .errors import ClientError
+
+
+def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(data, option=orjson.OPT_SERIALIZE_NUMPY), status_code=status,
+                    media_type="application/json", headers=headers)
+
+
+def task_answer(card: ModelCard, provider: str, body: dict[str, Any] | Response) -> Response:
+    """A task's answer in its envelope: the model clients named (the family), the version that
+    answered, the task's fields, and the execution provider. Pictures (format=png) go as they are."""
+    if isinstance(body, Response):
+        return body
+    return json_response({"model": card.family, "version": card.version, **body, "provider": provider})
+
+
+def error_response(exc: ClientError) -> Response:
+    metrics.rejected_requests().labels(reason=exc.reason).inc()
+    headers = {"Retry-After": "1"} if exc.status in (429, 503) else None
+    return json_response({"error": exc.message}, exc.status, headers)
+
+
+async def client_error_handler(request: Request, exc: Exception) -> Response:
+    """The one place a ClientError raised anywhere in a route becomes its answer."""
+    assert isinstance(exc, ClientError)
+    return error_response(exc)

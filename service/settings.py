@@ -1,0 +1,107 @@
+"""The service's settings: every EE559_* environment variable, read once, checked, frozen.
+
+`SETTINGS` is built when service.service is imported (BentoML needs the worker count and batch
+limits in the class decorators); nothing else in the service reads the environment. A value that
+cannot be used stops `bentoml serve` with a message naming the variable and what it accepts.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+PROVIDERS = ("auto", "cuda", "cpu")
+BATCHERS = ("ee559", "bentoml")
+
+
+class SettingsError(ValueError):
+    """An EE559_* variable holds a value the service cannot use."""
+
+
+def _int(env: Mapping[str, str], name: str, default: int, lo: int = 1) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw[:40]!r}: expected an integer >= {lo}") from None
+    if value < lo:
+        raise SettingsError(f"{name}={value}: expected an integer >= {lo}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw[:40]!r}: expected a number of seconds >= 0") from None
+    if not value >= 0 or value == float("inf"):
+        raise SettingsError(f"{name}={raw[:40]!r}: expected a number of seconds >= 0")
+    return value
+
+
+def _choice(env: Mapping[str, str], name: str, default: str, accepted: tuple[str, ...]) -> str:
+    value = env.get(name, default).strip().lower() or default
+    if value not in accepted:
+        raise SettingsError(f"{name}={value[:40]!r}; accepted: {', '.join(accepted)}")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    models: tuple[str, ...] | None = None  # EE559_MODELS: a subset of the store (default: every model)
+    provider: str = "auto"  # EE559_PROVIDER: auto | cuda | cpu (core/session.py)
+    batcher: str = "ee559"  # EE559_BATCHER: ee559 (in-process) | bentoml (a batching service via depends)
+    # EE559_WORKERS: HTTP worker processes; default BentoML's "cpu_count", which reads the cgroup's
+    # CPU limit (a pod limited to 2 CPUs on a 64-core node gets 2 workers, not 64).
+    workers: int | str = "cpu_count"
+    max_batch_size: int = 64  # EE559_MAX_BATCH_SIZE (also capped by each card's max_batch_size)
+    # EE559_MAX_LATENCY_MS: generous on purpose: a request still queued after this long is answered
+    # 503, and a tight value turns load into errors.
+    max_latency_ms: int = 2000
+    max_queue_rows: int = 512  # EE559_MAX_QUEUE: rows queued per worker and model; beyond: 503
+    access_log: bool = False  # EE559_ACCESS_LOG=1: per-request INFO logs (they cost throughput)
+    # EE559_DRAIN_SECONDS: after SIGTERM, readiness is 503 and the worker serves this long before
+    # closing its listener; BentoML's arbiter kills a worker 30 s after SIGTERM, stay well below.
+    drain_s: float = 2.0
+    max_new_tokens: int = 512  # EE559_MAX_NEW_TOKENS: per /generate_text request
+    max_prompt_chars: int = 2048  # EE559_MAX_PROMPT_CHARS
+    max_body_bytes: int = 4 * 1024 * 1024  # EE559_MAX_BODY_BYTES
+    # EE559_BODY_TIMEOUT_S: a client that stalls or trickles its body would hold a connection and
+    # a coroutine: the whole body must arrive within this time.
+    body_timeout_s: float = 10.0
+    api_token: str = ""  # EE559_API_TOKEN: bearer token required on every route but the probes
+    auth_probes: bool = False  # EE559_AUTH_PROBES=1: the probes and /metrics need the token too
+    ort_threads: int = 1  # EE559_ORT_THREADS: intra-op threads per ONNX Runtime session
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
+        models = tuple(n.strip() for n in env.get("EE559_MODELS", "").split(",") if n.strip()) or None
+        workers_raw = env.get("EE559_WORKERS", "").strip()
+        workers: int | str = "cpu_count" if workers_raw in ("", "cpu_count") else _int(env, "EE559_WORKERS", 1)
+        return cls(
+            models=models,
+            provider=_choice(env, "EE559_PROVIDER", "auto", PROVIDERS),
+            batcher=_choice(env, "EE559_BATCHER", "ee559", BATCHERS),
+            workers=workers,
+            max_batch_size=_int(env, "EE559_MAX_BATCH_SIZE", cls.max_batch_size),
+            max_latency_ms=_int(env, "EE559_MAX_LATENCY_MS", cls.max_latency_ms),
+            max_queue_rows=_int(env, "EE559_MAX_QUEUE", cls.max_queue_rows),
+            access_log=env.get("EE559_ACCESS_LOG", "0") == "1",
+            drain_s=_float(env, "EE559_DRAIN_SECONDS", cls.drain_s),
+            max_new_tokens=_int(env, "EE559_MAX_NEW_TOKENS", cls.max_new_tokens),
+            max_prompt_chars=_int(env, "EE559_MAX_PROMPT_CHARS", cls.max_prompt_chars),
+            max_body_bytes=_int(env, "EE559_MAX_BODY_BYTES", cls.max_body_bytes),
+            body_timeout_s=_float(env, "EE559_BODY_TIMEOUT_S", cls.body_timeout_s),
+            api_token=env.get("EE559_API_TOKEN", ""),
+            auth_probes=env.get("EE559_AUTH_PROBES") == "1",
+            ort_threads=_int(env, "EE559_ORT_THREADS", cls.ort_threads),
+        )
+
+
+SETTINGS = Settings.from_env()
