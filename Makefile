@@ -16,7 +16,7 @@ export BENTOML_DO_NOT_TRACK ?= true
 # RETRAIN=1 trains and exports again even when a checkpoint / stored model exists.
 REUSE := $(if $(RETRAIN),,--if-missing)
 
-.PHONY: run install train export serve test loadtest bench textbench soak container-test audit build clean
+.PHONY: run install lock train export serve test loadtest bench textbench soak container-test audit build clean
 
 run: export
 	@echo "Serving every exported model on http://$(HOST):$(PORT) (POST /classify /explain /segment /denoise /embed /reconstruct /generate /generate_text, /v2 Open Inference Protocol, GET /readyz, GET /metrics)"
@@ -24,11 +24,32 @@ run: export
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt
+# requirements-dev.txt is the full lock: every pin of the other locks is in it, at the same version.
+$(VENV)/.installed: requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 	touch $@
+
+# Lock files. The requirements*.in are the inputs, each pin written once with the reason for it;
+# the requirements*.txt beside each is its lock, compiled by pip-tools (every package pinned, with
+# `# via` comments). Run `make lock` after changing a .in file, and commit both;
+# `make lock LOCK_ARGS=--upgrade-package=NAME` moves one unpinned dependency. The order matters:
+# each .in is compiled under the locks before it (its -c lines), so a package has one version in
+# every lock. pip-compile takes find-links and indexes from pip's configuration (and keeps them out
+# of the locks) but not pip's `constraint` setting, which is passed on here. Where pip's
+# configuration offers torch's CPU wheel (2.13.0+cpu), pip-compile picks it; the lock keeps
+# torch==2.13.0, which pip satisfies with that wheel here and with PyPI's elsewhere.
+LOCKS := requirements-serve requirements-loadtest requirements requirements-dev
+PIP_COMPILE = CUSTOM_COMPILE_COMMAND="make lock" $(VENV)/bin/pip-compile --quiet --strip-extras \
+	--no-emit-index-url --no-emit-find-links $(LOCK_ARGS) \
+	$(addprefix --constraint ,$(shell $(PY) -m pip config list 2>/dev/null | sed -n "s/^[^.]*\.constraint='\(.*\)'$$/\1/p"))
+
+lock: install
+	set -e; for name in $(LOCKS); do \
+		$(PIP_COMPILE) --output-file $$name.txt $$name.in; \
+		sed -i -E 's/^(torch==[^ +]+)\+[[:alnum:].]+$$/\1/' $$name.txt; \
+	done
 
 train: install
 	$(PY) -m training all $(REUSE)
