@@ -16,7 +16,7 @@ export BENTOML_DO_NOT_TRACK ?= true
 # RETRAIN=1 trains and exports again even when a checkpoint / stored model exists.
 REUSE := $(if $(RETRAIN),,--if-missing)
 
-.PHONY: run install lock train export serve test loadtest bench textbench soak container-test audit build clean
+.PHONY: run install lock lint train export serve test loadtest bench textbench soak container-test audit build clean
 
 run: export
 	@echo "Serving every exported model on http://$(HOST):$(PORT) (POST /classify /explain /segment /denoise /embed /reconstruct /generate /generate_text, /v2 Open Inference Protocol, GET /readyz, GET /metrics)"
@@ -62,6 +62,12 @@ serve: install
 
 test: install
 	$(PY) -m pytest -q
+
+# ruff (lint and format) over everything, mypy over the shared package and the service (CI runs it).
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 loadtest: install
 	$(PY) -m loadtests --host http://$(HOST):$(PORT)

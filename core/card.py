@@ -35,7 +35,11 @@ class TensorSpec:
 
     @classmethod
     def from_json(cls, data: Any) -> TensorSpec:
-        if not isinstance(data, dict) or not isinstance(data.get("name"), str) or not isinstance(data.get("shape"), list):
+        if (
+            not isinstance(data, dict)
+            or not isinstance(data.get("name"), str)
+            or not isinstance(data.get("shape"), list)
+        ):
             raise CardError(f"a tensor needs 'name' and 'shape', got {str(data)[:80]}")
         return cls(data["name"], tuple(data["shape"]), data.get("dtype", "float32"))
 
@@ -130,14 +134,29 @@ class ModelCard:
     def from_json(cls, data: Any) -> ModelCard:
         if not isinstance(data, dict):
             raise CardError("a model card is a JSON object")
-        missing = [k for k in ("name", "version", "tasks", "file", "sha256", "opset", "inputs", "outputs",
-                               "max_batch_size", "labels") if k not in data]
+        missing = [
+            k
+            for k in (
+                "name",
+                "version",
+                "tasks",
+                "file",
+                "sha256",
+                "opset",
+                "inputs",
+                "outputs",
+                "max_batch_size",
+                "labels",
+            )
+            if k not in data
+        ]
         if missing:
             raise CardError(f"model card {str(data.get('name'))[:64]!r} lacks {', '.join(missing)}")
         known = {f.name for f in fields(cls)}
         values = {k: v for k, v in data.items() if k in known}
         values.update(
-            tasks=tuple(data["tasks"]), labels=tuple(data["labels"]),
+            tasks=tuple(data["tasks"]),
+            labels=tuple(data["labels"]),
             inputs=tuple(TensorSpec.from_json(t) for t in data["inputs"]),
             outputs=tuple(TensorSpec.from_json(t) for t in data["outputs"]),
             generation=Generation.from_json(data["generation"]) if data.get("generation") else None,
@@ -148,9 +167,13 @@ class ModelCard:
 
     def to_json(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in fields(self)}
-        data.update(tasks=list(self.tasks), labels=list(self.labels),
-                    inputs=[t.to_json() for t in self.inputs], outputs=[t.to_json() for t in self.outputs],
-                    generation=self.generation.to_json() if self.generation else None)
+        data.update(
+            tasks=list(self.tasks),
+            labels=list(self.labels),
+            inputs=[t.to_json() for t in self.inputs],
+            outputs=[t.to_json() for t in self.outputs],
+            generation=self.generation.to_json() if self.generation else None,
+        )
         return data
 
     def public(self, with_examples: bool = False) -> dict[str, Any]:

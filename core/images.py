@@ -34,8 +34,9 @@ def resize_unit_image(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.clip(np.asarray(out, dtype=np.float32), 0.0, 1.0)
 
 
-def decode_image(data: bytes, size: tuple[int, int], channels: int = 1,
-                 invert_light_background: bool = True) -> np.ndarray:
+def decode_image(
+    data: bytes, size: tuple[int, int], channels: int = 1, invert_light_background: bool = True
+) -> np.ndarray:
     """Decode a PNG/JPEG upload into a (C, H, W) float32 array in [0, 1].
 
     Single-channel models take grayscale with ink bright (MNIST convention): photos and scans of
@@ -47,12 +48,10 @@ def decode_image(data: bytes, size: tuple[int, int], channels: int = 1,
     try:
         img = Image.open(io.BytesIO(data))
         if img.format not in ACCEPTED_IMAGE_FORMATS:
-            raise PreprocessError(
-                f"image format {img.format!r} is not accepted; send PNG or JPEG"
-            )
+            raise PreprocessError(f"image format {img.format!r} is not accepted; send PNG or JPEG")
         mode = "L" if channels == 1 else "RGB"
         img.draft(mode, (size[1] * 4, size[0] * 4))  # JPEG: decode at reduced size
-        img = img.convert(mode)
+        converted = img.convert(mode)
     except PreprocessError:
         raise
     except Image.DecompressionBombError as exc:
@@ -60,9 +59,9 @@ def decode_image(data: bytes, size: tuple[int, int], channels: int = 1,
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise PreprocessError("the upload is not a readable PNG or JPEG image") from exc
     if channels == 3:
-        img = img.resize((size[1], size[0]), resample=Image.Resampling.BILINEAR)
-        return np.asarray(img, dtype=np.float32).transpose(2, 0, 1) / 255.0
-    pixels = np.asarray(img, dtype=np.float32) / 255.0
+        converted = converted.resize((size[1], size[0]), resample=Image.Resampling.BILINEAR)
+        return np.asarray(converted, dtype=np.float32).transpose(2, 0, 1) / 255.0
+    pixels = np.asarray(converted, dtype=np.float32) / 255.0
     if invert_light_background and float(pixels.mean()) > 0.5:
         pixels = 1.0 - pixels
     return resize_unit_image(pixels, size)[None]

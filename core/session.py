@@ -57,8 +57,9 @@ def session_options(intra_op_threads: int = 1) -> ort.SessionOptions:
     return so
 
 
-def make_session(path: Path | str, provider: str = "auto",
-                 intra_op_threads: int = 1) -> tuple[ort.InferenceSession, str, str | None]:
+def make_session(
+    path: Path | str, provider: str = "auto", intra_op_threads: int = 1
+) -> tuple[ort.InferenceSession, str, str | None]:
     """Open `path` on the requested provider.
 
     Returns the session, the provider really used, and why CUDA was not used (None if it was,
@@ -72,7 +73,7 @@ def make_session(path: Path | str, provider: str = "auto",
         if why is None:
             try:
                 ort.preload_dlls()
-            except Exception as exc:  # noqa: BLE001 - reported below; the session check decides
+            except Exception as exc:
                 why = f"onnxruntime.preload_dlls() failed: {exc}"  # kept if the session falls back
             # use_tf32=0: TF32 would cost ~1e-3 of parity against float32 PyTorch.
             sess = ort.InferenceSession(str(path), so, providers=[(CUDA, {"use_tf32": "0"}), CPU])

@@ -51,18 +51,23 @@ class ExportSpec:
     def resolve(self, cfg: dict[str, Any]) -> ExportSpec:
         """The spec of one trained model: dimensions and values that name config fields (the
         vocabulary size, layers, hidden units) replaced by the checkpoint's numbers."""
+
         def tensors(ts: tuple[TensorSpec, ...]) -> tuple[TensorSpec, ...]:
             return tuple(replace(t, shape=tuple(config_value(d, cfg) for d in t.shape)) for t in ts)
 
-        generation = None if self.generation is None else replace(
-            self.generation, context=config_value(self.generation.context, cfg))
+        generation = (
+            None
+            if self.generation is None
+            else replace(self.generation, context=config_value(self.generation.context, cfg))
+        )
         return replace(self, inputs=tensors(self.inputs), outputs=tensors(self.outputs), generation=generation)
 
 
-def image_classifier_spec(shape: tuple[int, int, int] = (1, 28, 28), num_classes: int = 10,
-                          cam: bool = False) -> ExportSpec:
+def image_classifier_spec(
+    shape: tuple[int, int, int] = (1, 28, 28), num_classes: int = 10, cam: bool = False
+) -> ExportSpec:
     """Logits; with cam=True also the class activation map of the predicted class (B, H, W)."""
-    outputs = (TensorSpec("logits", (BATCH_AXIS, num_classes)),)
+    outputs: tuple[TensorSpec, ...] = (TensorSpec("logits", (BATCH_AXIS, num_classes)),)
     if cam:
         outputs += (TensorSpec("cam", (BATCH_AXIS, *shape[1:])),)
     return ExportSpec(
@@ -96,8 +101,11 @@ def vae_spec(shape: tuple[int, int, int] = (1, 28, 28), latent: int = 16) -> Exp
     """An image in; its reconstruction and the posterior's mean and log-variance out."""
     return ExportSpec(
         inputs=(TensorSpec("image", (BATCH_AXIS, *shape)),),
-        outputs=(TensorSpec("reconstruction", (BATCH_AXIS, *shape)), TensorSpec("mean", (BATCH_AXIS, latent)),
-                 TensorSpec("logvar", (BATCH_AXIS, latent))),
+        outputs=(
+            TensorSpec("reconstruction", (BATCH_AXIS, *shape)),
+            TensorSpec("mean", (BATCH_AXIS, latent)),
+            TensorSpec("logvar", (BATCH_AXIS, latent)),
+        ),
     )
 
 
@@ -129,8 +137,11 @@ def recurrent_lm_spec() -> ExportSpec:
     state = ("layers", BATCH_AXIS, "hidden")
     return ExportSpec(
         inputs=(TensorSpec("tokens", (BATCH_AXIS, SEQ_AXIS), "int64"), TensorSpec("h", state), TensorSpec("c", state)),
-        outputs=(TensorSpec("logits", (BATCH_AXIS, SEQ_AXIS, "num_classes")), TensorSpec("h_out", state),
-                 TensorSpec("c_out", state)),
+        outputs=(
+            TensorSpec("logits", (BATCH_AXIS, SEQ_AXIS, "num_classes")),
+            TensorSpec("h_out", state),
+            TensorSpec("c_out", state),
+        ),
         check_top1=("logits",),
         atol=TEXT_ATOL,
         input_data="steps",
@@ -141,20 +152,33 @@ def recurrent_lm_spec() -> ExportSpec:
 def kv_cache_lm_spec() -> ExportSpec:
     """(tokens, positions, past_mask, past_keys, past_values) -> (logits, present_keys, present_values)
     with a dynamic past length (see training/models/gpt.py)."""
+
     def cache(length: str) -> tuple[int | str, ...]:
         return ("layers", BATCH_AXIS, "heads", length, "dim/heads")
 
     return ExportSpec(
-        inputs=(TensorSpec("tokens", (BATCH_AXIS, SEQ_AXIS), "int64"),
-                TensorSpec("positions", (BATCH_AXIS, SEQ_AXIS), "int64"),
-                TensorSpec("past_mask", (BATCH_AXIS, PAST_AXIS), "int64"),
-                TensorSpec("past_keys", cache(PAST_AXIS)), TensorSpec("past_values", cache(PAST_AXIS))),
-        outputs=(TensorSpec("logits", (BATCH_AXIS, SEQ_AXIS, "num_classes")),
-                 TensorSpec("present_keys", cache(TOTAL_AXIS)), TensorSpec("present_values", cache(TOTAL_AXIS))),
+        inputs=(
+            TensorSpec("tokens", (BATCH_AXIS, SEQ_AXIS), "int64"),
+            TensorSpec("positions", (BATCH_AXIS, SEQ_AXIS), "int64"),
+            TensorSpec("past_mask", (BATCH_AXIS, PAST_AXIS), "int64"),
+            TensorSpec("past_keys", cache(PAST_AXIS)),
+            TensorSpec("past_values", cache(PAST_AXIS)),
+        ),
+        outputs=(
+            TensorSpec("logits", (BATCH_AXIS, SEQ_AXIS, "num_classes")),
+            TensorSpec("present_keys", cache(TOTAL_AXIS)),
+            TensorSpec("present_values", cache(TOTAL_AXIS)),
+        ),
         check_top1=("logits",),
         atol=TEXT_ATOL,
         input_data="steps",
-        generation=Generation(cache="kv", state={"past_keys": "present_keys", "past_values": "present_values"},
-                              batch_axis=1, length_axis=3, positions="positions", past_mask="past_mask",
-                              context="block"),
+        generation=Generation(
+            cache="kv",
+            state={"past_keys": "present_keys", "past_values": "present_values"},
+            batch_axis=1,
+            length_axis=3,
+            positions="positions",
+            past_mask="past_mask",
+            context="block",
+        ),
     )

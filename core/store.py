@@ -66,8 +66,10 @@ def discover(names: tuple[str, ...] | None = None) -> dict[str, str]:
     if names is not None:
         missing = [n for n in names if n not in newest]
         if missing:
-            raise ModelStoreError(f"EE559_MODELS asks for {', '.join(missing)}, not in the model store ({home()}); "
-                                  "export them first: python -m export all")
+            raise ModelStoreError(
+                f"EE559_MODELS asks for {', '.join(missing)}, not in the model store ({home()}); "
+                "export them first: python -m export all"
+            )
         newest = {n: newest[n] for n in names}
     return {name: str(m.tag) for name, m in sorted(newest.items())}
 
@@ -117,8 +119,11 @@ def save(card: ModelCard, onnx_file: Path) -> str:
     except bentoml.exceptions.NotFound:
         pass
     labels = {"project": PROJECT_LABEL, "tasks": ",".join(card.tasks)}
-    metadata = {"sha256": card.sha256, "opset": card.opset,
-                **{k: float(v) for k, v in card.metrics.items() if k.startswith("test_")}}
+    metadata = {
+        "sha256": card.sha256,
+        "opset": card.opset,
+        **{k: float(v) for k, v in card.metrics.items() if k.startswith("test_")},
+    }
     with bentoml.models.create(tag, labels=labels, metadata=metadata, module="ee559.onnx") as m:
         shutil.copyfile(onnx_file, Path(m.path) / card.file)
         (Path(m.path) / CARD_FILE).write_text(json.dumps(card.to_json(), indent=2))
@@ -139,11 +144,30 @@ def check_external_data(onnx_file: Path) -> None:
             continue
         location = next((e.value for e in tensor.external_data if e.key == "location"), "")
         target = (root / location).resolve()
-        if (not location or Path(location).is_absolute() or ".." in Path(location).parts
-                or (target != root and root not in target.parents)):
-            raise ModelStoreError(f"{onnx_file}: tensor {tensor.name[:64]!r} takes its data from {location[:200]!r}, "
-                                  "outside the model's directory; refused")
+        if (
+            not location
+            or Path(location).is_absolute()
+            or ".." in Path(location).parts
+            or (target != root and root not in target.parents)
+        ):
+            raise ModelStoreError(
+                f"{onnx_file}: tensor {tensor.name[:64]!r} takes its data from {location[:200]!r}, "
+                "outside the model's directory; refused"
+            )
 
 
-__all__ = ["CARD_FILE", "CardError", "ModelStoreError", "PROJECT_LABEL", "StoredModel", "check_external_data",
-           "discover", "home", "load", "newest_card", "read_card", "save", "sha256_file"]
+__all__ = [
+    "CARD_FILE",
+    "PROJECT_LABEL",
+    "CardError",
+    "ModelStoreError",
+    "StoredModel",
+    "check_external_data",
+    "discover",
+    "home",
+    "load",
+    "newest_card",
+    "read_card",
+    "save",
+    "sha256_file",
+]

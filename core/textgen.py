@@ -17,7 +17,8 @@ and `window_start` is the one statement of the window rule (the uncached PyTorch
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence as Seq
+from collections.abc import Callable
+from collections.abc import Sequence as Seq
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -56,7 +57,11 @@ class TextModel:
         self.kind = generation.cache
         self.state_io = generation.state  # input -> output
         self.batch_axis = generation.batch_axis
-        self.length_axis = generation.length_axis
+        if self.kind == "kv" and (
+            generation.length_axis is None or not generation.positions or not generation.past_mask
+        ):
+            raise ValueError("a kv cache needs length_axis, positions and past_mask in its generation settings")
+        self.length_axis: int = generation.length_axis if generation.length_axis is not None else -1  # kv only
         if generation.context is not None and not isinstance(generation.context, int):
             raise ValueError(f"unresolved context {generation.context!r}: resolve the export spec first")
         self.context: int | None = generation.context
@@ -81,8 +86,9 @@ class TextModel:
     def _reset(self, seq: Sequence, start: int) -> None:
         """An empty state (zeros, or caches of length 0) before tokens[start]."""
         for name in self.state_io:
-            shape = [1 if i == self.batch_axis else 0 if isinstance(d, str) else d
-                     for i, d in enumerate(self.shapes[name])]
+            shape = [
+                1 if i == self.batch_axis else 0 if isinstance(d, str) else d for i, d in enumerate(self.shapes[name])
+            ]
             seq.state[name] = np.zeros(shape, dtype=self.dtypes[name])
         seq.fed = seq.start = start
 
@@ -108,17 +114,18 @@ class TextModel:
             rows = self._step([seqs[i] for i in idx], t)
             for j, i in enumerate(idx):
                 logits[i] = rows[j]
-        return np.stack(logits)
+        return np.stack([row for row in logits if row is not None])
 
     def _step(self, seqs: list[Sequence], t: int) -> np.ndarray:
-        feeds = {"tokens": np.array([s.tokens[s.fed:] for s in seqs], dtype=np.int64)}
+        feeds = {"tokens": np.array([s.tokens[s.fed :] for s in seqs], dtype=np.int64)}
         pasts = [s.fed - s.start for s in seqs]
         longest = max(pasts)
         if self.kind == "kv":
             gen = self.generation
-            assert gen.past_mask and gen.positions and self.length_axis is not None  # checked by Generation
-            feeds[gen.past_mask] = np.array([[0] * (longest - p) + [1] * p for p in pasts],
-                                            dtype=np.int64).reshape(len(seqs), longest)
+            assert gen.past_mask and gen.positions  # checked in __init__
+            feeds[gen.past_mask] = np.array([[0] * (longest - p) + [1] * p for p in pasts], dtype=np.int64).reshape(
+                len(seqs), longest
+            )
             feeds[gen.positions] = np.array([np.arange(p, p + t) for p in pasts], dtype=np.int64)
             for name in self.state_io:
                 feeds[name] = np.concatenate([self._left_pad(s.state[name], longest) for s in seqs], self.batch_axis)
@@ -177,4 +184,4 @@ def greedy(model: TextModel, prompts: list[list[int]], new_tokens: int, batched:
             s.tokens.append(int(np.argmax(row)))
         if k + 1 < new_tokens:
             last = model.step(seqs) if batched else np.concatenate([model.step([s]) for s in seqs])
-    return [s.tokens[len(p):] for s, p in zip(seqs, prompts)]
+    return [s.tokens[len(p) :] for s, p in zip(seqs, prompts)]

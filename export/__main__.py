@@ -22,14 +22,16 @@ from core.paths import runs_dir
 def main(argv: list[str] | None = None) -> int:
     from training import registry
 
-    p = argparse.ArgumentParser(prog="python -m export", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("model", help=f"one of: {', '.join(registry.REGISTRY)}, or 'all'")
     p.add_argument("--checkpoint", type=Path, help="default: the latest training run of the model")
     p.add_argument("--data-dir", type=Path, help="MNIST IDX folder, for checkpoints trained on it")
     p.add_argument("--runs", type=Path, help="runs directory (default: $EE559_RUNS or ./runs)")
-    p.add_argument("--if-missing", action="store_true",
-                   help="skip models whose latest checkpoint is already in the model store")
+    p.add_argument(
+        "--if-missing", action="store_true", help="skip models whose latest checkpoint is already in the model store"
+    )
     args = p.parse_args(argv)
     if args.model != "all" and args.model not in registry.REGISTRY:
         p.error(f"unknown model {args.model!r}; registered: {', '.join(registry.REGISTRY)}")
@@ -42,8 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     from training.data import load_dataset
     from training.train import latest_checkpoint, load_checkpoint
 
-    from .onnx_export import (ONNX_FILE, ParityError, build_card, export_onnx, export_sample, parity_inputs,
-                              validate)
+    from .onnx_export import ONNX_FILE, ParityError, build_card, export_onnx, export_sample, parity_inputs, validate
     from .text_parity import greedy_parity
 
     names = list(registry.REGISTRY) if args.model == "all" else [args.model]
@@ -51,12 +52,12 @@ def main(argv: list[str] | None = None) -> int:
         entry = registry.get(name)
         ckpt_path = args.checkpoint or latest_checkpoint(name, runs)
         if ckpt_path is None:
-            print(f"export: no checkpoint for {name!r}; train it first: python -m training {name}",
-                  file=sys.stderr)
+            print(f"export: no checkpoint for {name!r}; train it first: python -m training {name}", file=sys.stderr)
             return 2
         digest = store.sha256_file(ckpt_path)
-        if args.if_missing and all((card := store.newest_card(g.name)) and card.checkpoint.get("sha256") == digest
-                                   for g in entry.graphs):
+        if args.if_missing and all(
+            (card := store.newest_card(g.name)) and card.checkpoint.get("sha256") == digest for g in entry.graphs
+        ):
             print(f"{name}: {', '.join(g.name for g in entry.graphs)} in the model store for {ckpt_path}; skipping")
             continue
         model, ckpt = load_checkpoint(ckpt_path, entry)
@@ -71,8 +72,11 @@ def main(argv: list[str] | None = None) -> int:
             onnx_path = export_onnx(model, graph.spec, sample, folder / ONNX_FILE)
             try:
                 parity = validate(graph.name, graph.spec, model, onnx_path, inputs)
-                decoding = greedy_parity(graph.name, graph.spec, model, onnx_path, ckpt["labels"], splits.test.x) \
-                    if graph.spec.generation else None
+                decoding = (
+                    greedy_parity(graph.name, graph.spec, model, onnx_path, ckpt["labels"], splits.test.x)
+                    if graph.spec.generation
+                    else None
+                )
             except ParityError as exc:
                 print(f"export: parity gate FAILED: {exc}", file=sys.stderr)
                 return 1
@@ -83,11 +87,16 @@ def main(argv: list[str] | None = None) -> int:
             tag = store.save(card, onnx_path)
             worst = max(o["max_abs_error"] for r in parity for o in r["outputs"].values())
             sizes = ", ".join(str(r["batch_size"]) for r in parity)
-            print(f"{graph.name}: parity OK at batch sizes {sizes} (max abs error {worst:.2e} <= "
-                  f"{graph.spec.atol:g}); "
-                  + "; ".join(f"{k.removeprefix('test_')} {v:.4f}" for k, v in card.metrics.items()
-                              if k.startswith("test_") and k != "test_loss")
-                  + f"; saved {tag} ({folder / ONNX_FILE})")
+            print(
+                f"{graph.name}: parity OK at batch sizes {sizes} (max abs error {worst:.2e} <= "
+                f"{graph.spec.atol:g}); "
+                + "; ".join(
+                    f"{k.removeprefix('test_')} {v:.4f}"
+                    for k, v in card.metrics.items()
+                    if k.startswith("test_") and k != "test_loss"
+                )
+                + f"; saved {tag} ({folder / ONNX_FILE})"
+            )
     return 0
 
 

@@ -48,8 +48,9 @@ class ParityError(RuntimeError):
 
     def __init__(self, model: str, failures: list[ParityFailure]) -> None:
         self.model, self.failures = model, failures
-        super().__init__(f"{model}: {len(failures)} parity check(s) failed:\n"
-                         + "\n".join(f"  - {f}" for f in failures))
+        super().__init__(
+            f"{model}: {len(failures)} parity check(s) failed:\n" + "\n".join(f"  - {f}" for f in failures)
+        )
 
 
 class ExportView(nn.Module):
@@ -70,15 +71,25 @@ def export_onnx(model: nn.Module, spec: ExportSpec, sample: tuple[torch.Tensor, 
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     # Positional, one entry per input: torch.export keys dicts by forward()'s argument names. One
     # Dim per name, shared by every input that has that axis; a cache may be empty (past_length 0).
-    dims = {d: torch.export.Dim(d, min=0 if d == PAST_AXIS else 1, max=4096)
-            for t in spec.inputs for d in t.dynamic_axes.values()}
+    dims = {
+        d: torch.export.Dim(d, min=0 if d == PAST_AXIS else 1, max=4096)
+        for t in spec.inputs
+        for d in t.dynamic_axes.values()
+    }
     # ExportView.forward takes *inputs: torch.export sees one argument holding them all.
     dynamic_shapes = (tuple({i: dims[d] for i, d in t.dynamic_axes.items()} for t in spec.inputs),)
     path.parent.mkdir(parents=True, exist_ok=True)
     program = torch.onnx.export(
-        model, sample, dynamo=True, input_names=[t.name for t in spec.inputs],
-        output_names=[t.name for t in spec.outputs], opset_version=spec.opset,
-        dynamic_shapes=dynamic_shapes, external_data=False, optimize=True, verbose=False,
+        model,
+        sample,
+        dynamo=True,
+        input_names=[t.name for t in spec.inputs],
+        output_names=[t.name for t in spec.outputs],
+        opset_version=spec.opset,
+        dynamic_shapes=dynamic_shapes,
+        external_data=False,
+        optimize=True,
+        verbose=False,
     )
     program.save(str(path))
     _name_output_axes(path, spec)
@@ -101,8 +112,9 @@ def _dims(value_info: onnx.ValueInfoProto) -> tuple[int | str, ...]:
     return tuple(d.dim_param or d.dim_value for d in value_info.type.tensor_type.shape.dim)
 
 
-def validate(name: str, spec: ExportSpec, model: nn.Module, onnx_path: Path,
-             inputs: list[tuple[np.ndarray, ...]]) -> list[dict[str, Any]]:
+def validate(
+    name: str, spec: ExportSpec, model: nn.Module, onnx_path: Path, inputs: list[tuple[np.ndarray, ...]]
+) -> list[dict[str, Any]]:
     """Compare ORT with PyTorch on `inputs` (per batch, one array per graph input).
 
     Returns one record per batch size; raises ParityError listing every failed check (names and
@@ -114,12 +126,15 @@ def validate(name: str, spec: ExportSpec, model: nn.Module, onnx_path: Path,
     got_out = [o.name for o in graph.output]
     failures = []
     if got_in != want_in or got_out != want_out:
-        failures.append(ParityFailure("names", "graph", None, f"inputs/outputs {got_in}/{got_out}, "
-                                                                f"spec says {want_in}/{want_out}"))
+        failures.append(
+            ParityFailure("names", "graph", None, f"inputs/outputs {got_in}/{got_out}, spec says {want_in}/{want_out}")
+        )
     else:
-        failures += [ParityFailure("shape", t.name, None, f"{_dims(vi)} in the graph, spec says {t.shape}")
-                     for vi, t in zip([*graph.input, *graph.output], [*spec.inputs, *spec.outputs])
-                     if _dims(vi) != t.shape]
+        failures += [
+            ParityFailure("shape", t.name, None, f"{_dims(vi)} in the graph, spec says {t.shape}")
+            for vi, t in zip([*graph.input, *graph.output], [*spec.inputs, *spec.outputs])
+            if _dims(vi) != t.shape
+        ]
     if failures:
         raise ParityError(name, failures)
 
@@ -146,19 +161,24 @@ def validate(name: str, spec: ExportSpec, model: nn.Module, onnx_path: Path,
                 entry["top1_agreement"] = float(np.mean(r.argmax(axis) == g.argmax(axis)))
             record["outputs"][out_name] = entry
             if not np.isfinite(err) or err > spec.atol:
-                failures.append(ParityFailure("value", out_name, batch,
-                                              f"max abs error {err:.3g} > tolerance {spec.atol:g}"))
+                failures.append(
+                    ParityFailure("value", out_name, batch, f"max abs error {err:.3g} > tolerance {spec.atol:g}")
+                )
             if entry.get("top1_agreement", 1.0) < spec.min_top1_agreement:
-                failures.append(ParityFailure("top1", out_name, batch, f"agreement {entry['top1_agreement']:.6f} "
-                                                                       f"< {spec.min_top1_agreement}"))
+                failures.append(
+                    ParityFailure(
+                        "top1", out_name, batch, f"agreement {entry['top1_agreement']:.6f} < {spec.min_top1_agreement}"
+                    )
+                )
         records.append(record)
     if failures:
         raise ParityError(name, failures)
     return records
 
 
-def parity_inputs(spec: ExportSpec, held_out: np.ndarray, model: nn.Module | None = None
-                  ) -> list[tuple[np.ndarray, ...]] | list[np.ndarray]:
+def parity_inputs(
+    spec: ExportSpec, held_out: np.ndarray, model: nn.Module | None = None
+) -> list[tuple[np.ndarray, ...]] | list[np.ndarray]:
     """Real held-out inputs at each parity batch size (cycled if the split is small); for
     generators the latent noise the service would draw; for text step graphs held-out text with
     the model's real state after a prefix (TEXT_PARITY_STEPS)."""
@@ -176,7 +196,7 @@ def parity_inputs(spec: ExportSpec, held_out: np.ndarray, model: nn.Module | Non
 
 def step_inputs(model: nn.Module, held_out: np.ndarray, batch: int, past: int, new: int) -> tuple[np.ndarray, ...]:
     """A text step graph's inputs: `new` held-out tokens per row after the state of `past` ones."""
-    tokens = torch.from_numpy(held_out[np.arange(batch) % len(held_out), :past + new])
+    tokens = torch.from_numpy(held_out[np.arange(batch) % len(held_out), : past + new])
     with torch.no_grad():
         return tuple(np.ascontiguousarray(t.numpy()) for t in model.eval().step_inputs(tokens, past))
 
@@ -191,8 +211,13 @@ def export_sample(spec: ExportSpec, inputs: list, model: nn.Module, held_out: np
 def library_versions() -> dict[str, str]:
     import onnxruntime
 
-    return {"python": platform.python_version(), "torch": torch.__version__, "onnx": onnx.__version__,
-            "onnxruntime": onnxruntime.__version__, "numpy": np.__version__}
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "numpy": np.__version__,
+    }
 
 
 def _preprocessing(spec: ExportSpec, cfg: dict[str, Any]) -> dict[str, Any] | None:
@@ -220,8 +245,15 @@ def examples(spec: ExportSpec, test_x: np.ndarray, test_y: np.ndarray, labels: l
     return {"inputs": np.round(x.astype(np.float64), 4).tolist(), "targets": test_y[:EXAMPLES].tolist()}
 
 
-def build_card(entry: CourseModel, graph: Graph, ckpt: dict[str, Any], ckpt_path: Path, onnx_path: Path,
-               parity: list[dict[str, Any]], held_out: tuple[np.ndarray, np.ndarray]) -> ModelCard:
+def build_card(
+    entry: CourseModel,
+    graph: Graph,
+    ckpt: dict[str, Any],
+    ckpt_path: Path,
+    onnx_path: Path,
+    parity: list[dict[str, Any]],
+    held_out: tuple[np.ndarray, np.ndarray],
+) -> ModelCard:
     spec = graph.spec
     cfg = ckpt["config"]
     digest = sha256_file(onnx_path)
@@ -242,7 +274,8 @@ def build_card(entry: CourseModel, graph: Graph, ckpt: dict[str, Any], ckpt_path
         labels=tuple(labels),
         preprocessing=_preprocessing(spec, cfg),
         sampling={"noise": "numpy.random.default_rng(seed).standard_normal((n, dim), dtype=float32)"}
-        if spec.input_data == "normal" else None,
+        if spec.input_data == "normal"
+        else None,
         parity={"tolerance_abs": spec.atol, "provider": "CPUExecutionProvider", "batches": parity},
         generation=spec.generation,
         metrics={k: v for k, v in ckpt["metrics"].items() if k != "history"},

@@ -47,19 +47,24 @@ def uncached_greedy(model: nn.Module, prompt: list[int], new_tokens: int, contex
         start = window_start(len(tokens), start, context)
         logits = model.sequence_logits(torch.tensor([tokens[start:]]))[0, -1]
         tokens.append(int(logits.argmax()))
-    return tokens[len(prompt):]
+    return tokens[len(prompt) :]
 
 
-def greedy_parity(name: str, spec: ExportSpec, model: nn.Module, onnx_path: Path, labels: list[str],
-                  held_out: np.ndarray) -> dict[str, Any]:
+def greedy_parity(
+    name: str, spec: ExportSpec, model: nn.Module, onnx_path: Path, labels: list[str], held_out: np.ndarray
+) -> dict[str, Any]:
     from .onnx_export import ParityError, ParityFailure
 
     assert spec.generation is not None and not isinstance(spec.generation.context, str), "a resolved text spec"
     prompts = [held_out[i, :n].tolist() for i, n in enumerate(PROMPT_LENGTHS)]
     ort_model = onnx_text_model(spec, onnx_path, labels)
     reference = [uncached_greedy(model.eval(), p, NEW_TOKENS, spec.generation.context) for p in prompts]
-    result: dict[str, Any] = {"prompts": len(prompts), "prompt_lengths": list(PROMPT_LENGTHS), "new_tokens": NEW_TOKENS,
-                              "reference": "PyTorch, uncached (whole sequence every step)"}
+    result: dict[str, Any] = {
+        "prompts": len(prompts),
+        "prompt_lengths": list(PROMPT_LENGTHS),
+        "new_tokens": NEW_TOKENS,
+        "reference": "PyTorch, uncached (whole sequence every step)",
+    }
     failures = []
     for mode, batched in (("batched", True), ("unbatched", False)):
         got = greedy(ort_model, prompts, NEW_TOKENS, batched)
@@ -68,8 +73,15 @@ def greedy_parity(name: str, spec: ExportSpec, model: nn.Module, onnx_path: Path
         for i, (g, r) in enumerate(zip(got, reference)):
             if g != r:
                 at = next(k for k, (a, b) in enumerate(zip(g, r)) if a != b)
-                failures.append(ParityFailure("decoding", f"prompt {i}", None, f"greedy decoding ({mode}, ONNX "
-                                              f"Runtime with the cache) leaves PyTorch's uncached tokens at token {at}"))
+                failures.append(
+                    ParityFailure(
+                        "decoding",
+                        f"prompt {i}",
+                        None,
+                        f"greedy decoding ({mode}, ONNX "
+                        f"Runtime with the cache) leaves PyTorch's uncached tokens at token {at}",
+                    )
+                )
     if failures:
         raise ParityError(name, failures)
     result["sample"] = "".join(labels[t] for t in prompts[0]) + " -> " + "".join(labels[t] for t in reference[0][:60])

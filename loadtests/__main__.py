@@ -20,8 +20,9 @@ LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m loadtests", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m loadtests", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--host", default="http://127.0.0.1:3000")
     p.add_argument("--users", type=int, default=16)
     p.add_argument("--spawn-rate", type=float, default=8)
@@ -33,11 +34,33 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     out = args.out or runs_dir() / "loadtest" / time.strftime("%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--host", args.host,
-           "-u", str(args.users), "-r", str(args.spawn_rate), "-t", args.run_time, "--only-summary",
-           "--csv", str(out / "report"), "--html", str(out / "report.html"),
-           "--slo-p95-ms", str(args.slo_p95_ms), "--slo-fail-ratio", str(args.slo_fail_ratio),
-           "--per-user-rps", str(args.per_user_rps)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "locust",
+        "-f",
+        str(LOCUSTFILE),
+        "--headless",
+        "--host",
+        args.host,
+        "-u",
+        str(args.users),
+        "-r",
+        str(args.spawn_rate),
+        "-t",
+        args.run_time,
+        "--only-summary",
+        "--csv",
+        str(out / "report"),
+        "--html",
+        str(out / "report.html"),
+        "--slo-p95-ms",
+        str(args.slo_p95_ms),
+        "--slo-fail-ratio",
+        str(args.slo_fail_ratio),
+        "--per-user-rps",
+        str(args.per_user_rps),
+    ]
     print(" ".join(cmd), flush=True)
     rc = subprocess.call(cmd, cwd=Path(__file__).resolve().parent.parent)
     print(f"reports: {out}/report_stats.csv, {out}/report.html; exit code {rc}", flush=True)

@@ -89,16 +89,29 @@ def _ms(value: str, unit: str) -> float:
     return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
 
 
-def wrk(url: str, body_file: Path, headers: dict[str, str], connections: int, duration: float,
-        server: subprocess.Popen, target: str, endpoint: str, workdir: Path) -> Run:
+def wrk(
+    url: str,
+    body_file: Path,
+    headers: dict[str, str],
+    connections: int,
+    duration: float,
+    server: subprocess.Popen,
+    target: str,
+    endpoint: str,
+    workdir: Path,
+) -> Run:
     lua = workdir / f"{abs(hash((url, str(body_file))))}.lua"
-    lines = ['wrk.method = "POST"', f'local f = io.open("{body_file}", "rb")', "wrk.body = f:read(\"*a\")", "f:close()"]
+    lines = ['wrk.method = "POST"', f'local f = io.open("{body_file}", "rb")', 'wrk.body = f:read("*a")', "f:close()"]
     lines += [f'wrk.headers["{k}"] = "{v}"' for k, v in headers.items()]
     lua.write_text("\n".join(lines) + "\n")
     procs = tree(server)
     cpu0, ru0, t0 = cpu_seconds(procs), resource.getrusage(resource.RUSAGE_CHILDREN), time.monotonic()
-    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{duration:g}s", "--latency", "-s", str(lua), url],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{duration:g}s", "--latency", "-s", str(lua), url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     wall = time.monotonic() - t0
     ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     run = Run(target, endpoint, connections)
@@ -119,15 +132,30 @@ def bodies(model: str, x: np.ndarray, workdir: Path) -> dict[str, tuple[Path, di
     """Request bodies per endpoint kind, all carrying the same held-out image."""
     flat = x.ravel().tolist()
     v2_json = {"inputs": [{"name": "image", "datatype": "FP32", "shape": [1, *x.shape], "data": flat}]}
-    header = json.dumps({"inputs": [{"name": "image", "datatype": "FP32", "shape": [1, *x.shape],
-                                     "parameters": {"binary_data_size": x.size * 4}}],
-                         "parameters": {"binary_data_output": True}}).encode()
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "image",
+                    "datatype": "FP32",
+                    "shape": [1, *x.shape],
+                    "parameters": {"binary_data_size": x.size * 4},
+                }
+            ],
+            "parameters": {"binary_data_output": True},
+        }
+    ).encode()
     files = {
-        "friendly JSON": (json.dumps({"model": model, "image": x[0].tolist()}).encode(), {"Content-Type": "application/json"}),
+        "friendly JSON": (
+            json.dumps({"model": model, "image": x[0].tolist()}).encode(),
+            {"Content-Type": "application/json"},
+        ),
         "fastapi JSON": (json.dumps({"image": x[0].tolist()}).encode(), {"Content-Type": "application/json"}),
         "v2 JSON": (json.dumps(v2_json).encode(), {"Content-Type": "application/json"}),
-        "v2 binary": (header + x.astype("<f4").tobytes(), {"Content-Type": "application/octet-stream",
-                                                           "Inference-Header-Content-Length": str(len(header))}),
+        "v2 binary": (
+            header + x.astype("<f4").tobytes(),
+            {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(len(header))},
+        ),
     }
     out = {}
     for kind, (data, headers) in files.items():
@@ -217,16 +245,22 @@ def cuda_compare(name: str, graph_fn, model, served, rate, sample) -> dict[str, 
 def serve_ours(model: str, port: int, log: Path) -> tuple[subprocess.Popen, float]:
     env = {**os.environ, "EE559_MODELS": model}
     t0 = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", "service.service:EE559", "--host", "127.0.0.1",
-                             "--port", str(port)], cwd=ROOT, env=env, stdout=open(log, "wb"),
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bentoml", "serve", "service.service:EE559", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=open(log, "wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     wait_http(f"http://127.0.0.1:{port}/readyz", proc)
     return proc, time.monotonic() - t0
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m loadtests.bench", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m loadtests.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--model", default="lenet")
     p.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
     p.add_argument("--connections", default="1,8,32")
@@ -261,16 +295,35 @@ def main(argv: list[str] | None = None) -> int:
             for c in sorted(conns * args.repeat):
                 r = wrk(url + endpoint, path, headers, c, args.duration, proc, target, kind, workdir)
                 runs.append(r)
-                print(f"  {target:8s} {kind:14s} c={c:<3d} {r.rps:9.0f} req/s  p50 {r.p50_ms:7.2f} ms  "
-                      f"p99 {r.p99_ms:7.2f} ms  errors {r.errors}  server CPU {r.server_cpu:.2f}  "
-                      f"client CPU {r.client_cpu:.2f}{'  VOID' if r.void else ''}", flush=True)
+                print(
+                    f"  {target:8s} {kind:14s} c={c:<3d} {r.rps:9.0f} req/s  p50 {r.p50_ms:7.2f} ms  "
+                    f"p99 {r.p99_ms:7.2f} ms  errors {r.errors}  server CPU {r.server_cpu:.2f}  "
+                    f"client CPU {r.client_cpu:.2f}{'  VOID' if r.void else ''}",
+                    flush=True,
+                )
 
     # FastAPI + ORT
     port = free_port()
-    fa = subprocess.Popen([sys.executable, "-m", "uvicorn", "loadtests.baselines.fastapi_app:app", "--port", str(port),
-                           "--workers", str(args.fastapi_workers), "--log-level", "warning", "--no-access-log"],
-                          cwd=ROOT, env={**os.environ, "EE559_BENCH_ONNX": str(served.onnx_path)},
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    fa = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "loadtests.baselines.fastapi_app:app",
+            "--port",
+            str(port),
+            "--workers",
+            str(args.fastapi_workers),
+            "--log-level",
+            "warning",
+            "--no-access-log",
+        ],
+        cwd=ROOT,
+        env={**os.environ, "EE559_BENCH_ONNX": str(served.onnx_path)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         wait_http(f"http://127.0.0.1:{port}/docs", fa)
         measure("fastapi", fa, f"http://127.0.0.1:{port}/classify", [("", "fastapi JSON")])
@@ -280,13 +333,27 @@ def main(argv: list[str] | None = None) -> int:
     # Triton via PyTriton
     if not args.no_triton and TRITON_PY.exists():
         port = free_port()
-        tr = subprocess.Popen([str(TRITON_PY), str(ROOT / "loadtests" / "baselines" / "pytriton_server.py"), args.model,
-                               str(served.onnx_path), str(port)], cwd=ROOT, stdout=open(workdir / "triton.log", "wb"),
-                              stderr=subprocess.STDOUT, start_new_session=True)
+        tr = subprocess.Popen(
+            [
+                str(TRITON_PY),
+                str(ROOT / "loadtests" / "baselines" / "pytriton_server.py"),
+                args.model,
+                str(served.onnx_path),
+                str(port),
+            ],
+            cwd=ROOT,
+            stdout=open(workdir / "triton.log", "wb"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         try:
             wait_http(f"http://127.0.0.1:{port}/v2/models/{args.model}/ready", tr, timeout=180)
-            measure("triton", tr, f"http://127.0.0.1:{port}/v2/models/{args.model}/infer",
-                    [("", "v2 JSON"), ("", "v2 binary")])
+            measure(
+                "triton",
+                tr,
+                f"http://127.0.0.1:{port}/v2/models/{args.model}/infer",
+                [("", "v2 JSON"), ("", "v2 binary")],
+            )
         finally:
             stop(tr)
     else:
@@ -297,9 +364,16 @@ def main(argv: list[str] | None = None) -> int:
     ours, cold = serve_ours(args.model, port, workdir / "serve.log")
     try:
         rss = {p.name() + f"[{p.pid}]": p.memory_info().rss / 2**20 for p in tree(ours)}
-        measure("ee559", ours, f"http://127.0.0.1:{port}",
-                [("/classify", "friendly JSON"), (f"/v2/models/{args.model}/infer", "v2 JSON"),
-                 (f"/v2/models/{args.model}/infer", "v2 binary")])
+        measure(
+            "ee559",
+            ours,
+            f"http://127.0.0.1:{port}",
+            [
+                ("/classify", "friendly JSON"),
+                (f"/v2/models/{args.model}/infer", "v2 JSON"),
+                (f"/v2/models/{args.model}/infer", "v2 binary"),
+            ],
+        )
     finally:
         stop(ours)
 
@@ -315,19 +389,26 @@ def report(static: dict[str, float], runs: list[Run], cold: float, rss: dict[str
     for k, v in static.items():
         print(f"- {k}: {v:,.1f}{'x' if '/' in k and 'calls/s' not in k else ''}")
     print("\n## HTTP (wrk -t1; ratios measured in this run)")
-    print("| target | endpoint | conns | req/s | p50 ms | p99 ms | errors | server CPU | client CPU | vs Triton | vs bare ORT |")
+    print(
+        "| target | endpoint | conns | req/s | p50 ms | p99 ms | errors | server CPU | client CPU | vs Triton | vs bare ORT |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in runs:
         t = triton.get((twin[r.endpoint], r.connections))
         vs_t = f"{r.rps / t.rps:.2f}x" if t and t.rps and r.target != "triton" else "-"
         flag = " VOID (client CPU-bound)" if r.void else ""
-        print(f"| {r.target} | {r.endpoint}{flag} | {r.connections} | {r.rps:,.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | "
-              f"{r.errors} | {r.server_cpu:.2f} | {r.client_cpu:.2f} | {vs_t} | {r.rps / bare:.2f}x |")
+        print(
+            f"| {r.target} | {r.endpoint}{flag} | {r.connections} | {r.rps:,.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | "
+            f"{r.errors} | {r.server_cpu:.2f} | {r.client_cpu:.2f} | {vs_t} | {r.rps / bare:.2f}x |"
+        )
     print(f"\n- cold start (process start to /readyz 200): {cold:.1f} s")
     print("- resident memory: " + ", ".join(f"{k} {v:.0f} MiB" for k, v in rss.items()))
-    print(f"\nreproduce: make bench BENCH_ARGS='--model {args.model} --duration {args.duration:g} "
-          f"--connections {args.connections} --repeat {args.repeat}" + (" --device cuda" if args.device == "cuda" else "")
-          + "'")
+    print(
+        f"\nreproduce: make bench BENCH_ARGS='--model {args.model} --duration {args.duration:g} "
+        f"--connections {args.connections} --repeat {args.repeat}"
+        + (" --device cuda" if args.device == "cuda" else "")
+        + "'"
+    )
 
 
 if __name__ == "__main__":

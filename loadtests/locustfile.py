@@ -14,7 +14,6 @@ import itertools
 import json
 import logging
 import time
-
 from typing import Any
 
 from locust import FastHttpUser, HttpUser, constant_throughput, events, task
@@ -40,8 +39,12 @@ def _discover(environment: Any, **_kw: Any) -> None:
 def _slo_options(parser) -> None:
     parser.add_argument("--slo-p95-ms", type=float, default=500.0, help="fail the run if p95 latency exceeds this")
     parser.add_argument("--slo-fail-ratio", type=float, default=0.01, help="fail the run above this failure ratio")
-    parser.add_argument("--per-user-rps", type=float, default=0.0,
-                        help="pace each user to this many requests/s (0: as fast as the server answers)")
+    parser.add_argument(
+        "--per-user-rps",
+        type=float,
+        default=0.0,
+        help="pace each user to this many requests/s (0: as fast as the server answers)",
+    )
 
 
 def paced_wait(user: Any) -> float:
@@ -79,8 +82,14 @@ class StreamingTextUser(HttpUser):
         texts = TEXT[model]
         body = {"model": model, "prompt": texts[i % len(texts)], "max_new_tokens": 64, "seed": i, "stream": True}
         start = time.perf_counter()
-        with self.client.post("/generate_text", data=json.dumps(body), headers={"Content-Type": "application/json"},
-                              name=f"/generate_text [{model}, stream]", stream=True, catch_response=True) as resp:
+        with self.client.post(
+            "/generate_text",
+            data=json.dumps(body),
+            headers={"Content-Type": "application/json"},
+            name=f"/generate_text [{model}, stream]",
+            stream=True,
+            catch_response=True,
+        ) as resp:
             if resp.status_code != 200:
                 resp.failure(f"HTTP {resp.status_code}")
                 return
@@ -88,9 +97,14 @@ class StreamingTextUser(HttpUser):
             for line in resp.iter_lines(decode_unicode=True):
                 if line.startswith("data: ") and not done:
                     if tokens == 0:
-                        events.request.fire(request_type="TTFT", name=f"/generate_text [{model}] first token",
-                                            response_time=1000 * (time.perf_counter() - start), response_length=0,
-                                            exception=None, context={})
+                        events.request.fire(
+                            request_type="TTFT",
+                            name=f"/generate_text [{model}] first token",
+                            response_time=1000 * (time.perf_counter() - start),
+                            response_length=0,
+                            exception=None,
+                            context={},
+                        )
                     tokens += 1
                 done = done or line == "event: done"
             resp.success() if done and tokens == 64 else resp.failure(f"stream ended after {tokens} tokens")
@@ -105,13 +119,20 @@ def _slo_gate(environment, **_kw) -> None:
     p95 = total.get_response_time_percentile(0.95)
     for model, s in ACCURACY.items():
         if s["answered"]:
-            log.info("%s: %d/%d held-out images classified correctly (%.2f%%)", model, s["correct"],
-                     s["answered"], 100 * s["correct"] / s["answered"])
+            log.info(
+                "%s: %d/%d held-out images classified correctly (%.2f%%)",
+                model,
+                s["correct"],
+                s["answered"],
+                100 * s["correct"] / s["answered"],
+            )
     runner = environment.runner
     if runner is not None and (runner.cpu_warning_emitted or getattr(runner, "worker_cpu_warning_emitted", False)):
         # Locust itself was the bottleneck: its latencies measure the load generator, not the server.
-        log.error("VOID run: Locust's own CPU usage went above 90%%; its figures are not trusted "
-                  "(use fewer users, or run Locust on other cores)")
+        log.error(
+            "VOID run: Locust's own CPU usage went above 90%%; its figures are not trusted "
+            "(use fewer users, or run Locust on other cores)"
+        )
         environment.process_exit_code = 2
         return
     broken = []
@@ -123,5 +144,10 @@ def _slo_gate(environment, **_kw) -> None:
         log.error("SLO broken: %s", "; ".join(broken))
         environment.process_exit_code = 1
     else:
-        log.info("SLO met: failure ratio %.4f <= %g, p95 %.0f ms <= %g ms", total.fail_ratio,
-                 opts.slo_fail_ratio, p95, opts.slo_p95_ms)
+        log.info(
+            "SLO met: failure ratio %.4f <= %g, p95 %.0f ms <= %g ms",
+            total.fail_ratio,
+            opts.slo_fail_ratio,
+            p95,
+            opts.slo_p95_ms,
+        )

@@ -20,8 +20,9 @@ from loadtests.tasks import examples, fetch
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m loadtests.sample", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m loadtests.sample", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--host", default="http://127.0.0.1:3000", help="the running service")
     p.add_argument("--index", type=int, default=0)
     p.add_argument("--model", default="lenet")
@@ -44,8 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     np.save(npy, x[i])  # (C, H, W) float32, for Content-Type application/x-npy
     x[i].astype("<f4").tofile(raw)  # for application/octet-stream with X-Tensor-Shape
     truth = f"true label {card.labels[int(y[i])]!r}" if np.ndim(y[i]) == 0 else "per-pixel target"
-    print(f"held-out image #{i}, {truth}: wrote {args.json}, {args.png}, {npy} and {raw} "
-          f"(X-Tensor-Shape: {','.join(map(str, x[i].shape))})")
+    print(
+        f"held-out image #{i}, {truth}: wrote {args.json}, {args.png}, {npy} and {raw} "
+        f"(X-Tensor-Shape: {','.join(map(str, x[i].shape))})"
+    )
     return 0
 
 

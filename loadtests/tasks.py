@@ -35,8 +35,7 @@ def served_cards(host: str) -> list[ModelCard]:
 
 def examples(card: ModelCard) -> tuple[np.ndarray, np.ndarray]:
     """The card's held-out inputs (N, C, H, W) float32 and their targets."""
-    return (np.asarray(card.examples.get("inputs", []), dtype=np.float32),
-            np.asarray(card.examples.get("targets", [])))
+    return (np.asarray(card.examples.get("inputs", []), dtype=np.float32), np.asarray(card.examples.get("targets", [])))
 
 
 def check_classification(resp, expected_label: int, n_classes: int, stats: dict) -> None:
@@ -73,8 +72,9 @@ def classify_task(card: ModelCard, as_png: bool) -> Callable[[Any], None]:
         if as_png:
             req = dict(data=png_bytes(x[i]), headers={"Content-Type": "image/png"}, params={"model": model})
         else:
-            req = dict(data=json.dumps({"model": model, "image": x[i].tolist()}),
-                       headers={"Content-Type": "application/json"})
+            req = dict(
+                data=json.dumps({"model": model, "image": x[i].tolist()}), headers={"Content-Type": "application/json"}
+            )
         with user.client.post("/classify", name=name, catch_response=True, **req) as resp:
             check_classification(resp, int(y[i]), n_classes, stats)
 
@@ -82,8 +82,9 @@ def classify_task(card: ModelCard, as_png: bool) -> Callable[[Any], None]:
     return run
 
 
-def json_task(route: str, card: ModelCard, check: Callable[[dict, np.ndarray, Any], str | None]
-              ) -> Callable[[Any], None]:
+def json_task(
+    route: str, card: ModelCard, check: Callable[[dict, np.ndarray, Any], str | None]
+) -> Callable[[Any], None]:
     """One Locust task: POST /<route> for the card's model with its next held-out image;
     `check(body, x, y)` returns what is wrong with a 200 answer, or None."""
     counter = itertools.count()
@@ -92,9 +93,13 @@ def json_task(route: str, card: ModelCard, check: Callable[[dict, np.ndarray, An
 
     def run(user: Any) -> None:  # a Locust HttpUser
         i = next(counter) % len(x)
-        with user.client.post(f"/{route}", name=f"/{route} [{model}]", catch_response=True,
-                              data=json.dumps({"model": model, "image": x[i].tolist()}),
-                              headers={"Content-Type": "application/json"}) as resp:
+        with user.client.post(
+            f"/{route}",
+            name=f"/{route} [{model}]",
+            catch_response=True,
+            data=json.dumps({"model": model, "image": x[i].tolist()}),
+            headers={"Content-Type": "application/json"},
+        ) as resp:
             if resp.status_code != 200:
                 problem = f"HTTP {resp.status_code}: {resp.text[:200]}"
             else:
@@ -150,9 +155,13 @@ def generate_task(model: str, n: int = 4) -> Callable[[Any], None]:
 
     def run(user: Any) -> None:  # a Locust HttpUser
         seed = next(seeds)
-        with user.client.post("/generate", name=f"/generate [{model}]", catch_response=True,
-                              data=json.dumps({"model": model, "n": n, "seed": seed}),
-                              headers={"Content-Type": "application/json"}) as resp:
+        with user.client.post(
+            "/generate",
+            name=f"/generate [{model}]",
+            catch_response=True,
+            data=json.dumps({"model": model, "n": n, "seed": seed}),
+            headers={"Content-Type": "application/json"},
+        ) as resp:
             if resp.status_code != 200:
                 resp.failure(f"HTTP {resp.status_code}: {resp.text[:200]}")
                 return
@@ -178,8 +187,13 @@ def generate_text_task(card: ModelCard, max_new_tokens: int = 32) -> Callable[[A
     def run(user: Any) -> None:  # a Locust HttpUser
         i = next(counter)
         body = {"model": model, "prompt": texts[i % len(texts)], "max_new_tokens": max_new_tokens, "seed": i}
-        with user.client.post("/generate_text", name=f"/generate_text [{model}]", catch_response=True,
-                              data=json.dumps(body), headers={"Content-Type": "application/json"}) as resp:
+        with user.client.post(
+            "/generate_text",
+            name=f"/generate_text [{model}]",
+            catch_response=True,
+            data=json.dumps(body),
+            headers={"Content-Type": "application/json"},
+        ) as resp:
             if resp.status_code != 200:
                 resp.failure(f"HTTP {resp.status_code}: {resp.text[:200]}")
                 return
@@ -207,5 +221,4 @@ TASK_LOADS: dict[str, Callable[[ModelCard], dict[Callable[[Any], None], int]]] =
 
 def weighted_tasks(cards: list[ModelCard]) -> list[Callable[[Any], None]]:
     """Every served graph's Locust tasks, each repeated by its weight (Locust picks at random)."""
-    return [fn for card in cards for task in card.tasks for fn, w in TASK_LOADS[task](card).items()
-            for _ in range(w)]
+    return [fn for card in cards for task in card.tasks for fn, w in TASK_LOADS[task](card).items() for _ in range(w)]

@@ -30,7 +30,7 @@ def decode_loop(model, prompt: list[int], new_tokens: int, cached: bool) -> list
     for _ in range(new_tokens):
         start = window_start(len(tokens), start, model.context)
         tokens.append(int(np.argmax(model.step([model.new(tokens[start:])])[0])))
-    return tokens[len(prompt):]
+    return tokens[len(prompt) :]
 
 
 def best_rate(fn, new_tokens: int, repeats: int) -> float:
@@ -43,8 +43,9 @@ def best_rate(fn, new_tokens: int, repeats: int) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m loadtests.textbench", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m loadtests.textbench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--models", nargs="*", help="default: every text model")
     p.add_argument("--new-tokens", type=int, default=256)
     p.add_argument("--repeats", type=int, default=3)
@@ -78,21 +79,32 @@ def main(argv: list[str] | None = None) -> int:
         ort_model = onnx_text_model(spec, stored / card.file, card.labels)
         pt_model = torch_text_model(model.eval(), spec, card.labels)
         prompt = ort_model.encode(args.prompt)
-        same = decode_loop(ort_model, prompt, args.new_tokens, True) == decode_loop(pt_model, prompt, args.new_tokens,
-                                                                                   False)
-        rates = {(engine, cached): best_rate(lambda m=m, c=cached: decode_loop(m, prompt, args.new_tokens, c),
-                                             args.new_tokens, args.repeats)
-                 for engine, m in (("onnxruntime", ort_model), ("pytorch", pt_model)) for cached in (True, False)}
+        same = decode_loop(ort_model, prompt, args.new_tokens, True) == decode_loop(
+            pt_model, prompt, args.new_tokens, False
+        )
+        rates = {
+            (engine, cached): best_rate(
+                lambda m=m, c=cached: decode_loop(m, prompt, args.new_tokens, c), args.new_tokens, args.repeats
+            )
+            for engine, m in (("onnxruntime", ort_model), ("pytorch", pt_model))
+            for cached in (True, False)
+        }
         rows.append((name, rates, same))
-    print(f"\ngreedy decoding, {args.new_tokens} new tokens at batch 1, prompt {args.prompt!r}, best of "
-          f"{args.repeats}, tokens/s (one thread each):\n")
-    print("| model | ORT, cache | ORT, re-run | PyTorch, cache | PyTorch, re-run | cache / re-run (ORT) | "
-          "ORT / PyTorch (cache) | same tokens |")
+    print(
+        f"\ngreedy decoding, {args.new_tokens} new tokens at batch 1, prompt {args.prompt!r}, best of "
+        f"{args.repeats}, tokens/s (one thread each):\n"
+    )
+    print(
+        "| model | ORT, cache | ORT, re-run | PyTorch, cache | PyTorch, re-run | cache / re-run (ORT) | "
+        "ORT / PyTorch (cache) | same tokens |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for name, r, same in rows:
-        print(f"| {name} | {r['onnxruntime', True]:,.0f} | {r['onnxruntime', False]:,.0f} | {r['pytorch', True]:,.0f} | "
-              f"{r['pytorch', False]:,.0f} | {r['onnxruntime', True] / r['onnxruntime', False]:.1f}x | "
-              f"{r['onnxruntime', True] / r['pytorch', True]:.1f}x | {'yes' if same else 'NO'} |")
+        print(
+            f"| {name} | {r['onnxruntime', True]:,.0f} | {r['onnxruntime', False]:,.0f} | {r['pytorch', True]:,.0f} | "
+            f"{r['pytorch', False]:,.0f} | {r['onnxruntime', True] / r['onnxruntime', False]:.1f}x | "
+            f"{r['onnxruntime', True] / r['pytorch', True]:.1f}x | {'yes' if same else 'NO'} |"
+        )
     return 0
 
 

@@ -33,22 +33,31 @@ class Catalog:
             raise ClientError(400, "missing_field", f"field 'model' must name a model; served for /{task}: {served}")
         family = [c for c in self.cards.values() if name in (c.name, c.family)]
         if not family:
-            raise ClientError(404, "unknown_model", f"model {shown(name, 64)} is not served; served for /{task}: "
-                                                    f"{served}")
+            raise ClientError(
+                404, "unknown_model", f"model {shown(name, 64)} is not served; served for /{task}: {served}"
+            )
         card = next((c for c in family if task in c.tasks), None)
         if card is None:
             tasks = sorted({t for c in family for t in c.tasks})
-            raise ClientError(400, "wrong_task", f"model {shown(name, 64)} serves {', '.join('/' + t for t in tasks)}, "
-                                                 f"not /{task}; models for /{task}: {served}")
+            raise ClientError(
+                400,
+                "wrong_task",
+                f"model {shown(name, 64)} serves {', '.join('/' + t for t in tasks)}, "
+                f"not /{task}; models for /{task}: {served}",
+            )
         return card
 
     def graph(self, name: str, version: str | None = None) -> ModelCard:
         """A served graph by its own name (and version, when given): the v2 protocol's address."""
         card = self.cards.get(name)
         if card is None:
-            raise ClientError(404, "unknown_model", f"model {shown(name, 64)} is not served; served: "
-                                                    f"{', '.join(self.cards)}")
+            raise ClientError(
+                404, "unknown_model", f"model {shown(name, 64)} is not served; served: {', '.join(self.cards)}"
+            )
         if version is not None and version != card.version:
-            raise ClientError(404, "unknown_version", f"model {name!r} has no version {shown(version, 64)}; served "
-                                                      f"version: {card.version}")
+            raise ClientError(
+                404,
+                "unknown_version",
+                f"model {name!r} has no version {shown(version, 64)}; served version: {card.version}",
+            )
         return card

@@ -9,6 +9,7 @@ instead of being served late, and a full queue sheds new requests at once (503, 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections import deque
@@ -54,6 +55,8 @@ class Batcher:
     queue: deque = field(default_factory=deque)
     queued_rows: int = 0
     busy: bool = False
+    draining: asyncio.Task | None = None  # the task that runs batches while the queue holds any (kept: asyncio
+    # holds tasks weakly)
     seconds_per_batch: float = 0.0  # moving average, decides inline vs thread
 
     async def submit(self, x: np.ndarray) -> list[np.ndarray]:
@@ -65,19 +68,23 @@ class Batcher:
         self.queued_rows += len(x)
         if not self.busy:
             self.busy = True
-            loop.create_task(self._drain())
+            self.draining = loop.create_task(self._drain())
         return await item.future
 
     def _take(self) -> list[_Pending]:
-        batch, rows, now = [], 0, time.monotonic()
+        batch: list[_Pending] = []
+        rows, now = 0, time.monotonic()
         while self.queue and (not batch or rows + len(self.queue[0].x) <= self.max_batch_size):
             item = self.queue.popleft()
             self.queued_rows -= len(item.x)
             if item.future.cancelled():  # the client went away
                 continue
             if now > item.deadline:
-                item.future.set_exception(ClientError(503, "deadline", "the request waited past its deadline "
-                                                                       "in the queue; retry after a second"))
+                item.future.set_exception(
+                    ClientError(
+                        503, "deadline", "the request waited past its deadline in the queue; retry after a second"
+                    )
+                )
                 continue
             batch.append(item)
             rows += len(item.x)
@@ -97,7 +104,7 @@ class Batcher:
                         outs = self.execute(x)
                     else:
                         outs = await loop.run_in_executor(self.executor, self.execute, x)
-                except Exception as exc:  # noqa: BLE001 - every waiter gets the failure, the server goes on
+                except Exception as exc:
                     log.exception("inference failed")
                     for p in batch:
                         if not p.future.done():
@@ -108,7 +115,7 @@ class Batcher:
                 for p in batch:
                     n = len(p.x)
                     if not p.future.done():
-                        p.future.set_result([o[start:start + n] for o in outs])
+                        p.future.set_result([o[start : start + n] for o in outs])
                     start += n
         finally:
             self.busy = False
@@ -119,8 +126,9 @@ class Engine:
     `run_batch` executes one batch; text models generate through `text` (service/scheduler.py).
     `models` are read from the store unless the caller has them already."""
 
-    def __init__(self, served: dict[str, str], settings: Settings,
-                 models: dict[str, store.StoredModel] | None = None) -> None:
+    def __init__(
+        self, served: dict[str, str], settings: Settings, models: dict[str, store.StoredModel] | None = None
+    ) -> None:
         self.sessions: dict[str, Any] = {}
         self.providers: dict[str, str] = {}
         self.cards: dict[str, ModelCard] = {}
@@ -135,20 +143,32 @@ class Engine:
             if model.card.is_text:
                 text_model = TextModel.from_card(model.card, self._step_runner(name))
                 text_model.step([text_model.new([0, 1, 2])])  # warm-up
-                self.text[name] = TextScheduler(name, text_model, self.executor, max_running=settings.max_batch_size,
-                                                max_waiting=settings.max_queue_rows, provider=used)
+                self.text[name] = TextScheduler(
+                    name,
+                    text_model,
+                    self.executor,
+                    max_running=settings.max_batch_size,
+                    max_waiting=settings.max_queue_rows,
+                    provider=used,
+                )
             else:
                 self._warm_up(name, settings.max_batch_size)
-            metrics.model_info().labels(model=name, version=model.card.version, opset=str(model.card.opset),
-                                        provider=used).set(1)
+            metrics.model_info().labels(
+                model=name, version=model.card.version, opset=str(model.card.opset), provider=used
+            ).set(1)
         for why in reasons:
             log.warning("execution provider: CPU (CUDA not used: %s)", why)
         log.info("models ready: %s", ", ".join(f"{n} on {p}" for n, p in self.providers.items()))
         self.batchers = {
-            name: Batcher(lambda x, n=name: self.run_batch(n, x), self.executor,
-                          min(settings.max_batch_size, self.cards[name].max_batch_size),
-                          settings.max_latency_ms / 1000, settings.max_queue_rows)
-            for name in served if name not in self.text
+            name: Batcher(
+                functools.partial(self.run_batch, name),
+                self.executor,
+                min(settings.max_batch_size, self.cards[name].max_batch_size),
+                settings.max_latency_ms / 1000,
+                settings.max_queue_rows,
+            )
+            for name in served
+            if name not in self.text
         }
 
     def _step_runner(self, name: str) -> StepRunner:
@@ -171,7 +191,8 @@ class Engine:
         start = time.perf_counter()
         outs = self.sessions[name].run(card.output_names, {card.input.name: x})
         metrics.inference_seconds().labels(model=name, provider=self.providers[name]).observe(
-            time.perf_counter() - start)
+            time.perf_counter() - start
+        )
         metrics.batch_size().labels(model=name).observe(len(x))
         return outs
 

@@ -32,8 +32,11 @@ def check_fields(fields: dict[str, Any], accepted: tuple[str, ...], image: bool 
     unknown = sorted(str(k) for k in set(fields) - set(accepted))
     if unknown:
         names = ", ".join(shown(k, 32) for k in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
-        raise ClientError(400, "unknown_field", f"unknown field(s) {names}; accepted: "
-                                                f"{', '.join((*(('image',) if image else ()), *accepted))}")
+        raise ClientError(
+            400,
+            "unknown_field",
+            f"unknown field(s) {names}; accepted: {', '.join((*(('image',) if image else ()), *accepted))}",
+        )
 
 
 _DECIMAL = re.compile(r"[0-9]{1,19}")  # ASCII digits only: str.isdigit() admits '²' and '①', int() does not

@@ -24,8 +24,10 @@ MULTIPART = "multipart/form-data"
 IMAGE_TYPES = ("image/png", "image/jpeg")
 NPY = "application/x-npy"
 RAW = "application/octet-stream"
-ACCEPTED_TYPES = (f"{JSON}, {MULTIPART} (field 'image' with a PNG/JPEG file), {', '.join(IMAGE_TYPES)}, "
-                  f"{NPY} (.npy, no pickles), {RAW} (little-endian float32 with an X-Tensor-Shape header)")
+ACCEPTED_TYPES = (
+    f"{JSON}, {MULTIPART} (field 'image' with a PNG/JPEG file), {', '.join(IMAGE_TYPES)}, "
+    f"{NPY} (.npy, no pickles), {RAW} (little-endian float32 with an X-Tensor-Shape header)"
+)
 
 
 @dataclass
@@ -58,8 +60,11 @@ def check_headers(request: Request, limit: int) -> None:
     """Refuse, before reading anything, a compressed body (415) or one declared over `limit` (413)."""
     encoding = request.headers.get("content-encoding", "identity").strip().lower()
     if encoding not in ("", "identity"):
-        raise ClientError(415, "unsupported_encoding", f"Content-Encoding {encoding[:32]!r} is not accepted; "
-                                                       "send the body uncompressed")
+        raise ClientError(
+            415,
+            "unsupported_encoding",
+            f"Content-Encoding {encoding[:32]!r} is not accepted; send the body uncompressed",
+        )
     declared = request.headers.get("content-length")
     if declared is not None:
         try:
@@ -84,15 +89,19 @@ async def read_body(request: Request, settings: Settings) -> bytes:
                     raise ClientError(413, "too_large", f"request body is over the limit of {limit} bytes")
                 chunks.append(chunk)
     except TimeoutError:
-        raise ClientError(408, "body_timeout", f"request body not received within {settings.body_timeout_s:g} s"
-                          ) from None
+        raise ClientError(
+            408, "body_timeout", f"request body not received within {settings.body_timeout_s:g} s"
+        ) from None
     return b"".join(chunks)
 
 
 def parse_json_object(body: bytes) -> dict[str, Any]:
     if not body:
-        raise ClientError(400, "bad_json", "empty body; send a JSON object such as "
-                                           '{"model": "lenet", "image": [[...28 numbers...], ...]}')
+        raise ClientError(
+            400,
+            "bad_json",
+            'empty body; send a JSON object such as {"model": "lenet", "image": [[...28 numbers...], ...]}',
+        )
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -124,8 +133,11 @@ def checked_array(arr: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
     c, h, w = shape
     accepted = _accepted(shape)
     if arr.dtype.kind not in "iuf":
-        raise ClientError(400, "bad_dtype", f"'image' holds {arr.dtype.kind!r}-kind values (strings, booleans or "
-                                            f"nulls); it must be {accepted}")
+        raise ClientError(
+            400,
+            "bad_dtype",
+            f"'image' holds {arr.dtype.kind!r}-kind values (strings, booleans or nulls); it must be {accepted}",
+        )
     if c == 1 and arr.shape == (h, w):
         arr = arr[None]
     if arr.shape != shape:
@@ -134,8 +146,9 @@ def checked_array(arr: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
     if not np.isfinite(arr).all():
         raise ClientError(400, "not_finite", f"'image' holds NaN or infinite values; it must be {accepted}")
     if arr.min() < 0.0 or arr.max() > 1.0:
-        raise ClientError(400, "out_of_range", f"'image' values span [{arr.min():g}, {arr.max():g}]; "
-                                               f"it must be {accepted}")
+        raise ClientError(
+            400, "out_of_range", f"'image' values span [{arr.min():g}, {arr.max():g}]; it must be {accepted}"
+        )
     return arr
 
 
@@ -143,8 +156,9 @@ def array_from_npy(data: bytes, shape: tuple[int, int, int]) -> np.ndarray:
     try:
         arr = np.load(io.BytesIO(data), allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
-        raise ClientError(400, "bad_npy", f"not a readable .npy array without pickled objects ({type(exc).__name__})"
-                          ) from None
+        raise ClientError(
+            400, "bad_npy", f"not a readable .npy array without pickled objects ({type(exc).__name__})"
+        ) from None
     if not isinstance(arr, np.ndarray):
         raise ClientError(400, "bad_npy", "send one .npy array, not an .npz archive")
     return checked_array(arr, shape)
@@ -157,12 +171,17 @@ def array_from_raw(data: bytes, header: str | None, shape: tuple[int, int, int])
     except ValueError:
         dims = ()
     if not dims or any(d <= 0 for d in dims) or len(dims) > 4:
-        raise ClientError(400, "bad_header", f"{RAW} bodies need an X-Tensor-Shape header such as "
-                                             f"\"{','.join(map(str, shape))}\"")
+        raise ClientError(
+            400, "bad_header", f'{RAW} bodies need an X-Tensor-Shape header such as "{",".join(map(str, shape))}"'
+        )
     needed = 4 * math.prod(dims)  # Python integers: a product of huge dimensions must not wrap to 0
     if len(data) != needed:
-        raise ClientError(400, "bad_shape", f"X-Tensor-Shape {str(list(dims))[:80]} needs {str(needed)[:24]} bytes "
-                                            f"of float32, the body has {len(data)}")
+        raise ClientError(
+            400,
+            "bad_shape",
+            f"X-Tensor-Shape {str(list(dims))[:80]} needs {str(needed)[:24]} bytes "
+            f"of float32, the body has {len(data)}",
+        )
     return checked_array(np.frombuffer(data, dtype="<f4").reshape(dims), shape)
 
 
@@ -188,8 +207,11 @@ async def read_image_request(request: Request, settings: Settings) -> ImageReque
     if kind == JSON:
         data = parse_json_object(await read_body(request, settings))
         if "image" not in data:
-            raise ClientError(400, "missing_field", "missing field 'image' (a JSON array, or send a PNG/JPEG as "
-                                                    f"{MULTIPART} or {', '.join(IMAGE_TYPES)})")
+            raise ClientError(
+                400,
+                "missing_field",
+                f"missing field 'image' (a JSON array, or send a PNG/JPEG as {MULTIPART} or {', '.join(IMAGE_TYPES)})",
+            )
         return ImageRequest(data, kind, data.pop("image"))
     if kind in (*IMAGE_TYPES, NPY, RAW):  # binary bodies: the other fields come as query parameters
         fields = dict(request.query_params)
@@ -200,18 +222,23 @@ async def read_image_request(request: Request, settings: Settings) -> ImageReque
             async with asyncio.timeout(settings.body_timeout_s):
                 form = await request.form(max_files=1, max_fields=16, max_part_size=limit)
         except TimeoutError:
-            raise ClientError(408, "body_timeout", f"request body not received within {settings.body_timeout_s:g} s"
-                              ) from None
+            raise ClientError(
+                408, "body_timeout", f"request body not received within {settings.body_timeout_s:g} s"
+            ) from None
         except Exception as exc:  # starlette raises several types for malformed multipart bodies
-            raise ClientError(400, "bad_multipart", f"malformed multipart body ({type(exc).__name__}); send "
-                                                    "fields 'model' and 'image' (a PNG/JPEG file)") from None
+            raise ClientError(
+                400,
+                "bad_multipart",
+                f"malformed multipart body ({type(exc).__name__}); send fields 'model' and 'image' (a PNG/JPEG file)",
+            ) from None
         fields = {k: v for k, v in form.items() if not isinstance(v, UploadFile)}
         upload = form.get("image")
         if not isinstance(upload, UploadFile):
             raise ClientError(400, "missing_field", "multipart request without a file field 'image' (PNG or JPEG)")
-        data = await upload.read(limit + 1)
-        if len(data) > limit:
+        uploaded = await upload.read(limit + 1)
+        if len(uploaded) > limit:
             raise ClientError(413, "too_large", f"uploaded image is over the limit of {limit} bytes")
-        return ImageRequest(fields, "upload", data)
-    raise ClientError(415, "unsupported_media_type", f"content type {kind[:64]!r} is not accepted; accepted: "
-                                                     f"{ACCEPTED_TYPES}")
+        return ImageRequest(fields, "upload", uploaded)
+    raise ClientError(
+        415, "unsupported_media_type", f"content type {kind[:64]!r} is not accepted; accepted: {ACCEPTED_TYPES}"
+    )

@@ -19,12 +19,13 @@ from typing import Any
 import bentoml
 from bentoml._internal.server.http.traffic import TimeoutMiddleware
 from starlette.responses import JSONResponse
+from starlette.types import Message, Receive, Scope, Send
 
 # The versions whose TimeoutMiddleware.__call__ was read and found to leak its timer.
 CHECKED_VERSIONS = ("1.4.40",)
 
 
-async def _timeout_call(self: TimeoutMiddleware, scope: dict[str, Any], receive: Any, send: Any) -> None:
+async def _timeout_call(self: TimeoutMiddleware, scope: Scope, receive: Receive, send: Send) -> None:
     if scope["type"] not in ("http", "websocket"):
         return await self.app(scope, receive, send)
     loop = asyncio.get_running_loop()
@@ -36,7 +37,7 @@ async def _timeout_call(self: TimeoutMiddleware, scope: dict[str, Any], receive:
             started.set_result(None)
         timer.cancel()
 
-    async def _send(message: dict[str, Any]) -> None:
+    async def _send(message: Message) -> None:
         settle()
         await send(message)
 
@@ -48,10 +49,11 @@ async def _timeout_call(self: TimeoutMiddleware, scope: dict[str, Any], receive:
         app.cancel()
         timer.cancel()
         raise
-    except asyncio.TimeoutError:
+    except TimeoutError:
         if app.cancel():
             await JSONResponse({"error": f"not answered within {self.timeout:g} s"}, status_code=504)(
-                scope, receive, send)
+                scope, receive, send
+            )
             return
     await app
 
@@ -65,5 +67,6 @@ def apply(version: str = bentoml.__version__) -> None:
         raise UncheckedVersion(
             f"service/patches.py replaces BentoML's TimeoutMiddleware.__call__, checked against BentoML "
             f"{', '.join(CHECKED_VERSIONS)}; this is {version}. Read bentoml/_internal/server/http/traffic.py: if "
-            "its call_later timer is still never cancelled, add the version to CHECKED_VERSIONS; else drop the patch.")
+            "its call_later timer is still never cancelled, add the version to CHECKED_VERSIONS; else drop the patch."
+        )
     TimeoutMiddleware.__call__ = _timeout_call  # type: ignore[method-assign]

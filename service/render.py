@@ -8,8 +8,24 @@ import numpy as np
 from core.images import png_bytes
 
 # One colour per class for rendered masks: background black, then distinct hues.
-PALETTE = np.array([[0, 0, 0], [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48],
-                    [145, 30, 180], [70, 240, 240], [240, 50, 230], [210, 245, 60]], dtype=np.float32) / 255
+PALETTE = (
+    np.array(
+        [
+            [0, 0, 0],
+            [230, 25, 75],
+            [60, 180, 75],
+            [255, 225, 25],
+            [0, 130, 200],
+            [245, 130, 48],
+            [145, 30, 180],
+            [70, 240, 240],
+            [240, 50, 230],
+            [210, 245, 60],
+        ],
+        dtype=np.float32,
+    )
+    / 255
+)
 
 
 def as_rgb(pixels: np.ndarray) -> np.ndarray:
@@ -41,5 +57,5 @@ def grid(images: np.ndarray, scale: int = 2, pad: int = 2) -> bytes:
     for i, img in enumerate(images):
         r, c = divmod(i, cols)
         top, left = pad + r * (h + pad), pad + c * (w + pad)
-        canvas[top:top + h, left:left + w] = as_rgb(img)
+        canvas[top : top + h, left : left + w] = as_rgb(img)
     return png_bytes(canvas.transpose(2, 0, 1), scale)

@@ -18,7 +18,6 @@ from collections import deque
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
@@ -47,8 +46,15 @@ class Generation:
 
 
 class TextScheduler:
-    def __init__(self, name: str, model: TextModel, executor: ThreadPoolExecutor, max_running: int,
-                 max_waiting: int, provider: str) -> None:
+    def __init__(
+        self,
+        name: str,
+        model: TextModel,
+        executor: ThreadPoolExecutor,
+        max_running: int,
+        max_waiting: int,
+        provider: str,
+    ) -> None:
         self.name, self.model, self.executor, self.provider = name, model, executor, provider
         self.max_running, self.max_waiting = max_running, max_waiting
         self.waiting: deque[Generation] = deque()
@@ -107,10 +113,11 @@ class TextScheduler:
                     logits = await loop.run_in_executor(self.executor, self.model.step, [g.seq for g in batch])
                     metrics.batch_size().labels(model=self.name).observe(len(batch))
                     metrics.inference_seconds().labels(model=self.name, provider=self.provider).observe(
-                        time.perf_counter() - start)
+                        time.perf_counter() - start
+                    )
                     for gen, row in zip(batch, logits):
                         self._emit(gen, row)
-        except Exception as exc:  # noqa: BLE001 - every waiting request gets the failure; the server goes on
+        except Exception as exc:
             log.exception("text generation failed")
             for gen in [*admitting, *self.waiting, *self.running]:
                 gen.queue.put_nowait(exc)

@@ -90,9 +90,13 @@ def _drain_on_sigterm(svc: Any, drain_s: float) -> None:
 
 # runner_connection: BentoML's client refreshes its connection pool every 100 requests (or 300 s)
 # by closing the old pool under in-flight requests, which fails them under load; we keep one pool.
-@bentoml.service(name="ee559_inference", workers=1, traffic={"timeout": 30},
-                 runner_connection={"max_requests": 2**62, "max_age": 10.0**9},
-                 logging={"access": {"enabled": SETTINGS.access_log}})
+@bentoml.service(
+    name="ee559_inference",
+    workers=1,
+    traffic={"timeout": 30},
+    runner_connection={"max_requests": 2**62, "max_age": 10.0**9},
+    logging={"access": {"enabled": SETTINGS.access_log}},
+)
 class Inference:
     """EE559_BATCHER=bentoml: the tensor models' sessions in their own service, batched by BentoML's
     dispatcher (text generation keeps its state in the front worker)."""
@@ -120,8 +124,12 @@ class Inference:
 
 
 @bentoml.asgi_app(http_app, path="/")
-@bentoml.service(name="ee559", workers=SETTINGS.workers, traffic={"timeout": 30},
-                 logging={"access": {"enabled": SETTINGS.access_log}})
+@bentoml.service(
+    name="ee559",
+    workers=SETTINGS.workers,
+    traffic={"timeout": 30},
+    logging={"access": {"enabled": SETTINGS.access_log}},
+)
 @_with_models
 class EE559:
     """The public service: one route per serving task (service/tasks/), the model cards and the Open
@@ -160,12 +168,14 @@ class EE559:
 
     def bentoml_openapi(self) -> dict[str, Any]:
         """BentoML's own OpenAPI document of this service (its probes and metrics)."""
-        return EE559.openapi_spec.asdict()
+        return EE559.openapi_spec.asdict()  # type: ignore[attr-defined]  # added by @bentoml.service
 
     def start_draining(self) -> None:
         self.draining = True
-        log.info("SIGTERM: readiness is 503 from now; serving %g s more, then finishing what is in flight",
-                 self.settings.drain_s)
+        log.info(
+            "SIGTERM: readiness is 503 from now; serving %g s more, then finishing what is in flight",
+            self.settings.drain_s,
+        )
 
     async def __is_ready__(self) -> bool:
         """GET /readyz (BentoML) and /v2/health/ready: false once SIGTERM arrived."""
@@ -177,4 +187,6 @@ class EE559:
         return await proxy.is_ready(2) if hasattr(proxy, "is_ready") else True
 
 
-EE559.add_asgi_middleware(TokenAuth, token=SETTINGS.api_token, auth_probes=SETTINGS.auth_probes)
+EE559.add_asgi_middleware(  # type: ignore[attr-defined]  # a bentoml Service
+    TokenAuth, token=SETTINGS.api_token, auth_probes=SETTINGS.auth_probes
+)

@@ -29,10 +29,31 @@ EXTENSIONS = ["binary_tensor_data"]
 HEADER_LENGTH = "inference-header-content-length"
 
 # v2 datatype <-> numpy dtype (little-endian, as the binary extension requires)
-DATATYPES = {"FP32": "<f4", "FP64": "<f8", "FP16": "<f2", "INT8": "i1", "INT16": "<i2", "INT32": "<i4",
-             "INT64": "<i8", "UINT8": "u1", "UINT16": "<u2", "UINT32": "<u4", "UINT64": "<u8", "BOOL": "?"}
-NUMPY_TO_V2 = {"float32": "FP32", "float64": "FP64", "float16": "FP16", "int8": "INT8", "int16": "INT16",
-               "int32": "INT32", "int64": "INT64", "uint8": "UINT8", "bool": "BOOL"}
+DATATYPES = {
+    "FP32": "<f4",
+    "FP64": "<f8",
+    "FP16": "<f2",
+    "INT8": "i1",
+    "INT16": "<i2",
+    "INT32": "<i4",
+    "INT64": "<i8",
+    "UINT8": "u1",
+    "UINT16": "<u2",
+    "UINT32": "<u4",
+    "UINT64": "<u8",
+    "BOOL": "?",
+}
+NUMPY_TO_V2 = {
+    "float32": "FP32",
+    "float64": "FP64",
+    "float16": "FP16",
+    "int8": "INT8",
+    "int16": "INT16",
+    "int32": "INT32",
+    "int64": "INT64",
+    "uint8": "UINT8",
+    "bool": "BOOL",
+}
 
 
 def _svc() -> Any:
@@ -65,11 +86,15 @@ async def ready(request: Request) -> Response:
 
 async def model_metadata(request: Request) -> Response:
     card = _card(request)
-    return json_response({
-        "name": card.name, "versions": [card.version], "platform": "onnxruntime_onnx",
-        "inputs": [_tensor_meta(t) for t in card.inputs],
-        "outputs": [_tensor_meta(t) for t in card.outputs],
-    })
+    return json_response(
+        {
+            "name": card.name,
+            "versions": [card.version],
+            "platform": "onnxruntime_onnx",
+            "inputs": [_tensor_meta(t) for t in card.inputs],
+            "outputs": [_tensor_meta(t) for t in card.outputs],
+        }
+    )
 
 
 async def model_ready(request: Request) -> Response:
@@ -86,10 +111,15 @@ def _split_body(request: Request, body: bytes) -> tuple[dict[str, Any], memoryvi
         # ASCII digits, at most as many as the body's length has: str.isdigit() admits '²', which
         # int() refuses, and thousands of digits would make int() itself refuse the conversion.
         digits = raw.strip()
-        if not (digits.isascii() and digits.isdigit() and len(digits) <= len(str(len(body)))
-                and int(digits) <= len(body)):
-            raise ClientError(400, "bad_header", f"Inference-Header-Content-Length {shown(raw, 32)} must be an "
-                                                 f"integer no larger than the body ({len(body)} bytes)")
+        if not (
+            digits.isascii() and digits.isdigit() and len(digits) <= len(str(len(body))) and int(digits) <= len(body)
+        ):
+            raise ClientError(
+                400,
+                "bad_header",
+                f"Inference-Header-Content-Length {shown(raw, 32)} must be an "
+                f"integer no larger than the body ({len(body)} bytes)",
+            )
         n = int(digits)
         header, rest = body[:n], memoryview(body)[n:]
     try:
@@ -110,43 +140,65 @@ def _parameters(entry: dict[str, Any], where: str) -> dict[str, Any]:
     return params
 
 
-def _input_tensor(spec: TensorSpec, given: dict[str, Any], binary: memoryview, offset: int,
-                  max_batch: int) -> tuple[np.ndarray, int]:
+def _input_tensor(
+    spec: TensorSpec, given: dict[str, Any], binary: memoryview, offset: int, max_batch: int
+) -> tuple[np.ndarray, int]:
     name = spec.name
     want_type = NUMPY_TO_V2[spec.dtype]
     if given.get("datatype") != want_type:
-        raise ClientError(400, "bad_dtype", f"input {name!r} has datatype {shown(given.get('datatype'))}; "
-                                            f"accepted: {want_type}")
+        raise ClientError(
+            400, "bad_dtype", f"input {name!r} has datatype {shown(given.get('datatype'))}; accepted: {want_type}"
+        )
     shape = given.get("shape")
     model_shape = _dims(spec.shape)
-    if (not isinstance(shape, list) or len(shape) != len(model_shape)
-            or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape)
-            or any(m != -1 and d != m for d, m in zip(shape, model_shape)) or not 1 <= shape[0] <= max_batch):
-        raise ClientError(400, "bad_shape", f"input {name!r} has shape {shown(shape, 80)}; accepted: {model_shape} "
-                                            f"with the batch dimension from 1 to {max_batch}")
+    if (
+        not isinstance(shape, list)
+        or len(shape) != len(model_shape)
+        or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape)
+        or any(m != -1 and d != m for d, m in zip(shape, model_shape))
+        or not 1 <= shape[0] <= max_batch
+    ):
+        raise ClientError(
+            400,
+            "bad_shape",
+            f"input {name!r} has shape {shown(shape, 80)}; accepted: {model_shape} "
+            f"with the batch dimension from 1 to {max_batch}",
+        )
     count = math.prod(shape)
     dtype = np.dtype(DATATYPES[want_type])
     params = _parameters(given, f"input {name!r}")
     if "binary_data_size" in params:
         size = params["binary_data_size"]
         if not isinstance(size, int) or size != count * dtype.itemsize or offset + size > len(binary):
-            raise ClientError(400, "bad_binary", f"input {name!r}: binary_data_size {shown(size)} must be "
-                                                 f"{count * dtype.itemsize} bytes for shape {shape} {want_type}, "
-                                                 f"within the {len(binary) - offset} binary bytes left")
-        arr = np.frombuffer(binary[offset:offset + size], dtype=dtype).reshape(shape)
+            raise ClientError(
+                400,
+                "bad_binary",
+                f"input {name!r}: binary_data_size {shown(size)} must be "
+                f"{count * dtype.itemsize} bytes for shape {shape} {want_type}, "
+                f"within the {len(binary) - offset} binary bytes left",
+            )
+        arr = np.frombuffer(binary[offset : offset + size], dtype=dtype).reshape(shape)
         return arr.astype(dtype.newbyteorder("="), copy=False), offset + size
     data = given.get("data")
     if not isinstance(data, list):
-        raise ClientError(400, "missing_field", f"input {name!r} needs 'data' (a list) or a binary_data_size "
-                                                "parameter with the tensor in the body's binary part")
+        raise ClientError(
+            400,
+            "missing_field",
+            f"input {name!r} needs 'data' (a list) or a binary_data_size "
+            "parameter with the tensor in the body's binary part",
+        )
     try:
         arr = np.array(data)
     except (ValueError, TypeError):
         raise ClientError(400, "bad_shape", f"input {name!r}: 'data' is a ragged list") from None
     if arr.size != count or (arr.size and arr.dtype.kind not in "iuf"):
-        raise ClientError(400, "bad_shape", f"input {name!r}: 'data' holds {arr.size} "
-                                            f"{'numbers' if arr.dtype.kind in 'iuf' else 'non-numbers'}; "
-                                            f"shape {shape} needs {count} numbers")
+        raise ClientError(
+            400,
+            "bad_shape",
+            f"input {name!r}: 'data' holds {arr.size} "
+            f"{'numbers' if arr.dtype.kind in 'iuf' else 'non-numbers'}; "
+            f"shape {shape} needs {count} numbers",
+        )
     return arr.reshape(shape).astype(dtype.newbyteorder("=")), offset
 
 
@@ -160,20 +212,32 @@ async def infer(request: Request) -> Response:
     card = _card(request)
     kind = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
     if kind not in ("application/json", "application/octet-stream"):
-        raise ClientError(415, "unsupported_media_type", f"content type {kind[:64]!r} is not accepted; accepted: "
-                                                         "application/json, application/octet-stream "
-                                                         "(JSON header + binary tensors)")
+        raise ClientError(
+            415,
+            "unsupported_media_type",
+            f"content type {kind[:64]!r} is not accepted; accepted: "
+            "application/json, application/octet-stream "
+            "(JSON header + binary tensors)",
+        )
     req, binary = _split_body(request, await read_body(request, svc.settings))
     if card.is_text:  # the server keeps a text model's state between steps
         raise ClientError(400, "stateful_model", f"model {card.name!r} generates text: use POST /generate_text")
     spec = card.input
     if not all(isinstance(t, dict) and isinstance(t.get("name"), str) for t in req["inputs"]):
-        raise ClientError(400, "bad_input", "each entry of 'inputs' must be an object with a string 'name', "
-                                            "'shape', 'datatype' and 'data' (or parameters.binary_data_size)")
+        raise ClientError(
+            400,
+            "bad_input",
+            "each entry of 'inputs' must be an object with a string 'name', "
+            "'shape', 'datatype' and 'data' (or parameters.binary_data_size)",
+        )
     given = {t["name"]: t for t in req["inputs"]}
     if set(given) != {spec.name} or len(req["inputs"]) != 1:
-        raise ClientError(400, "bad_input_name", f"inputs {', '.join(shown(n, 32) for n in sorted(given)[:5])}; model {card.name!r} "
-                                                 f"takes exactly one input: {spec.name!r}")
+        raise ClientError(
+            400,
+            "bad_input_name",
+            f"inputs {', '.join(shown(n, 32) for n in sorted(given)[:5])}; model {card.name!r} "
+            f"takes exactly one input: {spec.name!r}",
+        )
     x, used = _input_tensor(spec, given[spec.name], binary, 0, card.max_batch_size)
     if used != len(binary):
         raise ClientError(400, "bad_binary", f"{len(binary) - used} binary bytes are not claimed by any input")
@@ -210,13 +274,18 @@ async def infer(request: Request) -> Response:
     header = orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
     if not blobs:
         return Response(header, media_type="application/json")
-    return Response(header + b"".join(blobs), media_type="application/octet-stream",
-                    headers={"Inference-Header-Content-Length": str(len(header))})
+    return Response(
+        header + b"".join(blobs),
+        media_type="application/octet-stream",
+        headers={"Inference-Header-Content-Length": str(len(header))},
+    )
 
 
 def _model_routes(suffix: str, endpoint, methods: list[str]) -> list[Route]:
-    return [Route(f"/v2/models/{{model}}{suffix}", endpoint, methods=methods),
-            Route(f"/v2/models/{{model}}/versions/{{version}}{suffix}", endpoint, methods=methods)]
+    return [
+        Route(f"/v2/models/{{model}}{suffix}", endpoint, methods=methods),
+        Route(f"/v2/models/{{model}}/versions/{{version}}{suffix}", endpoint, methods=methods),
+    ]
 
 
 V2_ROUTES = [

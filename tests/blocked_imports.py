@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-SITECUSTOMIZE = '''
+SITECUSTOMIZE = """
 import os, sys
 
 class _Blocked:
@@ -19,7 +19,7 @@ class _Blocked:
         return None
 
 sys.meta_path.insert(0, _Blocked())
-'''
+"""
 
 
 def blocking_env(tmp: Path, names: tuple[str, ...], env: dict[str, str]) -> dict[str, str]:

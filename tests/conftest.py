@@ -71,8 +71,11 @@ def start_server(env_extra: dict[str, str] | None = None, log: Path | None = Non
     env = {**os.environ, "BENTOML_HOME": str(home), **(env_extra or {})}
     out = open(log, "wb") if log else subprocess.DEVNULL
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bentoml", "serve", "service.service:EE559", "--host", "127.0.0.1",
-         "--port", str(port)], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+        [sys.executable, "-m", "bentoml", "serve", "service.service:EE559", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=out,
+        stderr=subprocess.STDOUT,
         start_new_session=True,
     )
     return f"http://127.0.0.1:{port}", proc

@@ -40,8 +40,9 @@ def base_image(work: Path) -> None:
         return
     if podman("image", "exists", DEBIAN, check=False).returncode != 0:
         rootfs, tar = work / "rootfs", work / "rootfs.tar"
-        subprocess.run(["debootstrap", "--variant=minbase", "bookworm", str(rootfs)], check=True,
-                       capture_output=True, timeout=900)
+        subprocess.run(
+            ["debootstrap", "--variant=minbase", "bookworm", str(rootfs)], check=True, capture_output=True, timeout=900
+        )
         subprocess.run(["tar", "-C", str(rootfs), "--numeric-owner", "-cf", str(tar), "."], check=True, timeout=300)
         podman("import", str(tar), DEBIAN)
     context = work / "base"
@@ -55,13 +56,36 @@ def base_image(work: Path) -> None:
 @pytest.mark.skipif(shutil.which("podman") is None, reason="needs podman (make container-test installs it)")
 def test_container_serves_as_non_root_on_all_interfaces_and_stops_cleanly(exported, tmp_path: Path):
     base_image(tmp_path)
-    build = subprocess.run([sys.executable, "-m", "bentoml", "build", "--output", "tag"], cwd=ROOT, env=ENV,
-                           capture_output=True, text=True, timeout=300)
+    build = subprocess.run(
+        [sys.executable, "-m", "bentoml", "build", "--output", "tag"],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert build.returncode == 0, build.stdout + build.stderr
     started = time.monotonic()
-    image = subprocess.run([sys.executable, "-m", "bentoml", "containerize", "ee559:latest", "--backend", "podman",
-                            "-t", TAG, "--opt", f"from={BASE}"], cwd=ROOT, env=ENV, capture_output=True, text=True,
-                           timeout=1800)
+    image = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bentoml",
+            "containerize",
+            "ee559:latest",
+            "--backend",
+            "podman",
+            "-t",
+            TAG,
+            "--opt",
+            f"from={BASE}",
+        ],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     assert image.returncode == 0, image.stdout[-5000:] + image.stderr[-5000:]
     size = podman("image", "inspect", "--format", "{{.Size}}", TAG).stdout.strip()
     print(f"\nimage {TAG}: built in {time.monotonic() - started:.0f} s, {int(size) / 2**20:.0f} MiB")

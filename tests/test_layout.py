@@ -86,8 +86,10 @@ def test_blocking_really_blocks(tmp_path: Path):
 
 
 def test_core_and_the_load_generator_import_without_torch_bentoml_or_onnxruntime(tmp_path: Path):
-    code = ("import core.card, core.spec, core.paths, core.textgen, core.images, core.store\n"
-            "import loadtests.tasks, loadtests.locustfile, loadtests.sample, loadtests.__main__\n")
+    code = (
+        "import core.card, core.spec, core.paths, core.textgen, core.images, core.store\n"
+        "import loadtests.tasks, loadtests.locustfile, loadtests.sample, loadtests.__main__\n"
+    )
     r = _run_blocked(tmp_path, ("torch", "bentoml", "onnxruntime", "onnx", "training", "export", "service"), code)
     assert r.returncode == 0, r.stderr[-3000:]
 

@@ -23,9 +23,19 @@ def test_registered_model_is_covered_end_to_end(name: str):
     assert len(entry.export.parity_batch_sizes) == 3
     http_tests = (ROOT / "tests" / "service" / "test_http.py").read_text()
     for graph in entry.graphs:
-        card = ModelCard(name=graph.name, family=name, version="0", tasks=graph.tasks, file="model.onnx", sha256="0",
-                         opset=graph.spec.opset, inputs=graph.spec.inputs, outputs=graph.spec.outputs,
-                         max_batch_size=graph.spec.max_batch_size, labels=("a", "b"))
+        card = ModelCard(
+            name=graph.name,
+            family=name,
+            version="0",
+            tasks=graph.tasks,
+            file="model.onnx",
+            sha256="0",
+            opset=graph.spec.opset,
+            inputs=graph.spec.inputs,
+            outputs=graph.spec.outputs,
+            max_batch_size=graph.spec.max_batch_size,
+            labels=("a", "b"),
+        )
         for task in graph.tasks:
             assert task in TASKS, f"{name}: no serving task {task!r}"
             assert f'"{task}"' in http_tests, f"{name}: no HTTP test of /{task}"

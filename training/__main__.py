@@ -17,11 +17,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("model", help=f"one of: {', '.join(registry.REGISTRY)}, or 'all'")
     p.add_argument("--dataset", choices=DATASETS, help="default: the model's own (digits)")
     p.add_argument("--data-dir", type=Path, help="folder with MNIST IDX files (for --dataset mnist)")
-    p.add_argument("--corpus", type=Path, help="a UTF-8 text file for the text models (instead of the stdlib's "
-                                               "docstrings); the same as --dataset text --data-dir FILE")
+    p.add_argument(
+        "--corpus",
+        type=Path,
+        help="a UTF-8 text file for the text models (instead of the stdlib's "
+        "docstrings); the same as --dataset text --data-dir FILE",
+    )
     p.add_argument("--epochs", type=int, help="override the preset's epoch count")
-    p.add_argument("--preset", default="full", choices=("quick", "ci", "full"),
-                   help="quick: seconds; ci: what the tests train (text models on a subset); full: the default")
+    p.add_argument(
+        "--preset",
+        default="full",
+        choices=("quick", "ci", "full"),
+        help="quick: seconds; ci: what the tests train (text models on a subset); full: the default",
+    )
     p.add_argument("--out", type=Path, help="runs directory (default: $EE559_RUNS or ./runs)")
     p.add_argument("--seed", type=int, default=DEFAULT_SEED)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")

@@ -10,6 +10,7 @@ import pickle
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
@@ -45,8 +46,8 @@ class Splits:
 
 def _split(x: np.ndarray, y: np.ndarray, seed: int, val: float, test: float) -> tuple[Split, Split, Split]:
     order = np.random.default_rng(seed).permutation(len(y))
-    n_test, n_val = int(round(len(y) * test)), int(round(len(y) * val))
-    te, va, tr = order[:n_test], order[n_test:n_test + n_val], order[n_test + n_val:]
+    n_test, n_val = round(len(y) * test), round(len(y) * val)
+    te, va, tr = order[:n_test], order[n_test : n_test + n_val], order[n_test + n_val :]
     return Split(x[tr], y[tr]), Split(x[va], y[va]), Split(x[te], y[te])
 
 
@@ -79,7 +80,7 @@ def read_idx(path: Path, magic: int) -> np.ndarray:
     if found != magic:
         raise ValueError(f"{path}: IDX magic {found:#010x}, expected {magic:#010x}")
     ndim = found & 0xFF
-    dims = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
+    dims = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
     body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if body.size != int(np.prod(dims)):
         raise ValueError(f"{path}: header says {dims} ({int(np.prod(dims))} bytes), file holds {body.size}")
@@ -110,8 +111,13 @@ def load_mnist(data_dir: Path, seed: int) -> Splits:
     order = np.random.default_rng(seed).permutation(len(y))
     n_val = max(1, len(y) // 10)
     va, tr = order[:n_val], order[n_val:]
-    return Splits(Split(x[tr], y[tr]), Split(x[va], y[va]), Split(*parts["t10k"]), num_classes=10,
-                  source=f"MNIST IDX files in {data_dir}")
+    return Splits(
+        Split(x[tr], y[tr]),
+        Split(x[va], y[va]),
+        Split(*parts["t10k"]),
+        num_classes=10,
+        source=f"MNIST IDX files in {data_dir}",
+    )
 
 
 SHAPES = ("circle", "square", "triangle", "cross")
@@ -123,12 +129,14 @@ def shape_masks(kind: np.ndarray, cy: np.ndarray, cx: np.ndarray, r: np.ndarray,
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     dy, dx = yy[None] - cy[:, None, None], xx[None] - cx[:, None, None]
     r = r[:, None, None]
-    masks = np.stack([
-        dy ** 2 + dx ** 2 <= r ** 2,  # circle
-        (np.abs(dy) <= r * 0.85) & (np.abs(dx) <= r * 0.85),  # square
-        (dy <= r * 0.8) & (dy >= -r) & (np.abs(dx) <= (dy + r) * 0.55),  # triangle, apex up
-        ((np.abs(dy) <= r * 0.3) & (np.abs(dx) <= r)) | ((np.abs(dx) <= r * 0.3) & (np.abs(dy) <= r)),  # cross
-    ])
+    masks = np.stack(
+        [
+            dy**2 + dx**2 <= r**2,  # circle
+            (np.abs(dy) <= r * 0.85) & (np.abs(dx) <= r * 0.85),  # square
+            (dy <= r * 0.8) & (dy >= -r) & (np.abs(dx) <= (dy + r) * 0.55),  # triangle, apex up
+            ((np.abs(dy) <= r * 0.3) & (np.abs(dx) <= r)) | ((np.abs(dx) <= r * 0.3) & (np.abs(dy) <= r)),  # cross
+        ]
+    )
     return masks[kind, np.arange(len(kind))]
 
 
@@ -145,8 +153,9 @@ def make_shapes(n: int, seed: int, size: int = SHAPE_SIZE) -> tuple[np.ndarray, 
     background = rng.uniform(0.0, 0.5, (n, 3, 1, 1)).astype(np.float32)
     colour = rng.uniform(0.0, 1.0, (n, 3, 1, 1)).astype(np.float32)
     # Keep the shape visible: push its colour away from the background's brightness.
-    colour = np.where(colour.mean(1, keepdims=True) < background.mean(1, keepdims=True) + 0.25,
-                      np.clip(colour + 0.5, 0, 1), colour)
+    colour = np.where(
+        colour.mean(1, keepdims=True) < background.mean(1, keepdims=True) + 0.25, np.clip(colour + 0.5, 0, 1), colour
+    )
     x = np.where(masks[:, None], colour, background) + rng.normal(0, 0.06, (n, 3, size, size)).astype(np.float32)
     return np.clip(x, 0, 1).astype(np.float32), kind.astype(np.int64), masks
 
@@ -154,8 +163,9 @@ def make_shapes(n: int, seed: int, size: int = SHAPE_SIZE) -> tuple[np.ndarray, 
 def load_shapes(seed: int, n: int = 4000) -> Splits:
     x, y, _ = make_shapes(n, seed)
     train, val, test = _split(x, y, seed, val=0.15, test=0.15)
-    return Splits(train, val, test, num_classes=len(SHAPES), source=f"procedural shapes (n={n}, seed={seed})",
-                  labels=SHAPES)
+    return Splits(
+        train, val, test, num_classes=len(SHAPES), source=f"procedural shapes (n={n}, seed={seed})", labels=SHAPES
+    )
 
 
 def load_shape_masks(seed: int, n: int = 4000) -> Splits:
@@ -163,8 +173,14 @@ def load_shape_masks(seed: int, n: int = 4000) -> Splits:
     x, y, masks = make_shapes(n, seed)
     dense = np.where(masks, y[:, None, None] + 1, 0).astype(np.int64)
     train, val, test = _split(x, dense, seed, val=0.15, test=0.15)
-    return Splits(train, val, test, num_classes=len(SHAPES) + 1, source=f"procedural shapes with masks (n={n}, "
-                  f"seed={seed})", labels=("background", *SHAPES))
+    return Splits(
+        train,
+        val,
+        test,
+        num_classes=len(SHAPES) + 1,
+        source=f"procedural shapes with masks (n={n}, seed={seed})",
+        labels=("background", *SHAPES),
+    )
 
 
 CIFAR10_LABELS = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -174,9 +190,15 @@ class _CifarUnpickler(pickle.Unpickler):
     """CIFAR-10's python batches are pickles: allow only what they hold (dicts, lists, bytes and
     numpy arrays), so a crafted file cannot run code."""
 
-    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-               ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
-               ("numpy._core.multiarray", "scalar"), ("_codecs", "encode")}
+    ALLOWED: ClassVar[set[tuple[str, str]]] = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("_codecs", "encode"),
+    }
 
     def find_class(self, module: str, name: str):
         if (module, name) in self.ALLOWED:
@@ -204,8 +226,14 @@ def load_cifar10(data_dir: Path, seed: int) -> Splits:
     order = np.random.default_rng(seed).permutation(len(y))
     n_val = max(1, len(y) // 10)
     va, tr = order[:n_val], order[n_val:]
-    return Splits(Split(x[tr], y[tr]), Split(x[va], y[va]), Split(*_cifar_batch(data_dir / "test_batch")),
-                  num_classes=10, source=f"CIFAR-10 batches in {data_dir}", labels=CIFAR10_LABELS)
+    return Splits(
+        Split(x[tr], y[tr]),
+        Split(x[va], y[va]),
+        Split(*_cifar_batch(data_dir / "test_batch")),
+        num_classes=10,
+        source=f"CIFAR-10 batches in {data_dir}",
+        labels=CIFAR10_LABELS,
+    )
 
 
 def load_text(path: Path | None, val: float = 0.05, test: float = 0.05) -> Splits:
@@ -217,7 +245,11 @@ def load_text(path: Path | None, val: float = 0.05, test: float = 0.05) -> Split
     vocab = vocabulary(text)
     ids = encode(text, vocab)
     n_test, n_val = int(len(ids) * test), int(len(ids) * val)
-    parts = ids[:len(ids) - n_val - n_test], ids[len(ids) - n_val - n_test:len(ids) - n_test], ids[len(ids) - n_test:]
+    parts = (
+        ids[: len(ids) - n_val - n_test],
+        ids[len(ids) - n_val - n_test : len(ids) - n_test],
+        ids[len(ids) - n_test :],
+    )
     train, valid, held = (Split(*windows(p)) for p in parts)
     return Splits(train, valid, held, num_classes=len(vocab), source=source, labels=vocab)
 

@@ -14,8 +14,16 @@ from typing import Any
 
 from torch import nn
 
-from core.spec import (ExportSpec, autoencoder_spec, generator_spec, image_classifier_spec, kv_cache_lm_spec,
-                       recurrent_lm_spec, segmenter_spec, vae_spec)
+from core.spec import (
+    ExportSpec,
+    autoencoder_spec,
+    generator_spec,
+    image_classifier_spec,
+    kv_cache_lm_spec,
+    recurrent_lm_spec,
+    segmenter_spec,
+    vae_spec,
+)
 
 from .models.autoencoder import AutoencoderConfig, DenoisingAutoencoder
 from .models.char_lstm import CharLSTM, CharLSTMConfig
@@ -82,8 +90,9 @@ QUICK = TrainConfig(epochs=1, limit_train=256)
 # Measured: without warm-up (or with dropout) the GPT sat at ~2.6 nats/char for its first epochs;
 # with it, the loss breaks through after ~250 steps, as small transformers do once attention
 # learns to copy.
-GPT_TRAIN = TrainConfig(epochs=4, batch_size=32, lr=3e-3, weight_decay=0.0, betas=(0.9, 0.95), warmup_steps=50,
-                        grad_clip=1.0)
+GPT_TRAIN = TrainConfig(
+    epochs=4, batch_size=32, lr=3e-3, weight_decay=0.0, betas=(0.9, 0.95), warmup_steps=50, grad_clip=1.0
+)
 
 REGISTRY: dict[str, CourseModel] = {
     m.name: m
@@ -154,8 +163,7 @@ REGISTRY: dict[str, CourseModel] = {
             tasks=("generate",),
             export=generator_spec(32, (1, 28, 28)),
             judge="lenet",
-            presets={"quick": QUICK,
-                     "full": TrainConfig(epochs=80, lr=2e-4, weight_decay=0.0, betas=(0.5, 0.999))},
+            presets={"quick": QUICK, "full": TrainConfig(epochs=80, lr=2e-4, weight_decay=0.0, betas=(0.5, 0.999))},
         ),
         CourseModel(
             name="char_lstm",
@@ -165,9 +173,11 @@ REGISTRY: dict[str, CourseModel] = {
             tasks=("generate_text",),
             export=recurrent_lm_spec(),
             dataset="stdlib_docstrings",
-            presets={"quick": TrainConfig(epochs=1, limit_train=64),
-                     "ci": TrainConfig(epochs=1, batch_size=32, lr=3e-3, weight_decay=0.0, limit_train=1500),
-                     "full": TrainConfig(epochs=3, batch_size=32, lr=3e-3, weight_decay=0.0)},
+            presets={
+                "quick": TrainConfig(epochs=1, limit_train=64),
+                "ci": TrainConfig(epochs=1, batch_size=32, lr=3e-3, weight_decay=0.0, limit_train=1500),
+                "full": TrainConfig(epochs=3, batch_size=32, lr=3e-3, weight_decay=0.0),
+            },
         ),
         CourseModel(
             name="gpt",
@@ -177,9 +187,11 @@ REGISTRY: dict[str, CourseModel] = {
             tasks=("generate_text",),
             export=kv_cache_lm_spec(),
             dataset="stdlib_docstrings",
-            presets={"quick": TrainConfig(epochs=1, limit_train=64),
-                     "ci": replace(GPT_TRAIN, epochs=1, limit_train=1500),
-                     "full": GPT_TRAIN},
+            presets={
+                "quick": TrainConfig(epochs=1, limit_train=64),
+                "ci": replace(GPT_TRAIN, epochs=1, limit_train=1500),
+                "full": GPT_TRAIN,
+            },
         ),
     )
 }

@@ -73,8 +73,8 @@ def encode(text: str, vocab: tuple[str, ...]) -> np.ndarray:
 def windows(ids: np.ndarray, block: int = BLOCK) -> tuple[np.ndarray, np.ndarray]:
     """Non-overlapping windows: x = ids[i:i+block], y = ids[i+1:i+block+1]; (N, block) each."""
     n = (len(ids) - 1) // block
-    x = ids[:n * block].reshape(n, block)
-    y = ids[1:n * block + 1].reshape(n, block)
+    x = ids[: n * block].reshape(n, block)
+    y = ids[1 : n * block + 1].reshape(n, block)
     return x, y
 
 

@@ -29,16 +29,30 @@ def batches(split: Split, batch_size: int, generator: torch.Generator | None = N
     n = len(split)
     order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
     for i in range(0, n, batch_size):
-        idx = order[i:i + batch_size].numpy()
+        idx = order[i : i + batch_size].numpy()
         yield torch.from_numpy(split.x[idx]), torch.from_numpy(split.y[idx])
 
 
-def train_epoch(model: nn.Module, split: Split, opt: torch.optim.Optimizer, tc: TrainConfig,
-                gen: torch.Generator, device: torch.device, desc: str, step_sched=None) -> float:
+def train_epoch(
+    model: nn.Module,
+    split: Split,
+    opt: torch.optim.Optimizer,
+    tc: TrainConfig,
+    gen: torch.Generator,
+    device: torch.device,
+    desc: str,
+    step_sched=None,
+) -> float:
     model.train()
     total, count = 0.0, 0
-    bar = tqdm(batches(split, tc.batch_size, gen), total=-(-len(split) // tc.batch_size), desc=desc,
-               leave=False, dynamic_ncols=True, disable=None)
+    bar = tqdm(
+        batches(split, tc.batch_size, gen),
+        total=-(-len(split) // tc.batch_size),
+        desc=desc,
+        leave=False,
+        dynamic_ncols=True,
+        disable=None,
+    )
     for x, y in bar:
         x, y = x.to(device), y.to(device)
         loss = model.loss(x, y) if hasattr(model, "loss") else nn.functional.cross_entropy(model(x), y)
@@ -85,19 +99,24 @@ def evaluate(model: nn.Module, split: Split, device: torch.device, batch_size: i
     return out
 
 
-def fit(entry: CourseModel, splits: Splits, tc: TrainConfig, seed: int = DEFAULT_SEED,
-        device: str = "auto") -> tuple[nn.Module, dict[str, Any]]:
+def fit(
+    entry: CourseModel, splits: Splits, tc: TrainConfig, seed: int = DEFAULT_SEED, device: str = "auto"
+) -> tuple[nn.Module, dict[str, Any]]:
     """Train `entry`'s model; keep the weights of the best validation epoch."""
     gen = seed_everything(seed)
     dev = pick_device(device)
     model = entry.build({"num_classes": splits.num_classes}).to(dev)
-    train = splits.train if tc.limit_train is None else Split(splits.train.x[:tc.limit_train],
-                                                              splits.train.y[:tc.limit_train])
+    train = (
+        splits.train
+        if tc.limit_train is None
+        else Split(splits.train.x[: tc.limit_train], splits.train.y[: tc.limit_train])
+    )
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, betas=tc.betas)
     if tc.warmup_steps:  # transformers: linear warm-up, then cosine decay, per step
         total = max(tc.epochs * -(-len(train) // tc.batch_size), tc.warmup_steps + 1)
-        step_sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / tc.warmup_steps) * 0.5 * (
-            1 + math.cos(math.pi * min(s, total) / total)))
+        step_sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: min(1.0, (s + 1) / tc.warmup_steps) * 0.5 * (1 + math.cos(math.pi * min(s, total) / total))
+        )
         sched = None
     else:  # cosine decay per epoch
         step_sched = None
@@ -111,8 +130,11 @@ def fit(entry: CourseModel, splits: Splits, tc: TrainConfig, seed: int = DEFAULT
             sched.step()
         val = evaluate(model, splits.val, dev)
         history.append({"epoch": epoch, "train_loss": train_loss, **{f"val_{k}": v for k, v in val.items()}})
-        print(f"{entry.name} epoch {epoch:3d}/{tc.epochs}  train loss {train_loss:.4f}  "
-              + "  ".join(f"val {k} {v:.4f}" for k, v in val.items()), flush=True)
+        print(
+            f"{entry.name} epoch {epoch:3d}/{tc.epochs}  train loss {train_loss:.4f}  "
+            + "  ".join(f"val {k} {v:.4f}" for k, v in val.items()),
+            flush=True,
+        )
         score = val["accuracy"] if "accuracy" in val else -val["loss"]  # keep the best validation epoch
         if not getattr(model, "select_best_epoch", True):  # a GAN's losses do not rank its epochs
             score = float(epoch)
@@ -121,14 +143,19 @@ def fit(entry: CourseModel, splits: Splits, tc: TrainConfig, seed: int = DEFAULT
     if best_state is not None:
         model.load_state_dict(best_state)
     test = evaluate(model, splits.test, dev)
-    metrics = {**{f"test_{k}": v for k, v in test.items()}, "best_val_score": best_score,
-               "train_seconds": round(time.perf_counter() - start, 2), "history": history}
+    metrics = {
+        **{f"test_{k}": v for k, v in test.items()},
+        "best_val_score": best_score,
+        "train_seconds": round(time.perf_counter() - start, 2),
+        "history": history,
+    }
     return model.cpu(), metrics
 
 
 @torch.no_grad()
-def sample_quality(entry: CourseModel, model: nn.Module, root: Path | None = None, n: int = 100,
-                   seed: int = 0) -> dict[str, float]:
+def sample_quality(
+    entry: CourseModel, model: nn.Module, root: Path | None = None, n: int = 100, seed: int = 0
+) -> dict[str, float]:
     """A generator's n samples (the service's noise for `seed`) scored by the latest checkpoint of
     the judge classifier: how many of its classes appear, and the mean top-1 confidence."""
     from .registry import get
@@ -142,16 +169,36 @@ def sample_quality(entry: CourseModel, model: nn.Module, root: Path | None = Non
     noise = torch.from_numpy(latent_noise(n, graph.spec.inputs[0].shape[1], seed))
     images = getattr(model.eval(), graph.spec.method)(noise)
     conf, cls = judge(images).softmax(1).max(1)
-    return {"test_judge_classes": float(len(cls.unique())), "test_judge_mean_confidence": float(conf.mean()),
-            "judge_samples": float(n)}
+    return {
+        "test_judge_classes": float(len(cls.unique())),
+        "test_judge_mean_confidence": float(conf.mean()),
+        "judge_samples": float(n),
+    }
 
 
-def save_checkpoint(run_dir: Path, entry: CourseModel, model: nn.Module, tc: TrainConfig, dataset: str,
-                    source: str, labels: tuple[str, ...], seed: int, metrics: dict[str, Any]) -> Path:
+def save_checkpoint(
+    run_dir: Path,
+    entry: CourseModel,
+    model: nn.Module,
+    tc: TrainConfig,
+    dataset: str,
+    source: str,
+    labels: tuple[str, ...],
+    seed: int,
+    metrics: dict[str, Any],
+) -> Path:
     """A self-describing checkpoint: state_dict + config, enough to rebuild the model alone."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    meta = {"name": entry.name, "config": asdict(model.cfg), "train": asdict(tc), "dataset": dataset,
-            "data_source": source, "labels": list(labels), "seed": seed, "metrics": metrics}
+    meta = {
+        "name": entry.name,
+        "config": asdict(model.cfg),
+        "train": asdict(tc),
+        "dataset": dataset,
+        "data_source": source,
+        "labels": list(labels),
+        "seed": seed,
+        "metrics": metrics,
+    }
     torch.save({"model": model.state_dict(), **meta}, run_dir / CHECKPOINT)
     (run_dir / "metrics.json").write_text(json.dumps(meta, indent=2))
     loss_curve_png(metrics.get("history", []), run_dir / LOSS_CURVE, f"{entry.name}: loss per epoch")
@@ -176,25 +223,41 @@ def latest_checkpoint(name: str, root: Path | None = None) -> Path | None:
     return runs[-1] if runs else None
 
 
-def run(entry: CourseModel, dataset: str | None = None, data_dir: Path | None = None, preset: str = "full",
-        epochs: int | None = None, out: Path | None = None, seed: int = DEFAULT_SEED,
-        device: str = "auto") -> Path:
+def run(
+    entry: CourseModel,
+    dataset: str | None = None,
+    data_dir: Path | None = None,
+    preset: str = "full",
+    epochs: int | None = None,
+    out: Path | None = None,
+    seed: int = DEFAULT_SEED,
+    device: str = "auto",
+) -> Path:
     """Train one registered model end to end and write its checkpoint; return the checkpoint path."""
     dataset = dataset or entry.dataset
     tc = entry.presets[preset]
     if epochs is not None:
         tc = replace(tc, epochs=epochs)
     splits = load_dataset(dataset, seed, data_dir)
-    print(f"{entry.name}: {len(splits.train)} train / {len(splits.val)} val / {len(splits.test)} test "
-          f"from {splits.source}", flush=True)
+    print(
+        f"{entry.name}: {len(splits.train)} train / {len(splits.val)} val / {len(splits.test)} test "
+        f"from {splits.source}",
+        flush=True,
+    )
     model, metrics = fit(entry, splits, tc, seed, device)
     if entry.judge:
         metrics.update(sample_quality(entry, model, out))
-    shown = {"test_accuracy": "test accuracy", "test_mean_iou": "mean IoU", "test_psnr_noisy_db": "PSNR noisy (dB)",
-             "test_psnr_denoised_db": "PSNR denoised (dB)", "test_elbo_nats": "ELBO (nats/image)",
-             "test_nats_per_char": "test loss (nats/char)", "test_bits_per_char": "bits/char",
-             "test_judge_classes": f"classes among 100 samples ({entry.judge})",
-             "test_judge_mean_confidence": f"mean {entry.judge} confidence"}
+    shown = {
+        "test_accuracy": "test accuracy",
+        "test_mean_iou": "mean IoU",
+        "test_psnr_noisy_db": "PSNR noisy (dB)",
+        "test_psnr_denoised_db": "PSNR denoised (dB)",
+        "test_elbo_nats": "ELBO (nats/image)",
+        "test_nats_per_char": "test loss (nats/char)",
+        "test_bits_per_char": "bits/char",
+        "test_judge_classes": f"classes among 100 samples ({entry.judge})",
+        "test_judge_mean_confidence": f"mean {entry.judge} confidence",
+    }
     figures = ", ".join(f"{label} {metrics[k]:.4f}" for k, label in shown.items() if k in metrics)
     print(f"{entry.name}: {figures} ({len(splits.test)} held-out examples)", flush=True)
     run_dir = model_runs(entry.name, out) / time.strftime("%Y%m%d-%H%M%S")

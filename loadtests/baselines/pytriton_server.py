@@ -26,10 +26,13 @@ def main() -> None:
 
     config = TritonConfig(http_port=port, grpc_port=port + 1, metrics_port=port + 2, log_verbose=0)
     with Triton(config=config) as triton:
-        triton.bind(model_name=name, infer_func=infer,
-                    inputs=[Tensor(name="image", dtype=np.float32, shape=(1, 28, 28))],
-                    outputs=[Tensor(name="logits", dtype=np.float32, shape=(10,))],
-                    config=ModelConfig(max_batch_size=64, batcher=DynamicBatcher(max_queue_delay_microseconds=100)))
+        triton.bind(
+            model_name=name,
+            infer_func=infer,
+            inputs=[Tensor(name="image", dtype=np.float32, shape=(1, 28, 28))],
+            outputs=[Tensor(name="logits", dtype=np.float32, shape=(10,))],
+            config=ModelConfig(max_batch_size=64, batcher=DynamicBatcher(max_queue_delay_microseconds=100)),
+        )
         triton.serve()
 
 

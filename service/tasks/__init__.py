@@ -14,7 +14,8 @@ from .reconstruct import Reconstruct
 from .samples import Samples
 from .segment import Segment
 
-TASKS: dict[str, Task] = {t.name: t for t in (Classify(), Explain(), Segment(), Denoise(), Embed(), Reconstruct(),
-                                             Samples(), GenerateText())}
+TASKS: dict[str, Task] = {
+    t.name: t for t in (Classify(), Explain(), Segment(), Denoise(), Embed(), Reconstruct(), Samples(), GenerateText())
+}
 
 __all__ = ["TASKS", "Task"]

@@ -25,8 +25,10 @@ Outputs = dict[str, np.ndarray]  # output name -> array
 
 FORMATS = ("json", "png")
 FORMAT = {"type": "string", "enum": list(FORMATS), "description": "json (default) or png (a rendered picture)"}
-IMAGE_FIELD = {"description": "pixels in [0, 1], nested arrays (H, W) or (C, H, W) of the model's input shape",
-               **ANY_ARRAY}
+IMAGE_FIELD = {
+    "description": "pixels in [0, 1], nested arrays (H, W) or (C, H, W) of the model's input shape",
+    **ANY_ARRAY,
+}
 
 
 class Server(Protocol):
@@ -68,8 +70,9 @@ class Task:
         assert pixels is not None
         return pixels[None]
 
-    def answer(self, card: ModelCard, outputs: Outputs, pixels: np.ndarray | None,
-               options: Options) -> dict[str, Any] | Response:
+    def answer(
+        self, card: ModelCard, outputs: Outputs, pixels: np.ndarray | None, options: Options
+    ) -> dict[str, Any] | Response:
         """The answer's fields (the envelope is added by the route), or a picture."""
         raise NotImplementedError
 

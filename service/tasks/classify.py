@@ -19,9 +19,14 @@ class Classify(Task):
     name = "classify"
     accepted = ("model", "top_k")
     request_schema = {"top_k": {**INT, "minimum": 1, "description": "how many of the best classes to list (default 3)"}}
-    answer_schema = {"label": STR, "class_index": INT, "probabilities": arr(NUM),
-                     "top_k": arr(obj({"label": STR, "class_index": INT, "probability": NUM},
-                                      ("label", "class_index", "probability")))}
+    answer_schema = {
+        "label": STR,
+        "class_index": INT,
+        "probabilities": arr(NUM),
+        "top_k": arr(
+            obj({"label": STR, "class_index": INT, "probability": NUM}, ("label", "class_index", "probability"))
+        ),
+    }
 
     def options(self, card: ModelCard, fields: dict[str, Any]) -> Options:
         check_fields(fields, self.accepted)
@@ -30,12 +35,14 @@ class Classify(Task):
 
     def answer(self, card: ModelCard, outputs: Outputs, pixels: np.ndarray | None, options: Options) -> dict[str, Any]:
         probs = softmax(outputs["logits"])
-        order = np.argsort(-probs)[:options["top_k"]]
+        order = np.argsort(-probs)[: options["top_k"]]
         best = int(order[0])
         return {
             "label": card.labels[best],
             "class_index": best,
             "probabilities": [round(float(p), 6) for p in probs],
-            "top_k": [{"label": card.labels[i], "class_index": int(i), "probability": round(float(probs[i]), 6)}
-                      for i in order],
+            "top_k": [
+                {"label": card.labels[i], "class_index": int(i), "probability": round(float(probs[i]), 6)}
+                for i in order
+            ],
         }

@@ -33,7 +33,8 @@ class Denoise(Task):
     request_schema = {"format": FORMAT}
     answer_schema = {"denoised": ANY_ARRAY}
 
-    def answer(self, card: ModelCard, outputs: Outputs, pixels: np.ndarray | None,
-               options: Options) -> dict[str, Any] | Response:
+    def answer(
+        self, card: ModelCard, outputs: Outputs, pixels: np.ndarray | None, options: Options
+    ) -> dict[str, Any] | Response:
         assert pixels is not None
         return image_answer(pixels, outputs["denoised"], "denoised", options["fmt"])

@@ -22,16 +22,19 @@ class Explain(Task):
     request_schema = {"format": FORMAT}
     answer_schema = {"label": STR, "class_index": INT, "probability": NUM, "heatmap": arr(arr(NUM))}
 
-    def answer(self, card: ModelCard, outputs: Outputs, pixels: np.ndarray | None,
-               options: Options) -> dict[str, Any] | Response:
+    def answer(
+        self, card: ModelCard, outputs: Outputs, pixels: np.ndarray | None, options: Options
+    ) -> dict[str, Any] | Response:
         assert pixels is not None
         probs, cam = softmax(outputs["logits"]), outputs["cam"]
         best = int(probs.argmax())
         if options["fmt"] == "png":  # the heat map over the input, side by side with it
             image = render.as_rgb(pixels)
-            return Response(render.side_by_side(image, 0.5 * image + 0.5 * render.heat_colours(cam)),
-                            media_type="image/png",
-                            headers={"X-Label": card.labels[best], "X-Probability": f"{probs[best]:.6f}"})
+            return Response(
+                render.side_by_side(image, 0.5 * image + 0.5 * render.heat_colours(cam)),
+                media_type="image/png",
+                headers={"X-Label": card.labels[best], "X-Probability": f"{probs[best]:.6f}"},
+            )
         return {
             "label": card.labels[best],
             "class_index": best,

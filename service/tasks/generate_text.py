@@ -45,31 +45,56 @@ class GenerateText(Task):
         "seed": {**INT, "minimum": 0, "maximum": MAX_SEED},
         "stream": {**BOOL, "description": "server-sent events, one per character"},
     }
-    answer_schema = {"prompt": STR, "text": STR, "tokens": INT, "seed": INT, "temperature": NUM, "top_k": INT,
-                     "time_to_first_token_s": NUM, "seconds": NUM}
+    answer_schema = {
+        "prompt": STR,
+        "text": STR,
+        "tokens": INT,
+        "seed": INT,
+        "temperature": NUM,
+        "top_k": INT,
+        "time_to_first_token_s": NUM,
+        "seconds": NUM,
+    }
 
-    def text_options(self, card: ModelCard, fields: dict[str, Any], max_new_tokens: int,
-                     max_prompt_chars: int) -> dict[str, Any]:
+    def text_options(
+        self, card: ModelCard, fields: dict[str, Any], max_new_tokens: int, max_prompt_chars: int
+    ) -> dict[str, Any]:
         """Validated request fields; every message says what is accepted."""
         check_fields(fields, self.accepted, image=False)
         prompt = fields.get("prompt")
         if not isinstance(prompt, str) or not prompt:
             raise ClientError(400, "bad_field", "'prompt' must be a non-empty string (the text to continue)")
         if len(prompt) > max_prompt_chars:
-            raise ClientError(400, "bad_field", f"'prompt' has {len(prompt)} characters; at most {max_prompt_chars} "
-                                                "are accepted (EE559_MAX_PROMPT_CHARS)")
+            raise ClientError(
+                400,
+                "bad_field",
+                f"'prompt' has {len(prompt)} characters; at most {max_prompt_chars} "
+                "are accepted (EE559_MAX_PROMPT_CHARS)",
+            )
         vocab = card.labels
         unknown = sorted(set(prompt) - set(vocab))
         if unknown:
             listed = ", ".join(f"{ch!r} (U+{ord(ch):04X})" for ch in unknown[:5])
-            raise ClientError(400, "unknown_characters", f"'prompt' holds characters the model never saw: {listed}"
-                                                         f"{' ...' if len(unknown) > 5 else ''}; it knows these "
-                                                         f"{len(vocab)}: {''.join(vocab)!r}")
+            raise ClientError(
+                400,
+                "unknown_characters",
+                f"'prompt' holds characters the model never saw: {listed}"
+                f"{' ...' if len(unknown) > 5 else ''}; it knows these "
+                f"{len(vocab)}: {''.join(vocab)!r}",
+            )
         temperature = fields.get("temperature", 1.0)
-        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
-                or not math.isfinite(temperature) or not 0 < temperature <= 10:
-            raise ClientError(400, "bad_field", f"'temperature' must be a number in (0, 10], got {shown(temperature)}"
-                                                "; for greedy decoding send top_k 1")
+        if (
+            isinstance(temperature, bool)
+            or not isinstance(temperature, (int, float))
+            or not math.isfinite(temperature)
+            or not 0 < temperature <= 10
+        ):
+            raise ClientError(
+                400,
+                "bad_field",
+                f"'temperature' must be a number in (0, 10], got {shown(temperature)}"
+                "; for greedy decoding send top_k 1",
+            )
         stream = fields.get("stream", False)
         if not isinstance(stream, bool):
             raise ClientError(400, "bad_field", f"'stream' must be true or false, got {shown(stream)}")
@@ -90,34 +115,49 @@ class GenerateText(Task):
         card = server.catalog.for_task(fields.get("model"), self.name)
         opts = self.text_options(card, fields, settings.max_new_tokens, settings.max_prompt_chars)
         scheduler = text_server.text[card.name]
-        gen = scheduler.submit(scheduler.model.encode(opts["prompt"]), opts["max_new"], opts["temperature"],
-                               opts["top_k"], opts["seed"])
+        gen = scheduler.submit(
+            scheduler.model.encode(opts["prompt"]), opts["max_new"], opts["temperature"], opts["top_k"], opts["seed"]
+        )
         if opts["stream"]:
-            return StreamingResponse(self._events(card, scheduler, gen, opts), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+            return StreamingResponse(
+                self._events(card, scheduler, gen, opts),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            )
         try:
             text = [scheduler.model.vocab[t] async for t in scheduler.tokens(gen)]
-        except Exception:  # noqa: BLE001 - logged by the scheduler
+        except Exception:
             return json_response({"error": "generation failed; retry"}, 500)
         return json_response(self._summary(card, scheduler, gen, opts, text))
 
     @staticmethod
-    def _summary(card: ModelCard, scheduler: TextScheduler, gen: Generation, opts: dict[str, Any],
-                 text: list[str]) -> dict[str, Any]:
-        return {"model": card.family, "version": card.version, "prompt": opts["prompt"], "text": "".join(text),
-                "tokens": gen.produced, "seed": opts["seed"], "temperature": opts["temperature"],
-                "top_k": opts["top_k"], "time_to_first_token_s": round(gen.first_token_s or 0.0, 6),
-                "seconds": round(gen.last - gen.arrived, 6), "provider": scheduler.provider}
+    def _summary(
+        card: ModelCard, scheduler: TextScheduler, gen: Generation, opts: dict[str, Any], text: list[str]
+    ) -> dict[str, Any]:
+        return {
+            "model": card.family,
+            "version": card.version,
+            "prompt": opts["prompt"],
+            "text": "".join(text),
+            "tokens": gen.produced,
+            "seed": opts["seed"],
+            "temperature": opts["temperature"],
+            "top_k": opts["top_k"],
+            "time_to_first_token_s": round(gen.first_token_s or 0.0, 6),
+            "seconds": round(gen.last - gen.arrived, 6),
+            "provider": scheduler.provider,
+        }
 
-    async def _events(self, card: ModelCard, scheduler: TextScheduler, gen: Generation,
-                      opts: dict[str, Any]) -> AsyncIterator[bytes]:
+    async def _events(
+        self, card: ModelCard, scheduler: TextScheduler, gen: Generation, opts: dict[str, Any]
+    ) -> AsyncIterator[bytes]:
         text: list[str] = []
         try:
             async for token in scheduler.tokens(gen):
                 text.append(scheduler.model.vocab[token])
                 yield b"data: " + orjson.dumps({"token": text[-1]}) + b"\n\n"
             yield b"event: done\ndata: " + orjson.dumps(self._summary(card, scheduler, gen, opts, text)) + b"\n\n"
-        except Exception:  # noqa: BLE001 - the status line is gone: say it in the stream
+        except Exception:
             yield b'event: error\ndata: {"error": "generation failed; retry"}\n\n'
         finally:
             scheduler.cancel(gen)  # a client that went away stops its generation

@@ -22,8 +22,9 @@ class Reconstruct(Task):
     request_schema = {"format": FORMAT}
     answer_schema = {"reconstruction": ANY_ARRAY, "mean": arr(NUM), "logvar": arr(NUM)}
 
-    def answer(self, card: ModelCard, outputs: Outputs, pixels: np.ndarray | None,
-               options: Options) -> dict[str, Any] | Response:
+    def answer(
+        self, card: ModelCard, outputs: Outputs, pixels: np.ndarray | None, options: Options
+    ) -> dict[str, Any] | Response:
         assert pixels is not None
         body = image_answer(pixels, outputs["reconstruction"], "reconstruction", options["fmt"])
         if isinstance(body, Response):

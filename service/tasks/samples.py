@@ -25,9 +25,11 @@ class Samples(Task):
     accepted = ("model", "n", "seed", "format")
     takes_image = False
     example = '{"model": "dcgan", "n": 16, "seed": 0}'
-    request_schema = {"n": {**INT, "minimum": 1, "description": "how many samples (default 1, at most the model's batch)"},
-                      "seed": {**INT, "minimum": 0, "maximum": MAX_SEED, "description": "the same seed, the same images"},
-                      "format": FORMAT}
+    request_schema = {
+        "n": {**INT, "minimum": 1, "description": "how many samples (default 1, at most the model's batch)"},
+        "seed": {**INT, "minimum": 0, "maximum": MAX_SEED, "description": "the same seed, the same images"},
+        "format": FORMAT,
+    }
     answer_schema = {"seed": INT, "n": INT, "images": ANY_ARRAY}
 
     def options(self, card: ModelCard, fields: dict[str, Any]) -> Options:
@@ -39,8 +41,9 @@ class Samples(Task):
     def model_input(self, card: ModelCard, pixels: np.ndarray | None, options: Options) -> np.ndarray:
         return latent_noise(options["n"], card.row_shape[0], options["seed"])
 
-    def answer(self, card: ModelCard, outputs: Outputs, pixels: np.ndarray | None,
-               options: Options) -> dict[str, Any] | Response:
+    def answer(
+        self, card: ModelCard, outputs: Outputs, pixels: np.ndarray | None, options: Options
+    ) -> dict[str, Any] | Response:
         images = np.clip(outputs["image"], 0, 1)  # (n, C, H, W)
         if options["fmt"] == "png":
             return Response(render.grid(images), media_type="image/png", headers={"X-Seed": str(options["seed"])})

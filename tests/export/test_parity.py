@@ -16,7 +16,6 @@ from training.data import load_dataset
 from training.registry import REGISTRY, served_graphs
 from training.train import latest_checkpoint, load_checkpoint
 
-
 GRAPHS = served_graphs()
 
 

@@ -113,10 +113,15 @@ def _text_engine(run, max_running: int = 8):
     from service.scheduler import TextScheduler
 
     generation = Generation(cache="recurrent", state={"h": "h_out"}, batch_axis=1)
-    inputs = (TensorSpec("tokens", ("batch_size", "sequence_length"), "int64"),
-              TensorSpec("h", (1, "batch_size", 2)))
-    return TextScheduler("toy", TextModel(generation, "abcd", inputs, run), ThreadPoolExecutor(1), max_running, 64,
-                         "CPUExecutionProvider")
+    inputs = (TensorSpec("tokens", ("batch_size", "sequence_length"), "int64"), TensorSpec("h", (1, "batch_size", 2)))
+    return TextScheduler(
+        "toy",
+        TextModel(generation, "abcd", inputs, run),
+        ThreadPoolExecutor(1),
+        max_running,
+        64,
+        "CPUExecutionProvider",
+    )
 
 
 def test_text_scheduler_batches_decode_steps_of_concurrent_generations():
@@ -125,8 +130,10 @@ def test_text_scheduler_batches_decode_steps_of_concurrent_generations():
     def run(feeds):
         calls.append(feeds["tokens"].shape)
         b = len(feeds["tokens"])
-        return {"logits": np.tile(np.array([0.0, 0.0, 5.0, 0.0], np.float32), (b, feeds["tokens"].shape[1], 1)),
-                "h_out": feeds["h"] + 1}
+        return {
+            "logits": np.tile(np.array([0.0, 0.0, 5.0, 0.0], np.float32), (b, feeds["tokens"].shape[1], 1)),
+            "h_out": feeds["h"] + 1,
+        }
 
     async def main():
         engine = _text_engine(run)

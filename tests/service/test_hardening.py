@@ -21,8 +21,12 @@ def test_compressed_bodies_are_refused_with_415(server):
     import gzip
 
     bomb = gzip.compress(b"[" * 10_000_000)  # ~10 KB that would inflate to 10 MB
-    r = requests.post(f"{server}/classify", data=bomb, timeout=10,
-                      headers={"Content-Type": "application/json", "Content-Encoding": "gzip"})
+    r = requests.post(
+        f"{server}/classify",
+        data=bomb,
+        timeout=10,
+        headers={"Content-Type": "application/json", "Content-Encoding": "gzip"},
+    )
     assert r.status_code == 415 and "uncompressed" in r.json()["error"]
 
 
@@ -52,8 +56,7 @@ def test_a_million_one_byte_chunks_are_read_and_refused_before_the_body_deadline
 
     url = urlparse(server)
     sock = socket.create_connection((url.hostname, url.port), timeout=5)
-    head = (b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            b"Transfer-Encoding: chunked\r\n\r\n")
+    head = b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
     body = b"1\r\n \r\n" * 1_000_000 + b"0\r\n\r\n"
 
     def send() -> None:
@@ -80,7 +83,7 @@ def test_stalled_body_is_answered_408_and_the_server_goes_on(server):
     conn.putheader("Content-Type", "application/json")
     conn.putheader("Transfer-Encoding", "chunked")
     conn.endheaders()
-    conn.send(b"5\r\n{\"mod\r\n")  # ...and never the rest (the server runs with a 3 s body timeout)
+    conn.send(b'5\r\n{"mod\r\n')  # ...and never the rest (the server runs with a 3 s body timeout)
     resp = conn.getresponse()
     assert resp.status == 408 and b"not received within" in resp.read()
     conn.close()
@@ -121,7 +124,9 @@ def test_token_authentication(exported, runs):
             r = requests.post(f"{url}/classify", json=body, headers=headers, timeout=10)
             assert r.status_code == 401 and "bearer token" in r.json()["error"]
             assert requests.get(f"{url}/v2/models/lenet", headers=headers, timeout=10).status_code == 401
-            assert requests.post(f"{url}/v2/models/lenet/infer", json={}, headers=headers, timeout=10).status_code == 401
+            assert (
+                requests.post(f"{url}/v2/models/lenet/infer", json={}, headers=headers, timeout=10).status_code == 401
+            )
         good = {"Authorization": "Bearer s3cret"}
         assert requests.post(f"{url}/classify", json=body, headers=good, timeout=10).status_code == 200
         assert requests.get(f"{url}/v2/models/lenet", headers=good, timeout=10).status_code == 200
@@ -148,14 +153,16 @@ def test_pickle_payloads_are_refused_and_never_run(server, tmp_path: Path, route
     marker = tmp_path / "unpickled"
     payload = pickle.dumps(_Marker(marker))
     for ctype in ("application/vnd.bentoml+pickle", "application/python-pickle", "application/octet-stream"):
-        r = requests.post(f"{server}{route}", params={"model": "lenet"}, data=payload,
-                          headers={"Content-Type": ctype}, timeout=10)
+        r = requests.post(
+            f"{server}{route}", params={"model": "lenet"}, data=payload, headers={"Content-Type": ctype}, timeout=10
+        )
         assert 400 <= r.status_code < 500, (route, ctype, r.status_code)
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("image", ["http://127.0.0.1:1/digit.png", "file:///etc/passwd",
-                                   {"url": "http://example.invalid/x.png"}])
+@pytest.mark.parametrize(
+    "image", ["http://127.0.0.1:1/digit.png", "file:///etc/passwd", {"url": "http://example.invalid/x.png"}]
+)
 def test_url_inputs_are_refused_not_fetched(server, image):
     r = requests.post(f"{server}/classify", json={"model": "lenet", "image": image}, timeout=10)
     assert r.status_code == 400 and "28x28" in r.json()["error"]
@@ -163,11 +170,21 @@ def test_url_inputs_are_refused_not_fetched(server, image):
 
 def test_multipart_with_a_long_boundary_tail_gets_a_4xx(server):
     boundary = "b" * 70
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nlenet\r\n"
-            f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"x.png\"\r\n"
-            f"Content-Type: image/png\r\n\r\n").encode() + b"\r" + b"-" * 100_000
-    r = requests.post(f"{server}/classify", data=body, timeout=10,  # a parser stuck on the tail times out
-                      headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="model"\r\n\r\nlenet\r\n'
+            f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="x.png"\r\n'
+            f"Content-Type: image/png\r\n\r\n"
+        ).encode()
+        + b"\r"
+        + b"-" * 100_000
+    )
+    r = requests.post(
+        f"{server}/classify",
+        data=body,
+        timeout=10,  # a parser stuck on the tail times out
+        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+    )
     assert 400 <= r.status_code < 500
 
 
@@ -182,8 +199,11 @@ def test_deeply_nested_json_is_a_400_and_the_server_goes_on(server, route: str):
 
 def _worker_pids(root: int) -> list[int]:
     """The serving workers under `bentoml serve` (processes running the service, not the arbiter)."""
-    return [pid for pid, fields in processes().items()
-            if int(fields.get("PPid", "0")) == root and "worker" in fields["cmdline"]]
+    return [
+        pid
+        for pid, fields in processes().items()
+        if int(fields.get("PPid", "0")) == root and "worker" in fields["cmdline"]
+    ]
 
 
 def test_killed_worker_comes_back_and_only_its_requests_fail(exported, runs):
@@ -245,8 +265,13 @@ def _model_with_external_data(folder: Path, location: str) -> Path:
     weight.data_location = TensorProto.EXTERNAL
     for key, value in (("location", location), ("offset", "0"), ("length", "16")):
         weight.external_data.add(key=key, value=value)
-    graph = helper.make_graph([helper.make_node("Identity", ["w"], ["y"])], "g", [],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])], [weight])
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["w"], ["y"])],
+        "g",
+        [],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])],
+        [weight],
+    )
     path = folder / "model.onnx"
     path.write_bytes(helper.make_model(graph).SerializeToString())  # as is: onnx.save would rewrite the data
     assert onnx.load(str(path), load_external_data=False).graph.initializer[0].data_location == TensorProto.EXTERNAL
@@ -279,20 +304,26 @@ def test_overload_is_shed_with_503_and_retry_after_never_500(exported, runs):
     these Python clients): the excess is answered 503 with Retry-After (not queued, not failed),
     the rest 200."""
     import json
+    from concurrent.futures import ThreadPoolExecutor
 
     import numpy as np
-    from concurrent.futures import ThreadPoolExecutor
 
     url, proc = start_server({"EE559_WORKERS": "1", "EE559_MAX_QUEUE": "8"}, log=runs / "serve-overload.log")
     try:
         wait_ready(url, proc)
         batch = np.random.default_rng(0).random((8, 3, 32, 32)).round(3)
-        body = json.dumps({"inputs": [{"name": "image", "datatype": "FP32", "shape": list(batch.shape),
-                                       "data": batch.ravel().tolist()}]}).encode()
+        body = json.dumps(
+            {
+                "inputs": [
+                    {"name": "image", "datatype": "FP32", "shape": list(batch.shape), "data": batch.ravel().tolist()}
+                ]
+            }
+        ).encode()
 
         def one(_):
-            return requests.post(f"{url}/v2/models/unet/infer", data=body, timeout=30,
-                                 headers={"Content-Type": "application/json"})
+            return requests.post(
+                f"{url}/v2/models/unet/infer", data=body, timeout=30, headers={"Content-Type": "application/json"}
+            )
 
         with ThreadPoolExecutor(64) as pool:
             answers = list(pool.map(one, range(256)))
@@ -318,16 +349,18 @@ def test_sigterm_turns_readiness_503_finishes_in_flight_requests_and_exits_0(exp
     import threading
     import time
 
-    url, proc = start_server({"EE559_WORKERS": "1", "EE559_MAX_NEW_TOKENS": "30000", "EE559_DRAIN_SECONDS": "1"},
-                             log=runs / "serve-term.log")
+    url, proc = start_server(
+        {"EE559_WORKERS": "1", "EE559_MAX_NEW_TOKENS": "30000", "EE559_DRAIN_SECONDS": "1"}, log=runs / "serve-term.log"
+    )
     try:
         wait_ready(url, proc)
         assert requests.get(f"{url}/readyz", timeout=5).status_code == 200
         result: dict = {}
 
         def long() -> None:
-            r = requests.post(f"{url}/generate_text", json={"model": "gpt", "prompt": "Return ", "max_new_tokens": 30000},
-                              timeout=90)
+            r = requests.post(
+                f"{url}/generate_text", json={"model": "gpt", "prompt": "Return ", "max_new_tokens": 30000}, timeout=90
+            )
             result.update(status=r.status_code, tokens=r.json().get("tokens"))
 
         t = threading.Thread(target=long)
@@ -336,8 +369,9 @@ def test_sigterm_turns_readiness_503_finishes_in_flight_requests_and_exits_0(exp
         os.killpg(proc.pid, signal.SIGTERM)
         time.sleep(0.1)
         ready, v2_ready = (requests.get(f"{url}{p}", timeout=5).status_code for p in ("/readyz", "/v2/health/ready"))
-        served_while_draining = requests.post(f"{url}/classify", json={"model": "lenet", "image": DIGIT},
-                                              timeout=10).status_code
+        served_while_draining = requests.post(
+            f"{url}/classify", json={"model": "lenet", "image": DIGIT}, timeout=10
+        ).status_code
         seen = []
         for _ in range(100):
             try:

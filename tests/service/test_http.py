@@ -69,8 +69,13 @@ def test_rgb_model_takes_png_uploads(server, exported):
         u8 = (split.x[i] * 255).round().astype(np.uint8).transpose(1, 2, 0)
         buf = io.BytesIO()
         Image.fromarray(u8, mode="RGB").save(buf, format="PNG")
-        r = requests.post(f"{server}/classify", params={"model": name}, data=buf.getvalue(),
-                          headers={"Content-Type": "image/png"}, timeout=30)
+        r = requests.post(
+            f"{server}/classify",
+            params={"model": name},
+            data=buf.getvalue(),
+            headers={"Content-Type": "image/png"},
+            timeout=30,
+        )
         assert r.status_code == 200, r.text
         right += r.json()["class_index"] == split.y[i]
     assert right >= 19
@@ -127,8 +132,9 @@ def test_segment_masks_match_the_shapes(server, exported, name: str):
             union[c] += ((mask == c) | (split.y[i] == c)).sum()
     present = union > 0
     assert (inter[present] / union[present]).mean() >= 0.85
-    png = requests.post(f"{server}/segment", json={"model": name, "image": split.x[0].tolist(), "format": "png"},
-                        timeout=30)
+    png = requests.post(
+        f"{server}/segment", json={"model": name, "image": split.x[0].tolist(), "format": "png"}, timeout=30
+    )
     assert png.status_code == 200 and png.headers["content-type"] == "image/png"
     assert Image.open(io.BytesIO(png.content)).size == (256, 128)
 
@@ -146,8 +152,9 @@ def test_denoise_gains_at_least_6_db(server, name: str):
         mse = lambda a: float(((a - x) ** 2).mean())  # noqa: E731
         gains.append(10 * np.log10(mse(n) / mse(out)))
     assert np.mean(gains) >= 6, f"mean PSNR gain {np.mean(gains):.1f} dB"
-    png = requests.post(f"{server}/denoise", json={"model": name, "image": noisy[0].tolist(), "format": "png"},
-                        timeout=30)
+    png = requests.post(
+        f"{server}/denoise", json={"model": name, "image": noisy[0].tolist(), "format": "png"}, timeout=30
+    )
     assert png.status_code == 200 and png.headers["content-type"] == "image/png"
 
 
@@ -183,8 +190,9 @@ def test_reconstruct_is_close_to_the_input(server, name: str):
         errors.append((((out - x) ** 2).mean(), ((x - split.x.mean(0)) ** 2).mean()))
     ours, mean_image = np.mean(errors, axis=0)
     assert ours < 0.5 * mean_image, f"reconstruction MSE {ours:.4f} vs {mean_image:.4f} for the mean image"
-    png = requests.post(f"{server}/reconstruct", json={"model": name, "image": split.x[0].tolist(), "format": "png"},
-                        timeout=30)
+    png = requests.post(
+        f"{server}/reconstruct", json={"model": name, "image": split.x[0].tolist(), "format": "png"}, timeout=30
+    )
     assert png.status_code == 200 and png.headers["content-type"] == "image/png"
 
 
@@ -194,8 +202,11 @@ def generate(url: str, **body) -> requests.Response:
 
 @pytest.mark.parametrize("name", [n for n, e in REGISTRY.items() if "generate" in e.tasks])
 def test_generate_is_deterministic_for_a_seed(server, name: str):
-    a, b, c = generate(server, model=name, n=8, seed=5), generate(server, model=name, n=8, seed=5), \
-        generate(server, model=name, n=8, seed=6)
+    a, b, c = (
+        generate(server, model=name, n=8, seed=5),
+        generate(server, model=name, n=8, seed=5),
+        generate(server, model=name, n=8, seed=6),
+    )
     assert a.status_code == b.status_code == c.status_code == 200, a.text
     images = np.asarray(a.json()["images"])
     assert images.shape == (8, 28, 28) and images.min() >= 0 and images.max() <= 1
@@ -259,17 +270,29 @@ def test_generate_text_is_deterministic_for_a_seed_and_streams_the_same_text(ser
     assert body["tokens"] == len(body["text"]) == 40 and body["seed"] == 3 and body["prompt"] == "Return the "
     assert body["text"] == b.json()["text"] and body["text"] != c.json()["text"]
     assert 0 < body["time_to_first_token_s"] <= body["seconds"]
-    with requests.post(f"{server}/generate_text", json={"model": name, "prompt": "Return the ", "max_new_tokens": 40,
-                                                        "seed": 3, "temperature": 0.8, "stream": True},
-                       stream=True, timeout=60) as r:
+    with requests.post(
+        f"{server}/generate_text",
+        json={
+            "model": name,
+            "prompt": "Return the ",
+            "max_new_tokens": 40,
+            "seed": 3,
+            "temperature": 0.8,
+            "stream": True,
+        },
+        stream=True,
+        timeout=60,
+    ) as r:
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
         events = list(sse_events(r))
     tokens = [d["token"] for e, d in events if e == "message"]
     assert "".join(tokens) == body["text"] and len(tokens) == 40
     assert events[-1][0] == "done" and events[-1][1]["text"] == body["text"]
     greedy = generate_text(server, model=name, prompt="Return the ", max_new_tokens=20, top_k=1)
-    assert greedy.json()["text"] == generate_text(server, model=name, prompt="Return the ", max_new_tokens=20,
-                                                  top_k=1, seed=99).json()["text"]  # greedy ignores the seed
+    assert (
+        greedy.json()["text"]
+        == generate_text(server, model=name, prompt="Return the ", max_new_tokens=20, top_k=1, seed=99).json()["text"]
+    )  # greedy ignores the seed
 
 
 @pytest.mark.parametrize("name", TEXT_MODELS)
@@ -286,8 +309,12 @@ def test_concurrent_generations_progress_together(server):
     order: list[str] = []
 
     def stream(tag: str, n: int) -> None:
-        with requests.post(f"{server}/generate_text", json={"model": name, "prompt": "Return ", "max_new_tokens": n,
-                                                            "stream": True}, stream=True, timeout=120) as r:
+        with requests.post(
+            f"{server}/generate_text",
+            json={"model": name, "prompt": "Return ", "max_new_tokens": n, "stream": True},
+            stream=True,
+            timeout=120,
+        ) as r:
             for i, (event, _) in enumerate(sse_events(r)):
                 if i == 0:
                     order.append(f"{tag} first")
@@ -329,8 +356,12 @@ def _generated(url: str, name: str) -> float:
 def test_client_that_disconnects_mid_stream_stops_its_generation(server):
     name = TEXT_MODELS[-1]
     before = _generated(server, name)
-    with requests.post(f"{server}/generate_text", json={"model": name, "prompt": "Return ", "max_new_tokens": 20000,
-                                                        "stream": True}, stream=True, timeout=60) as r:
+    with requests.post(
+        f"{server}/generate_text",
+        json={"model": name, "prompt": "Return ", "max_new_tokens": 20000, "stream": True},
+        stream=True,
+        timeout=60,
+    ) as r:
         events = sse_events(r)  # kept referenced: a discarded urllib3 chunk reader closes the connection
         for _ in range(5):
             next(events)
@@ -358,14 +389,22 @@ TEXT_BAD = [
     ("zero tokens", dict(json={"model": "gpt", "prompt": "a", "max_new_tokens": 0}), 400, ["max_new_tokens"]),
     ("zero temperature", dict(json={"model": "gpt", "prompt": "a", "temperature": 0}), 400, ["(0, 10]", "top_k 1"]),
     ("negative temperature", dict(json={"model": "gpt", "prompt": "a", "temperature": -1}), 400, ["temperature"]),
-    ("NaN temperature", dict(data=b'{"model": "gpt", "prompt": "a", "temperature": NaN}',
-                             headers={"Content-Type": "application/json"}), 400, ["JSON"]),
+    (
+        "NaN temperature",
+        dict(data=b'{"model": "gpt", "prompt": "a", "temperature": NaN}', headers={"Content-Type": "application/json"}),
+        400,
+        ["JSON"],
+    ),
     ("temperature a string", dict(json={"model": "gpt", "prompt": "a", "temperature": "nan"}), 400, ["temperature"]),
     ("top_k zero", dict(json={"model": "gpt", "prompt": "a", "top_k": 0}), 400, ["top_k"]),
     ("top_k too large", dict(json={"model": "gpt", "prompt": "a", "top_k": 100000}), 400, ["top_k"]),
     ("stream not a bool", dict(json={"model": "gpt", "prompt": "a", "stream": "yes"}), 400, ["stream"]),
-    ("not UTF-8", dict(data=b'{"model": "gpt", "prompt": "caf\xe9"}', headers={"Content-Type": "application/json"}),
-     400, ["UTF-8"]),
+    (
+        "not UTF-8",
+        dict(data=b'{"model": "gpt", "prompt": "caf\xe9"}', headers={"Content-Type": "application/json"}),
+        400,
+        ["UTF-8"],
+    ),
     ("not a text model", dict(json={"model": "lenet", "prompt": "a"}), 400, ["/classify", "gpt"]),
     ("unknown field", dict(json={"model": "gpt", "prompt": "a", "beam": 4}), 400, ["beam"]),
     ("form body", dict(data={"model": "gpt", "prompt": "a"}), 415, ["JSON"]),
@@ -373,7 +412,7 @@ TEXT_BAD = [
 
 
 def test_classify_accepts_chw_and_top_k(server, held_out):
-    x, y = held_out
+    x, _y = held_out
     r = classify(server, "lenet", x[0].tolist(), top_k=5)
     assert r.status_code == 200 and len(r.json()["top_k"]) == 5
     probs = [t["probability"] for t in r.json()["top_k"]]
@@ -385,10 +424,16 @@ def test_classify_png_upload_multipart_and_raw(server, held_out):
     right = 0
     for i in range(20):
         data = png_of(x[i, 0])
-        r1 = requests.post(f"{server}/classify", data={"model": "lenet"},
-                           files={"image": ("digit.png", data, "image/png")}, timeout=30)
-        r2 = requests.post(f"{server}/classify", params={"model": "lenet"}, data=data,
-                           headers={"Content-Type": "image/png"}, timeout=30)
+        r1 = requests.post(
+            f"{server}/classify", data={"model": "lenet"}, files={"image": ("digit.png", data, "image/png")}, timeout=30
+        )
+        r2 = requests.post(
+            f"{server}/classify",
+            params={"model": "lenet"},
+            data=data,
+            headers={"Content-Type": "image/png"},
+            timeout=30,
+        )
         assert r1.status_code == r2.status_code == 200, r1.text + r2.text
         assert r1.json()["class_index"] == r2.json()["class_index"]
         right += r1.json()["class_index"] == y[i]
@@ -419,10 +464,16 @@ def test_metrics_are_prometheus_with_our_series(server, held_out):
     classify(server, "lenet", held_out[0][0, 0].tolist())
     classify(server, "no-such-model", held_out[0][0, 0].tolist())
     text = requests.get(f"{server}/metrics", timeout=5).text
-    assert re.search(r'ee559_inference_duration_seconds_bucket\{le="[^"]+",model="lenet",'
-                     r'provider="CPUExecutionProvider"\}', text)
-    assert re.search(r'ee559_model_info\{model="lenet",opset="18",provider="CPUExecutionProvider",'
-                     r'version="[0-9a-f]{16}"\} 1\.0', text)
+    assert re.search(
+        r'ee559_inference_duration_seconds_bucket\{le="[^"]+",model="lenet",'
+        r'provider="CPUExecutionProvider"\}',
+        text,
+    )
+    assert re.search(
+        r'ee559_model_info\{model="lenet",opset="18",provider="CPUExecutionProvider",'
+        r'version="[0-9a-f]{16}"\} 1\.0',
+        text,
+    )
     assert 'ee559_rejected_requests_total{reason="unknown_model"}' in text
     assert "ee559_inference_batch_size_bucket" in text
     assert "bentoml_service_request_total" in text
@@ -435,29 +486,60 @@ BAD_INPUTS = [
     ("3 channels", dict(json={"model": "lenet", "image": [[[0.1] * 28] * 28] * 3}), 400, ["shape", "28x28"]),
     ("strings", dict(json={"model": "lenet", "image": [["a"] * 28] * 28}), 400, ["28x28"]),
     ("out of range", dict(json={"model": "lenet", "image": [[255] * 28] * 28}), 400, ["[0, 1]"]),
-    ("NaN literal", dict(data='{"model": "lenet", "image": [[NaN]]}', headers={"Content-Type": "application/json"}),
-     400, ["JSON"]),
-    ("huge exponent", dict(data='{"model":"lenet","image":' + json.dumps([[1e308] * 28] * 28).replace("1e+308", "1e999")
-                           + "}", headers={"Content-Type": "application/json"}), 400, []),
+    (
+        "NaN literal",
+        dict(data='{"model": "lenet", "image": [[NaN]]}', headers={"Content-Type": "application/json"}),
+        400,
+        ["JSON"],
+    ),
+    (
+        "huge exponent",
+        dict(
+            data='{"model":"lenet","image":' + json.dumps([[1e308] * 28] * 28).replace("1e+308", "1e999") + "}",
+            headers={"Content-Type": "application/json"},
+        ),
+        400,
+        [],
+    ),
     ("empty body", dict(data=b"", headers={"Content-Type": "application/json"}), 400, ["empty"]),
-    ("malformed JSON", dict(data=b'{"model": "lenet", "image": [[', headers={"Content-Type": "application/json"}),
-     400, ["malformed JSON"]),
+    (
+        "malformed JSON",
+        dict(data=b'{"model": "lenet", "image": [[', headers={"Content-Type": "application/json"}),
+        400,
+        ["malformed JSON"],
+    ),
     ("JSON list", dict(json=[1, 2, 3]), 400, ["object"]),
     ("missing image", dict(json={"model": "lenet"}), 400, ["image"]),
     ("missing model", dict(json={"image": NOT_28}), 400, ["model", "lenet"]),
     ("unknown model", dict(json={"model": "resnet152", "image": NOT_28}), 404, ["not served", "lenet"]),
     ("unknown field", dict(json={"model": "lenet", "image": [[0.0] * 28] * 28, "colour": 1}), 400, ["colour"]),
     ("bad top_k", dict(json={"model": "lenet", "image": [[0.0] * 28] * 28, "top_k": 11}), 400, ["top_k"]),
-    ("non-image upload", dict(data={"model": "lenet"}, files={"image": ("x.png", b"not an image", "image/png")}),
-     415, ["PNG", "JPEG"]),
-    ("raw non-image", dict(params={"model": "lenet"}, data=b"GIF89a....", headers={"Content-Type": "image/png"}),
-     415, ["PNG"]),
+    (
+        "non-image upload",
+        dict(data={"model": "lenet"}, files={"image": ("x.png", b"not an image", "image/png")}),
+        415,
+        ["PNG", "JPEG"],
+    ),
+    (
+        "raw non-image",
+        dict(params={"model": "lenet"}, data=b"GIF89a....", headers={"Content-Type": "image/png"}),
+        415,
+        ["PNG"],
+    ),
     ("multipart without file", dict(data={"model": "lenet"}, files={"other": ("a", b"b")}), 400, ["image"]),
-    ("pickle", dict(data=b"\x80\x04K\x01.", headers={"Content-Type": "application/vnd.bentoml+pickle"}), 415,
-     ["not accepted", "application/json"]),
+    (
+        "pickle",
+        dict(data=b"\x80\x04K\x01.", headers={"Content-Type": "application/vnd.bentoml+pickle"}),
+        415,
+        ["not accepted", "application/json"],
+    ),
     ("text/plain", dict(data=b"hello", headers={"Content-Type": "text/plain"}), 415, ["accepted"]),
-    ("over the body limit", dict(data=b"{" + b" " * (5 * 1024 * 1024) + b"}",
-                                 headers={"Content-Type": "application/json"}), 413, ["limit"]),
+    (
+        "over the body limit",
+        dict(data=b"{" + b" " * (5 * 1024 * 1024) + b"}", headers={"Content-Type": "application/json"}),
+        413,
+        ["limit"],
+    ),
 ]
 
 
@@ -477,8 +559,11 @@ GENERATE_BAD = [
 ]
 
 
-ALL_BAD = [("/classify", *b) for b in BAD_INPUTS] + [("/generate", *b) for b in GENERATE_BAD] + \
-    [("/generate_text", *b) for b in TEXT_BAD]
+ALL_BAD = (
+    [("/classify", *b) for b in BAD_INPUTS]
+    + [("/generate", *b) for b in GENERATE_BAD]
+    + [("/generate_text", *b) for b in TEXT_BAD]
+)
 
 
 @pytest.mark.parametrize("route, desc, kwargs, status, words", ALL_BAD, ids=[f"{b[0]} {b[1]}" for b in ALL_BAD])
@@ -499,8 +584,9 @@ def test_server_keeps_serving_after_bad_input_and_never_answered_500(server, hel
     assert not re.search(r'http_response_code="5\d\d"[^}]*\} [1-9]', text), "a request was answered 5xx"
 
 
-@pytest.mark.skipif(__import__("service.ort_runtime", fromlist=["x"])._cuda_driver_present(),
-                    reason="this machine has an NVIDIA driver")
+@pytest.mark.skipif(
+    __import__("service.ort_runtime", fromlist=["x"])._cuda_driver_present(), reason="this machine has an NVIDIA driver"
+)
 def test_start_up_fails_when_cuda_is_required_but_missing(exported, runs):
     log = runs / "serve-cuda.log"
     url, proc = start_server({"EE559_PROVIDER": "cuda"}, log=log)

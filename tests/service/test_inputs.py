@@ -28,19 +28,22 @@ def test_accepts_hw_and_chw_arrays():
         np.testing.assert_allclose(out[0], x, rtol=1e-6)
 
 
-@pytest.mark.parametrize("value, reason", [
-    ([[0.5] * 28] * 27, "bad_shape"),
-    ([[0.5] * 27] * 28, "bad_shape"),
-    ([[[0.5] * 28] * 28] * 3, "bad_shape"),
-    ([[0.5] * 28] * 27 + [[0.5] * 5], "bad_shape"),  # ragged
-    ([["0.5"] * 28] * 28, "bad_dtype"),
-    ([[True] * 28] * 28, "bad_dtype"),
-    ([[None] * 28] * 28, "bad_dtype"),
-    ([[1.5] * 28] * 28, "out_of_range"),
-    ([[-0.1] * 28] * 28, "out_of_range"),
-    ("not an array", "bad_shape"),
-    ({"a": 1}, "bad_shape"),
-])
+@pytest.mark.parametrize(
+    "value, reason",
+    [
+        ([[0.5] * 28] * 27, "bad_shape"),
+        ([[0.5] * 27] * 28, "bad_shape"),
+        ([[[0.5] * 28] * 28] * 3, "bad_shape"),
+        ([[0.5] * 28] * 27 + [[0.5] * 5], "bad_shape"),  # ragged
+        ([["0.5"] * 28] * 28, "bad_dtype"),
+        ([[True] * 28] * 28, "bad_dtype"),
+        ([[None] * 28] * 28, "bad_dtype"),
+        ([[1.5] * 28] * 28, "out_of_range"),
+        ([[-0.1] * 28] * 28, "out_of_range"),
+        ("not an array", "bad_shape"),
+        ({"a": 1}, "bad_shape"),
+    ],
+)
 def test_rejects_bad_arrays_with_a_message_saying_what_is_accepted(value, reason):
     with pytest.raises(ClientError) as info:
         array_from_json(value, SHAPE)

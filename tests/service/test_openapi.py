@@ -22,17 +22,36 @@ def test_docs_json_documents_every_route_and_probe(server):
     assert ours <= set(doc["paths"]), ours - set(doc["paths"])
     assert {"/livez", "/readyz", "/metrics"} <= set(doc["paths"])  # BentoML's own, kept
     classify = doc["paths"]["/classify"]["post"]
-    assert set(classify["requestBody"]["content"]["application/json"]["schema"]["properties"]["model"]["enum"]) \
-        == {"lenet", "mlp", "resnet"}
+    assert set(classify["requestBody"]["content"]["application/json"]["schema"]["properties"]["model"]["enum"]) == {
+        "lenet",
+        "mlp",
+        "resnet",
+    }
     assert {"200", "400", "404", "413", "415", "503"} <= set(classify["responses"])
 
 
 def test_schemathesis_finds_no_server_error_and_no_undocumented_answer(server, tmp_path: Path):
     run = subprocess.run(
-        [str(SCHEMATHESIS), "run", f"{server}/docs.json", "--checks",
-         "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance",
-         "--phases", "examples,coverage,fuzzing", "--max-examples", str(EXAMPLES), "--seed", str(SEED),
-         "--request-timeout", "30", "--no-color"],
-        capture_output=True, text=True, timeout=600, cwd=tmp_path)
+        [
+            str(SCHEMATHESIS),
+            "run",
+            f"{server}/docs.json",
+            "--checks",
+            "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance",
+            "--phases",
+            "examples,coverage,fuzzing",
+            "--max-examples",
+            str(EXAMPLES),
+            "--seed",
+            str(SEED),
+            "--request-timeout",
+            "30",
+            "--no-color",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
     assert "generated" in run.stdout and " 0 generated" not in run.stdout

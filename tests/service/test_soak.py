@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import requests
@@ -43,8 +42,11 @@ def _drive(url: str, seconds: float, rate: float | None, threads: int = 4) -> tu
         with requests.Session() as s:
             while time.monotonic() < stop:
                 if i % 10 == 9:
-                    r = s.post(f"{url}/generate_text", json={"model": "gpt", "prompt": "Return the ",
-                                                             "max_new_tokens": 16, "seed": i}, timeout=30)
+                    r = s.post(
+                        f"{url}/generate_text",
+                        json={"model": "gpt", "prompt": "Return the ", "max_new_tokens": 16, "seed": i},
+                        timeout=30,
+                    )
                 else:
                     r = s.post(f"{url}/classify", json={"model": "lenet", "image": DIGIT}, timeout=30)
                 with lock:
@@ -82,10 +84,12 @@ def test_soak_at_70_percent_of_capacity_keeps_memory_flat(exported, runs):
             trail.append(_tree_rss_bytes(proc.pid))
         end_rss = trail[-1]
         growth = end_rss / start_rss - 1
-        print(f"\nsoak: {seconds:.0f} s at {rate:.0f} req/s (70% of {capacity:.0f}); {ok} answered, {failed} failed; "
-              f"resident memory {start_rss / 2**20:.1f} MiB after {warm:.0f} s of warm-up -> "
-              f"{end_rss / 2**20:.1f} MiB ({100 * growth:+.2f}%); every tenth: "
-              f"{' '.join(f'{r / 2**20:.0f}' for r in trail)} MiB")
+        print(
+            f"\nsoak: {seconds:.0f} s at {rate:.0f} req/s (70% of {capacity:.0f}); {ok} answered, {failed} failed; "
+            f"resident memory {start_rss / 2**20:.1f} MiB after {warm:.0f} s of warm-up -> "
+            f"{end_rss / 2**20:.1f} MiB ({100 * growth:+.2f}%); every tenth: "
+            f"{' '.join(f'{r / 2**20:.0f}' for r in trail)} MiB"
+        )
         assert failed == 0
         assert growth < 0.05
     finally:

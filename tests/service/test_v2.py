@@ -43,8 +43,7 @@ def test_model_metadata_from_the_card(client, exported, name: str):
     assert meta["versions"] == [card["version"]]
     spec = GRAPHS[name][1].spec
     assert meta["inputs"] == [{"name": t.name, "datatype": "FP32", "shape": [-1, *t.shape[1:]]} for t in spec.inputs]
-    assert meta["outputs"] == [{"name": t.name, "datatype": "FP32", "shape": [-1, *t.shape[1:]]}
-                               for t in spec.outputs]
+    assert meta["outputs"] == [{"name": t.name, "datatype": "FP32", "shape": [-1, *t.shape[1:]]} for t in spec.outputs]
     assert client.get_model_metadata(name, card["version"])["name"] == name
 
 
@@ -56,8 +55,9 @@ def test_infer_matches_onnx_runtime(client, exported, name: str, binary_in: bool
     inp = th.InferInput(spec.inputs[0].name, list(x.shape), "FP32")
     inp.set_data_from_numpy(x, binary_data=binary_in)
     out_name = spec.outputs[0].name
-    result = client.infer(name, [inp], outputs=[th.InferRequestedOutput(out_name, binary_data=binary_out)],
-                          request_id="req-7")
+    result = client.infer(
+        name, [inp], outputs=[th.InferRequestedOutput(out_name, binary_data=binary_out)], request_id="req-7"
+    )
     got = result.as_numpy(out_name)
     assert got.shape == (5, *spec.outputs[0].shape[1:]) and got.dtype == np.float32
     np.testing.assert_allclose(got, direct(exported, name, x), rtol=0, atol=1e-5)
@@ -68,8 +68,11 @@ def test_infer_matches_onnx_runtime(client, exported, name: str, binary_in: bool
 def test_text_models_are_described_and_point_to_generate_text(client, server, name: str):
     meta = client.get_model_metadata(name)
     assert meta["inputs"][0] == {"name": "tokens", "datatype": "INT64", "shape": [-1, -1]}
-    r = requests.post(f"{server}/v2/models/{name}/infer", timeout=10,
-                      json={"inputs": [{"name": "tokens", "datatype": "INT64", "shape": [1, 1], "data": [0]}]})
+    r = requests.post(
+        f"{server}/v2/models/{name}/infer",
+        timeout=10,
+        json={"inputs": [{"name": "tokens", "datatype": "INT64", "shape": [1, 1], "data": [0]}]},
+    )
     assert r.status_code == 400 and "/generate_text" in r.json()["error"]
 
 
@@ -86,34 +89,112 @@ def test_unknown_model_and_version_are_404(client, server):
 V2_BAD = [
     ("not JSON", b"{", {}),
     ("no inputs", json.dumps({"x": 1}).encode(), {}),
-    ("wrong input name", json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 1, 28, 28],
-                                                 "data": [0] * 784}]}).encode(), {}),
-    ("wrong datatype", json.dumps({"inputs": [{"name": "image", "datatype": "INT64", "shape": [1, 1, 28, 28],
-                                               "data": [0] * 784}]}).encode(), {}),
-    ("wrong shape", json.dumps({"inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 28, 28],
-                                            "data": [0] * 784}]}).encode(), {}),
-    ("batch over max", json.dumps({"inputs": [{"name": "image", "datatype": "FP32", "shape": [10**6, 1, 28, 28],
-                                               "data": [0]}]}).encode(), {}),
-    ("data count", json.dumps({"inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 1, 28, 28],
-                                           "data": [0] * 10}]}).encode(), {}),
-    ("strings", json.dumps({"inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 1, 28, 28],
-                                        "data": ["a"] * 784}]}).encode(), {}),
-    ("binary size lies", json.dumps({"inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 1, 28, 28],
-                                                 "parameters": {"binary_data_size": 4 * 784}}]}).encode() + b"\0" * 8,
-     {"Inference-Header-Content-Length": "X"}),
-    ("unknown output", json.dumps({"inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 1, 28, 28],
-                                               "data": [0] * 784}], "outputs": [{"name": "probs"}]}).encode(), {}),
+    (
+        "wrong input name",
+        json.dumps(
+            {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 1, 28, 28], "data": [0] * 784}]}
+        ).encode(),
+        {},
+    ),
+    (
+        "wrong datatype",
+        json.dumps(
+            {"inputs": [{"name": "image", "datatype": "INT64", "shape": [1, 1, 28, 28], "data": [0] * 784}]}
+        ).encode(),
+        {},
+    ),
+    (
+        "wrong shape",
+        json.dumps(
+            {"inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 28, 28], "data": [0] * 784}]}
+        ).encode(),
+        {},
+    ),
+    (
+        "batch over max",
+        json.dumps(
+            {"inputs": [{"name": "image", "datatype": "FP32", "shape": [10**6, 1, 28, 28], "data": [0]}]}
+        ).encode(),
+        {},
+    ),
+    (
+        "data count",
+        json.dumps(
+            {"inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 1, 28, 28], "data": [0] * 10}]}
+        ).encode(),
+        {},
+    ),
+    (
+        "strings",
+        json.dumps(
+            {"inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 1, 28, 28], "data": ["a"] * 784}]}
+        ).encode(),
+        {},
+    ),
+    (
+        "binary size lies",
+        json.dumps(
+            {
+                "inputs": [
+                    {
+                        "name": "image",
+                        "datatype": "FP32",
+                        "shape": [1, 1, 28, 28],
+                        "parameters": {"binary_data_size": 4 * 784},
+                    }
+                ]
+            }
+        ).encode()
+        + b"\0" * 8,
+        {"Inference-Header-Content-Length": "X"},
+    ),
+    (
+        "unknown output",
+        json.dumps(
+            {
+                "inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 1, 28, 28], "data": [0] * 784}],
+                "outputs": [{"name": "probs"}],
+            }
+        ).encode(),
+        {},
+    ),
     # found by schemathesis (500s before): a name that is not a string, parameters that are not objects
-    ("object as name", json.dumps({"inputs": [{"name": {}, "datatype": "FP32", "shape": [1, 1, 28, 28],
-                                               "data": [0] * 784}]}).encode(), {}),
-    ("list as parameters", json.dumps({"inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 1, 28, 28],
-                                                   "data": [0] * 784}], "parameters": []}).encode(), {}),
-    ("string as input parameters", json.dumps({"inputs": [{"name": "image", "datatype": "FP32",
-                                                           "shape": [1, 1, 28, 28], "data": [0] * 784,
-                                                           "parameters": "x"}]}).encode(), {}),
-    ("list as output parameters", json.dumps({"inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 1, 28, 28],
-                                                          "data": [0] * 784}],
-                                              "outputs": [{"name": "logits", "parameters": [1]}]}).encode(), {}),
+    (
+        "object as name",
+        json.dumps({"inputs": [{"name": {}, "datatype": "FP32", "shape": [1, 1, 28, 28], "data": [0] * 784}]}).encode(),
+        {},
+    ),
+    (
+        "list as parameters",
+        json.dumps(
+            {
+                "inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 1, 28, 28], "data": [0] * 784}],
+                "parameters": [],
+            }
+        ).encode(),
+        {},
+    ),
+    (
+        "string as input parameters",
+        json.dumps(
+            {
+                "inputs": [
+                    {"name": "image", "datatype": "FP32", "shape": [1, 1, 28, 28], "data": [0] * 784, "parameters": "x"}
+                ]
+            }
+        ).encode(),
+        {},
+    ),
+    (
+        "list as output parameters",
+        json.dumps(
+            {
+                "inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 1, 28, 28], "data": [0] * 784}],
+                "outputs": [{"name": "logits", "parameters": [1]}],
+            }
+        ).encode(),
+        {},
+    ),
 ]
 
 
@@ -121,8 +202,12 @@ V2_BAD = [
 def test_bad_infer_requests_are_400(server, desc, body, headers):
     if headers.get("Inference-Header-Content-Length") == "X":
         headers = {"Inference-Header-Content-Length": str(body.index(b"\0"))}
-    r = requests.post(f"{server}/v2/models/lenet/infer", data=body, timeout=10,
-                      headers={"Content-Type": "application/json", **headers})
+    r = requests.post(
+        f"{server}/v2/models/lenet/infer",
+        data=body,
+        timeout=10,
+        headers={"Content-Type": "application/json", **headers},
+    )
     assert r.status_code == 400, f"{desc}: {r.status_code} {r.text[:200]}"
     assert set(r.json()) == {"error"} and r.json()["error"]
 
@@ -132,10 +217,20 @@ def test_classify_accepts_npy_and_raw_float32(server, exported):
     expected = int(direct(exported, "lenet", x[None]).argmax())
     buf = io.BytesIO()
     np.save(buf, x)
-    r1 = requests.post(f"{server}/classify", params={"model": "lenet"}, data=buf.getvalue(),
-                       headers={"Content-Type": "application/x-npy"}, timeout=10)
-    r2 = requests.post(f"{server}/classify", params={"model": "lenet"}, data=x.astype("<f4").tobytes(),
-                       headers={"Content-Type": "application/octet-stream", "X-Tensor-Shape": "1,28,28"}, timeout=10)
+    r1 = requests.post(
+        f"{server}/classify",
+        params={"model": "lenet"},
+        data=buf.getvalue(),
+        headers={"Content-Type": "application/x-npy"},
+        timeout=10,
+    )
+    r2 = requests.post(
+        f"{server}/classify",
+        params={"model": "lenet"},
+        data=x.astype("<f4").tobytes(),
+        headers={"Content-Type": "application/octet-stream", "X-Tensor-Shape": "1,28,28"},
+        timeout=10,
+    )
     assert r1.status_code == r2.status_code == 200
     assert r1.json()["class_index"] == r2.json()["class_index"] == expected
 
@@ -149,8 +244,13 @@ def test_npy_with_pickled_objects_is_refused(server, tmp_path):
 
     buf = io.BytesIO()
     np.save(buf, np.array([Boom()], dtype=object), allow_pickle=True)
-    r = requests.post(f"{server}/classify", params={"model": "lenet"}, data=buf.getvalue(),
-                      headers={"Content-Type": "application/x-npy"}, timeout=10)
+    r = requests.post(
+        f"{server}/classify",
+        params={"model": "lenet"},
+        data=buf.getvalue(),
+        headers={"Content-Type": "application/x-npy"},
+        timeout=10,
+    )
     assert r.status_code == 400 and "pickled" in r.json()["error"]
     assert not marker.exists()
 
@@ -158,6 +258,11 @@ def test_npy_with_pickled_objects_is_refused(server, tmp_path):
 def test_raw_float32_needs_a_matching_shape_header(server):
     body = np.zeros(784, dtype="<f4").tobytes()
     for headers in ({}, {"X-Tensor-Shape": "28,29"}, {"X-Tensor-Shape": "a,b"}, {"X-Tensor-Shape": "2,28,28"}):
-        r = requests.post(f"{server}/classify", params={"model": "lenet"}, data=body, timeout=10,
-                          headers={"Content-Type": "application/octet-stream", **headers})
+        r = requests.post(
+            f"{server}/classify",
+            params={"model": "lenet"},
+            data=body,
+            timeout=10,
+            headers={"Content-Type": "application/octet-stream", **headers},
+        )
         assert r.status_code == 400, headers

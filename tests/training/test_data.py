@@ -73,7 +73,7 @@ def test_shapes_are_deterministic_balanced_and_match_their_masks():
     np.testing.assert_array_equal(a.test.x, b.test.x)
     assert a.train.x.shape[1:] == (3, 32, 32) and a.labels == SHAPES
     assert np.bincount(a.train.y, minlength=4).min() > len(a.train) // 8
-    x, y, masks = make_shapes(50, seed=1)
+    x, _y, masks = make_shapes(50, seed=1)
     assert masks.shape == (50, 32, 32) and masks.any(axis=(1, 2)).all()
     inside = np.array([x[i][:, masks[i]].mean() for i in range(50)])
     outside = np.array([x[i][:, ~masks[i]].mean() for i in range(50)])

@@ -28,7 +28,8 @@ def test_output_shape(name: str):
         inputs = example_inputs(model, spec, batch)
         assert [tuple(x.shape) for x in inputs] == [
             tuple({"batch_size": batch, "sequence_length": 3, "past_length": 4}.get(d, d) for d in t.shape)
-            for t in spec.inputs]
+            for t in spec.inputs
+        ]
         with torch.no_grad():
             out = getattr(model, spec.method)(*inputs)  # what the exported graph computes
         outs = out if isinstance(out, tuple) else (out,)

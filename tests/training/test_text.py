@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from export.text_parity import torch_text_model, uncached_greedy
 from core.textgen import choose, greedy
+from export.text_parity import torch_text_model, uncached_greedy
 from training.data import load_dataset
 from training.models.char_lstm import CharLSTM, CharLSTMConfig
 from training.models.gpt import GPT, GPTConfig
@@ -62,7 +62,7 @@ def test_gpt_cached_token_by_token_pass_equals_full_pass():
     mask = torch.zeros(3, 0, dtype=torch.int64)
     steps = []
     for t in range(40):
-        logits, keys, values = model(tokens[:, t:t + 1], torch.full((3, 1), t), mask, keys, values)
+        logits, keys, values = model(tokens[:, t : t + 1], torch.full((3, 1), t), mask, keys, values)
         mask = torch.cat([mask, torch.ones(3, 1, dtype=torch.int64)], 1)
         steps.append(logits)
     assert keys.shape == (2, 3, 2, 40, 16)
@@ -79,8 +79,9 @@ def test_gpt_left_padded_batch_equals_each_sequence_alone():
     keys = torch.cat([torch.nn.functional.pad(inputs[0][3], (0, 0, pad, 0)), inputs[1][3]], 1)
     values = torch.cat([torch.nn.functional.pad(inputs[0][4], (0, 0, pad, 0)), inputs[1][4]], 1)
     mask = torch.cat([torch.cat([torch.zeros(1, pad, dtype=torch.int64), inputs[0][2]], 1), inputs[1][2]])
-    batched = model(torch.cat([inputs[0][0], inputs[1][0]]), torch.cat([inputs[0][1], inputs[1][1]]), mask, keys,
-                    values)[0][:, -1]
+    batched = model(
+        torch.cat([inputs[0][0], inputs[1][0]]), torch.cat([inputs[0][1], inputs[1][1]]), mask, keys, values
+    )[0][:, -1]
     assert (batched - torch.cat(alone)).abs().max() < 1e-5
 
 

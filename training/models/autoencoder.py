@@ -31,11 +31,16 @@ class DenoisingAutoencoder(nn.Module):
         self.cfg = cfg
         c = cfg.in_channels
         self.encoder = nn.Sequential(
-            *conv_down(c), nn.Flatten(), nn.Linear(64 * 7 * 7, cfg.latent),  # (B, latent)
+            *conv_down(c),
+            nn.Flatten(),
+            nn.Linear(64 * 7 * 7, cfg.latent),  # (B, latent)
         )
         self.decoder = nn.Sequential(
-            nn.Linear(cfg.latent, 64 * 7 * 7), nn.ReLU(), nn.Unflatten(1, (64, 7, 7)),
-            *conv_up(c), nn.Sigmoid(),  # (B, c, 28, 28) in [0, 1]
+            nn.Linear(cfg.latent, 64 * 7 * 7),
+            nn.ReLU(),
+            nn.Unflatten(1, (64, 7, 7)),
+            *conv_up(c),
+            nn.Sigmoid(),  # (B, c, 28, 28) in [0, 1]
         )
 
     def corrupt(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -55,5 +60,8 @@ class DenoisingAutoencoder(nn.Module):
         """Sums over the batch, with fixed noise so that runs compare."""
         noisy = self.corrupt(x, torch.Generator(device=x.device).manual_seed(0))
         denoised, _ = self(noisy)
-        return {"loss": nn.functional.mse_loss(denoised, x, reduction="none").flatten(1).mean(1).sum().item(),
-                "psnr_noisy_db": psnr(noisy, x).sum().item(), "psnr_denoised_db": psnr(denoised, x).sum().item()}
+        return {
+            "loss": nn.functional.mse_loss(denoised, x, reduction="none").flatten(1).mean(1).sum().item(),
+            "psnr_noisy_db": psnr(noisy, x).sum().item(),
+            "psnr_denoised_db": psnr(denoised, x).sum().item(),
+        }

@@ -33,8 +33,9 @@ class CharLSTM(nn.Module):
         shape = (self.cfg.layers, batch, self.cfg.hidden)
         return torch.zeros(shape), torch.zeros(shape)
 
-    def forward(self, tokens: torch.Tensor, h: torch.Tensor, c: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(
+        self, tokens: torch.Tensor, h: torch.Tensor, c: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """tokens (B, T) int64, h and c (layers, B, hidden) -> logits (B, T, vocab), h, c."""
         y, (h, c) = self.lstm(self.embed(tokens), (h, c))  # (B, T, hidden)
         return self.head(self.drop(y)), h, c
@@ -59,5 +60,8 @@ class CharLSTM(nn.Module):
         """Sums over the batch of each window's mean loss in nats per character."""
         logits, _, _ = self(x, *(s.to(x.device) for s in self.initial_state(len(x))))
         nats = nn.functional.cross_entropy(logits.transpose(1, 2), y, reduction="none").mean(1)
-        return {"loss": nats.sum().item(), "nats_per_char": nats.sum().item(),
-                "bits_per_char": (nats / torch.log(torch.tensor(2.0))).sum().item()}
+        return {
+            "loss": nats.sum().item(),
+            "nats_per_char": nats.sum().item(),
+            "bits_per_char": (nats / torch.log(torch.tensor(2.0))).sum().item(),
+        }

@@ -39,15 +39,24 @@ class DCGAN(nn.Module):
         self.cfg = cfg
         w, c = cfg.width, cfg.in_channels
         self.generator = nn.Sequential(
-            nn.Linear(cfg.latent, 2 * w * 7 * 7, bias=False), nn.BatchNorm1d(2 * w * 7 * 7), nn.ReLU(),
+            nn.Linear(cfg.latent, 2 * w * 7 * 7, bias=False),
+            nn.BatchNorm1d(2 * w * 7 * 7),
+            nn.ReLU(),
             nn.Unflatten(1, (2 * w, 7, 7)),
-            nn.ConvTranspose2d(2 * w, w, 4, 2, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU(),  # (B, w, 14, 14)
-            nn.ConvTranspose2d(w, c, 4, 2, 1), nn.Sigmoid(),  # (B, c, 28, 28) in [0, 1]
+            nn.ConvTranspose2d(2 * w, w, 4, 2, 1, bias=False),
+            nn.BatchNorm2d(w),
+            nn.ReLU(),  # (B, w, 14, 14)
+            nn.ConvTranspose2d(w, c, 4, 2, 1),
+            nn.Sigmoid(),  # (B, c, 28, 28) in [0, 1]
         )
         self.discriminator = nn.Sequential(
-            nn.Conv2d(c, w, 4, 2, 1), nn.LeakyReLU(0.2),  # (B, w, 14, 14)
-            nn.Conv2d(w, 2 * w, 4, 2, 1, bias=False), nn.BatchNorm2d(2 * w), nn.LeakyReLU(0.2),  # (B, 2w, 7, 7)
-            nn.Flatten(), nn.Linear(2 * w * 7 * 7, 1),  # (B, 1) logit of "real"
+            nn.Conv2d(c, w, 4, 2, 1),
+            nn.LeakyReLU(0.2),  # (B, w, 14, 14)
+            nn.Conv2d(w, 2 * w, 4, 2, 1, bias=False),
+            nn.BatchNorm2d(2 * w),
+            nn.LeakyReLU(0.2),  # (B, 2w, 7, 7)
+            nn.Flatten(),
+            nn.Linear(2 * w * 7 * 7, 1),  # (B, 1) logit of "real"
         )
         self.apply(_init)
 
@@ -66,8 +75,9 @@ class DCGAN(nn.Module):
         z = torch.randn(len(x), self.cfg.latent, generator=generator, device=x.device)
         fake = self.generator(z)
         real_logit, fake_logit = self.discriminator(x), self.discriminator(fake.detach())
-        d_loss = (bce(real_logit, torch.full_like(real_logit, self.cfg.label_smoothing))
-                  + bce(fake_logit, torch.zeros_like(fake_logit)))
+        d_loss = bce(real_logit, torch.full_like(real_logit, self.cfg.label_smoothing)) + bce(
+            fake_logit, torch.zeros_like(fake_logit)
+        )
         g_logit = self._d_frozen(fake)
         g_loss = bce(g_logit, torch.ones_like(g_logit))  # the non-saturating generator loss
         return d_loss, g_loss
@@ -81,5 +91,8 @@ class DCGAN(nn.Module):
         """Both players' losses (sums over the batch) on held-out images and fixed noise. A GAN's
         losses do not rank epochs; its quality is judged on samples (see sample_quality)."""
         d_loss, g_loss = self.losses(x, torch.Generator(device=x.device).manual_seed(0))
-        return {"loss": (d_loss + g_loss).item() * len(x), "d_loss": d_loss.item() * len(x),
-                "g_loss": g_loss.item() * len(x)}
+        return {
+            "loss": (d_loss + g_loss).item() * len(x),
+            "d_loss": d_loss.item() * len(x),
+            "g_loss": g_loss.item() * len(x),
+        }

@@ -37,8 +37,9 @@ class CausalSelfAttention(nn.Module):
         self.proj = nn.Linear(cfg.dim, cfg.dim)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, past_k: torch.Tensor, past_v: torch.Tensor, mask: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, past_k: torch.Tensor, past_v: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x (B, T, C); past_k/v (B, H, P, D); mask (B, P + T) bool, True where a key is real."""
         b, t, c = x.shape
         p = past_k.shape[2]
@@ -57,8 +58,9 @@ class Block(nn.Module):
         super().__init__()
         self.ln1, self.ln2 = nn.LayerNorm(cfg.dim), nn.LayerNorm(cfg.dim)
         self.attn = CausalSelfAttention(cfg)
-        self.mlp = nn.Sequential(nn.Linear(cfg.dim, 4 * cfg.dim), nn.GELU(), nn.Linear(4 * cfg.dim, cfg.dim),
-                                 nn.Dropout(cfg.dropout))
+        self.mlp = nn.Sequential(
+            nn.Linear(cfg.dim, 4 * cfg.dim), nn.GELU(), nn.Linear(4 * cfg.dim, cfg.dim), nn.Dropout(cfg.dropout)
+        )
 
     def forward(self, x, past_k, past_v, mask):
         a, k, v = self.attn(self.ln1(x), past_k, past_v, mask)
@@ -89,9 +91,14 @@ class GPT(nn.Module):
         shape = (self.cfg.layers, batch, self.cfg.heads, 0, self.cfg.dim // self.cfg.heads)
         return torch.zeros(shape, device=device), torch.zeros(shape, device=device)
 
-    def forward(self, tokens: torch.Tensor, positions: torch.Tensor, past_mask: torch.Tensor,
-                past_keys: torch.Tensor, past_values: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        positions: torch.Tensor,
+        past_mask: torch.Tensor,
+        past_keys: torch.Tensor,
+        past_values: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """tokens, positions (B, T) int64; past_mask (B, P) int64; past_keys/values (L, B, H, P, D)
         -> logits (B, T, vocab), present_keys/values (L, B, H, P + T, D)."""
         mask = torch.cat([past_mask.bool(), torch.ones_like(tokens, dtype=torch.bool)], 1)  # (B, P + T)
@@ -129,5 +136,8 @@ class GPT(nn.Module):
     def evaluate_batch(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         """Sums over the batch of each window's mean loss in nats per character."""
         nats = nn.functional.cross_entropy(self.full_forward(x).transpose(1, 2), y, reduction="none").mean(1)
-        return {"loss": nats.sum().item(), "nats_per_char": nats.sum().item(),
-                "bits_per_char": (nats / math.log(2)).sum().item()}
+        return {
+            "loss": nats.sum().item(),
+            "nats_per_char": nats.sum().item(),
+            "bits_per_char": (nats / math.log(2)).sum().item(),
+        }

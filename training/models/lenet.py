@@ -28,12 +28,18 @@ class LeNet(nn.Module):
         c1, c2 = cfg.conv_channels
         self.features = nn.Sequential(
             Normalize(cfg.mean, cfg.std),
-            nn.Conv2d(cfg.in_channels, c1, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),  # (B, c1, 14, 14)
-            nn.Conv2d(c1, c2, 5), nn.ReLU(), nn.MaxPool2d(2),  # (B, c2, 5, 5)
+            nn.Conv2d(cfg.in_channels, c1, 5, padding=2),
+            nn.ReLU(),
+            nn.MaxPool2d(2),  # (B, c1, 14, 14)
+            nn.Conv2d(c1, c2, 5),
+            nn.ReLU(),
+            nn.MaxPool2d(2),  # (B, c2, 5, 5)
         )
         self.classifier = nn.Sequential(
             nn.Flatten(),
-            nn.Linear(c2 * 5 * 5, cfg.hidden), nn.ReLU(), nn.Dropout(cfg.dropout),
+            nn.Linear(c2 * 5 * 5, cfg.hidden),
+            nn.ReLU(),
+            nn.Dropout(cfg.dropout),
             nn.Linear(cfg.hidden, cfg.num_classes),
         )
 

@@ -31,8 +31,11 @@ class BasicBlock(nn.Module):
         self.bn1 = nn.BatchNorm2d(c_out)
         self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(c_out)
-        self.skip = nn.Identity() if stride == 1 and c_in == c_out else nn.Sequential(
-            nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+        self.skip = (
+            nn.Identity()
+            if stride == 1 and c_in == c_out
+            else nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = torch.relu(self.bn1(self.conv1(x)))
@@ -44,8 +47,12 @@ class ResNet(nn.Module):
         super().__init__()
         self.cfg = cfg
         w0 = cfg.widths[0]
-        self.stem = nn.Sequential(Normalize(cfg.mean, cfg.std), nn.Conv2d(cfg.in_channels, w0, 3, 1, 1, bias=False),
-                                  nn.BatchNorm2d(w0), nn.ReLU())
+        self.stem = nn.Sequential(
+            Normalize(cfg.mean, cfg.std),
+            nn.Conv2d(cfg.in_channels, w0, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(w0),
+            nn.ReLU(),
+        )
         layers, c = [], w0
         for i, w in enumerate(cfg.widths):
             for j in range(cfg.blocks_per_stage):

@@ -21,8 +21,14 @@ class UNetConfig:
 
 
 def double_conv(c_in: int, c_out: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(),
-                         nn.Conv2d(c_out, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU())
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(),
+        nn.Conv2d(c_out, c_out, 3, padding=1, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(),
+    )
 
 
 class UNet(nn.Module):
@@ -31,7 +37,11 @@ class UNet(nn.Module):
         self.cfg = cfg
         b = cfg.base
         self.norm = Normalize(cfg.mean, cfg.std)
-        self.enc1, self.enc2, self.mid = double_conv(cfg.in_channels, b), double_conv(b, 2 * b), double_conv(2 * b, 4 * b)
+        self.enc1, self.enc2, self.mid = (
+            double_conv(cfg.in_channels, b),
+            double_conv(b, 2 * b),
+            double_conv(2 * b, 4 * b),
+        )
         self.pool = nn.MaxPool2d(2)
         self.up2, self.dec2 = nn.ConvTranspose2d(4 * b, 2 * b, 2, stride=2), double_conv(4 * b, 2 * b)
         self.up1, self.dec1 = nn.ConvTranspose2d(2 * b, b, 2, stride=2), double_conv(2 * b, b)

@@ -25,12 +25,19 @@ class VAE(nn.Module):
         self.cfg = cfg
         c = cfg.in_channels
         self.encoder = nn.Sequential(
-            *conv_down(c), nn.Flatten(), nn.Linear(64 * 7 * 7, 256), nn.ReLU(),
+            *conv_down(c),
+            nn.Flatten(),
+            nn.Linear(64 * 7 * 7, 256),
+            nn.ReLU(),
             nn.Linear(256, 2 * cfg.latent),  # (B, 2 * latent): mean and log-variance
         )
         self.decoder = nn.Sequential(
-            nn.Linear(cfg.latent, 256), nn.ReLU(), nn.Linear(256, 64 * 7 * 7), nn.ReLU(),
-            nn.Unflatten(1, (64, 7, 7)), *conv_up(c),  # (B, c, 28, 28) Bernoulli logits
+            nn.Linear(cfg.latent, 256),
+            nn.ReLU(),
+            nn.Linear(256, 64 * 7 * 7),
+            nn.ReLU(),
+            nn.Unflatten(1, (64, 7, 7)),
+            *conv_up(c),  # (B, c, 28, 28) Bernoulli logits
         )
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
