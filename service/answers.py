@@ -24,12 +24,15 @@ def json_response(data: Any, status: int = 200, headers: dict[str, str] | None =
     )
 
 
+def envelope(card: ModelCard, provider: str, body: dict[str, Any]) -> dict[str, Any]:
+    """Every task answer: the model clients named (the family), the version that answered, the
+    task's fields, and the execution provider."""
+    return {"model": card.family, "version": card.version, **body, "provider": provider}
+
+
 def task_answer(card: ModelCard, provider: str, body: dict[str, Any] | Response) -> Response:
-    """A task's answer in its envelope: the model clients named (the family), the version that
-    answered, the task's fields, and the execution provider. Pictures (format=png) go as they are."""
-    if isinstance(body, Response):
-        return body
-    return json_response({"model": card.family, "version": card.version, **body, "provider": provider})
+    """A task's answer in its envelope; pictures (format=png) go as they are."""
+    return body if isinstance(body, Response) else json_response(envelope(card, provider, body))
 
 
 def error_response(exc: ClientError) -> Response:

@@ -3,12 +3,11 @@ only to the BentoML versions it was checked against: an upgrade fails loudly her
 checks whether the new version still needs it (and adds the version to CHECKED_VERSIONS).
 
 BentoML's TimeoutMiddleware (`traffic.timeout`) schedules `loop.call_later(timeout, ...)` for every
-request and never cancels it. Each timer keeps the request's context (its OpenTelemetry span,
-futures, closures: ~40 objects) alive for the whole timeout after the answer went out: at 350
-req/s and a 30 s timeout, 10,000 timers and ~450,000 objects per worker, measured with
-gc.get_objects(); resident memory followed the request rate (the 30-minute soak's +8.4%). It also
-made an application error wait for the timeout before surfacing. Here the timer is cancelled as
-soon as the response starts or the application returns, which lets asyncio drop it.
+request and never cancels it: each timer keeps the request's context (its OpenTelemetry span,
+futures, closures) alive for the whole timeout after the answer went out, so resident memory
+follows the request rate (the soak's figures: docs/benchmarks.md), and an application error waits
+for the timeout before surfacing. Here the timer is cancelled as soon as the response starts or the
+application returns, which lets asyncio drop it.
 """
 
 from __future__ import annotations

@@ -32,8 +32,9 @@ def test_bentoml_build_packs_service_and_models(exported):
     packed = {m["tag"].split(":")[0] for m in public["models"]}
     assert packed == set(served_graphs())
     src = Path(bento.path) / "src"
-    assert (src / "service" / "service.py").exists()
-    assert not (src / "training").exists() and not (src / "tests").exists()
+    assert (src / "service" / "service.py").exists() and (src / "service" / "tasks" / "classify.py").exists()
+    assert (src / "core" / "card.py").exists() and (src / "core" / "session.py").exists()  # what the service stands on
+    assert not (src / "training").exists() and not (src / "tests").exists() and not (src / "export").exists()
     requirements = (Path(bento.path) / "env" / "python" / "requirements.txt").read_text().splitlines()
     packages = [line for line in requirements if line and not line.startswith("#")]
     assert any(p.startswith("onnxruntime") for p in packages)

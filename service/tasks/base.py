@@ -17,6 +17,7 @@ from ..answers import task_answer
 from ..catalog import Catalog
 from ..errors import check_fields, choice_field
 from ..inputs import json_fields, read_image_request
+from ..scheduler import TextScheduler
 from ..schema import ANY_ARRAY
 from ..settings import Settings
 
@@ -36,6 +37,7 @@ class Server(Protocol):
 
     catalog: Catalog
     settings: Settings
+    text: dict[str, TextScheduler]  # served text graph -> its scheduler in this worker
 
     async def infer(self, name: str, x: np.ndarray) -> tuple[list[np.ndarray], str]: ...
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import secrets
 from collections.abc import AsyncIterator
-from typing import Any, Protocol
+from typing import Any
 
 import orjson
 from starlette.requests import Request
@@ -17,16 +17,12 @@ from starlette.responses import Response, StreamingResponse
 from core.card import ModelCard
 from core.images import MAX_SEED
 
-from ..answers import json_response
+from ..answers import envelope, json_response
 from ..errors import ClientError, check_fields, int_field, shown
 from ..inputs import json_fields
 from ..scheduler import Generation, TextScheduler
 from ..schema import BOOL, INT, NUM, STR
 from .base import Server, Task
-
-
-class TextServer(Server, Protocol):
-    text: dict[str, TextScheduler]  # served text graph -> its scheduler in this worker
 
 
 class GenerateText(Task):
@@ -108,13 +104,11 @@ class GenerateText(Task):
         }
 
     async def handle(self, server: Server, request: Request) -> Response:
-        assert isinstance(getattr(server, "text", None), dict)
-        text_server: TextServer = server  # type: ignore[assignment]
         settings = server.settings
         fields = await json_fields(request, settings, self.name, self.example)
         card = server.catalog.for_task(fields.get("model"), self.name)
         opts = self.text_options(card, fields, settings.max_new_tokens, settings.max_prompt_chars)
-        scheduler = text_server.text[card.name]
+        scheduler = server.text[card.name]
         gen = scheduler.submit(
             scheduler.model.encode(opts["prompt"]), opts["max_new"], opts["temperature"], opts["top_k"], opts["seed"]
         )
@@ -134,9 +128,7 @@ class GenerateText(Task):
     def _summary(
         card: ModelCard, scheduler: TextScheduler, gen: Generation, opts: dict[str, Any], text: list[str]
     ) -> dict[str, Any]:
-        return {
-            "model": card.family,
-            "version": card.version,
+        body = {
             "prompt": opts["prompt"],
             "text": "".join(text),
             "tokens": gen.produced,
@@ -145,8 +137,8 @@ class GenerateText(Task):
             "top_k": opts["top_k"],
             "time_to_first_token_s": round(gen.first_token_s or 0.0, 6),
             "seconds": round(gen.last - gen.arrived, 6),
-            "provider": scheduler.provider,
         }
+        return envelope(card, scheduler.provider, body)
 
     async def _events(
         self, card: ModelCard, scheduler: TextScheduler, gen: Generation, opts: dict[str, Any]

@@ -13,6 +13,7 @@ import pytest
 import requests
 from PIL import Image
 
+from core.images import png_bytes
 from training.data import load_dataset
 from training.registry import REGISTRY
 from training.runtime import DEFAULT_SEED
@@ -24,12 +25,6 @@ from ..conftest import start_server, stop_server, wait_ready
 def held_out():
     split = load_dataset("digits", DEFAULT_SEED).test  # never seen in training
     return split.x, split.y
-
-
-def png_of(pixels: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray((pixels * 255).round().astype(np.uint8), mode="L").save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def classify(url: str, model: str, image, **extra) -> requests.Response:
@@ -66,13 +61,10 @@ def test_rgb_model_takes_png_uploads(server, exported):
     split = load_dataset(REGISTRY[name].dataset, DEFAULT_SEED).test
     right = 0
     for i in range(20):
-        u8 = (split.x[i] * 255).round().astype(np.uint8).transpose(1, 2, 0)
-        buf = io.BytesIO()
-        Image.fromarray(u8, mode="RGB").save(buf, format="PNG")
         r = requests.post(
             f"{server}/classify",
             params={"model": name},
-            data=buf.getvalue(),
+            data=png_bytes(split.x[i]),
             headers={"Content-Type": "image/png"},
             timeout=30,
         )
@@ -423,7 +415,7 @@ def test_classify_png_upload_multipart_and_raw(server, held_out):
     x, y = held_out
     right = 0
     for i in range(20):
-        data = png_of(x[i, 0])
+        data = png_bytes(x[i])
         r1 = requests.post(
             f"{server}/classify", data={"model": "lenet"}, files={"image": ("digit.png", data, "image/png")}, timeout=30
         )
