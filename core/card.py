@@ -180,6 +180,7 @@ class ModelCard:
         """What the service tells clients (GET /models): no paths of the training machine."""
         data = self.to_json()
         data["checkpoint"] = {k: v for k, v in self.checkpoint.items() if k != "path"}
+        data["dataset"] = {k: v for k, v in self.dataset.items() if k != "source"}  # may name a local folder
         if not with_examples:
             data.pop("examples")
         return data

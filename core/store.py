@@ -67,8 +67,7 @@ def discover(names: tuple[str, ...] | None = None) -> dict[str, str]:
         missing = [n for n in names if n not in newest]
         if missing:
             raise ModelStoreError(
-                f"EE559_MODELS asks for {', '.join(missing)}, not in the model store ({home()}); "
-                "export them first: python -m export all"
+                f"{', '.join(missing)}: not in the model store ({home()}); export first: python -m export all"
             )
         newest = {n: newest[n] for n in names}
     return {name: str(m.tag) for name, m in sorted(newest.items())}
@@ -110,14 +109,18 @@ def newest_card(name: str) -> ModelCard | None:
 
 
 def save(card: ModelCard, onnx_file: Path) -> str:
-    """Put the ONNX file and its card into the store (a no-op when these bytes are there); the tag."""
+    """Put the ONNX file and its card into the store; the tag. The same graph exported again (same
+    bytes, same version) keeps its entry, with the new card (a newer exporter may record more)."""
     import bentoml
 
     tag = f"{card.name}:{card.version}"
     try:
-        return str(bentoml.models.get(tag).tag)  # the same bytes were exported before
+        existing = bentoml.models.get(tag)
     except bentoml.exceptions.NotFound:
         pass
+    else:
+        (Path(existing.path) / CARD_FILE).write_text(json.dumps(card.to_json(), indent=2))
+        return str(existing.tag)
     labels = {"project": PROJECT_LABEL, "tasks": ",".join(card.tasks)}
     metadata = {
         "sha256": card.sha256,

@@ -56,7 +56,10 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         digest = store.sha256_file(ckpt_path)
         if args.if_missing and all(
-            (card := store.newest_card(g.name)) and card.checkpoint.get("sha256") == digest for g in entry.graphs
+            (card := store.newest_card(g.name))
+            and card.checkpoint.get("sha256") == digest
+            and (card.examples or card.sampling)  # cards from before examples were recorded are redone
+            for g in entry.graphs
         ):
             print(f"{name}: {', '.join(g.name for g in entry.graphs)} in the model store for {ckpt_path}; skipping")
             continue

@@ -30,7 +30,7 @@ EXAMPLES = 16  # held-out inputs recorded in the card (core/card.py: ModelCard.e
 
 @dataclass(frozen=True)
 class ParityFailure:
-    """One check the graph failed: `kind` is names, shape, value or top1."""
+    """One check the graph failed: `kind` is names, shape, value, top1 or decoding (text models)."""
 
     kind: str
     output: str

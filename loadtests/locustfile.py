@@ -17,6 +17,7 @@ import time
 from typing import Any
 
 from locust import FastHttpUser, HttpUser, constant_throughput, events, task
+from locust.exception import StopUser
 
 from loadtests.tasks import ACCURACY, prompts, served_cards, weighted_tasks
 
@@ -24,12 +25,14 @@ log = logging.getLogger("ee559.locust")
 TEXT: dict[str, list[str]] = {}  # text model -> held-out prompts, filled at start-up
 
 
-@events.init.add_listener
+@events.test_start.add_listener
 def _discover(environment: Any, **_kw: Any) -> None:
-    """Ask the server what it serves, before any user starts (on the master and on every worker)."""
+    """Ask the server what it serves, before any user starts: on every node, once the host is
+    known (a worker learns it from the master, the web UI from its form)."""
     if not environment.host:
         raise RuntimeError("give the server's address: --host http://HOST:PORT")
     cards = served_cards(environment.host)
+    TEXT.clear()
     CourseModelUser.tasks = weighted_tasks(cards)
     TEXT.update({c.family: prompts(c) for c in cards if c.is_text})
     log.info("load for %d served graphs: %s", len(cards), ", ".join(c.name for c in cards))
@@ -76,7 +79,7 @@ class StreamingTextUser(HttpUser):
     @task
     def stream(self) -> None:
         if not TEXT:
-            return
+            raise StopUser()  # no text model served: this user has nothing to do (rather than spin)
         i = next(self.counter)
         model = sorted(TEXT)[i % len(TEXT)]
         texts = TEXT[model]

@@ -221,4 +221,10 @@ TASK_LOADS: dict[str, Callable[[ModelCard], dict[Callable[[Any], None], int]]] =
 
 def weighted_tasks(cards: list[ModelCard]) -> list[Callable[[Any], None]]:
     """Every served graph's Locust tasks, each repeated by its weight (Locust picks at random)."""
+    stale = [c.name for c in cards if c.input.dtype == "float32" and len(c.row_shape) == 3 and not c.examples]
+    if stale:
+        raise RuntimeError(
+            f"the served cards of {', '.join(stale)} carry no held-out examples (exported by an "
+            "older exporter): export them again (make export RETRAIN=1, or python -m export all)"
+        )
     return [fn for card in cards for task in card.tasks for fn, w in TASK_LOADS[task](card).items() for _ in range(w)]

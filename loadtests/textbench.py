@@ -1,7 +1,7 @@
 """python -m loadtests.textbench [--models gpt char_lstm] [--new-tokens 256] [--repeats 3]
 
 Greedy decoding of N new tokens at batch 1, measured side by side in one run for each text model:
-ONNX Runtime with the cache (the served path: service/textgen.py), ONNX Runtime re-running the
+ONNX Runtime with the cache (the served path: core/textgen.py), ONNX Runtime re-running the
 whole sequence for every token, and the same two loops in PyTorch eager. Prints tokens/s and the
 ratios the README quotes (cache vs re-run; ORT vs PyTorch). Uses the latest checkpoint and the
 stored ONNX file of each model ($EE559_RUNS, $BENTOML_HOME).

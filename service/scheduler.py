@@ -30,7 +30,7 @@ log = logging.getLogger("ee559.scheduler")
 
 
 @dataclass(eq=False)  # compared by identity: two requests may be equal field by field
-class Generation:
+class TextRequest:
     seq: Sequence
     max_new: int
     temperature: float
@@ -57,21 +57,21 @@ class TextScheduler:
     ) -> None:
         self.name, self.model, self.executor, self.provider = name, model, executor, provider
         self.max_running, self.max_waiting = max_running, max_waiting
-        self.waiting: deque[Generation] = deque()
-        self.running: list[Generation] = []
+        self.waiting: deque[TextRequest] = deque()
+        self.running: list[TextRequest] = []
         self.task: asyncio.Task | None = None
 
-    def submit(self, tokens: list[int], max_new: int, temperature: float, top_k: int, seed: int) -> Generation:
+    def submit(self, tokens: list[int], max_new: int, temperature: float, top_k: int, seed: int) -> TextRequest:
         if len(self.waiting) >= self.max_waiting:
             raise ClientError(503, "overloaded", "the server is generating at capacity; retry after a second")
-        gen = Generation(self.model.new(tokens), max_new, temperature, top_k, np.random.default_rng(seed))
+        gen = TextRequest(self.model.new(tokens), max_new, temperature, top_k, np.random.default_rng(seed))
         self.waiting.append(gen)
         metrics.active_generations().labels(model=self.name).inc()
         if self.task is None or self.task.done():
             self.task = asyncio.get_running_loop().create_task(self._loop())
         return gen
 
-    async def tokens(self, gen: Generation) -> AsyncIterator[int]:
+    async def tokens(self, gen: TextRequest) -> AsyncIterator[int]:
         """The generated token ids, as they come; leaving early (a client that disconnected)
         takes the generation out of the batch."""
         try:
@@ -86,14 +86,14 @@ class TextScheduler:
             self.cancel(gen)
 
     @staticmethod
-    def cancel(gen: Generation) -> None:
+    def cancel(gen: TextRequest) -> None:
         """Stop generating for `gen` (its client went away); a no-op once it is complete."""
         if gen.produced < gen.max_new:
             gen.cancelled = True
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
-        admitting: list[Generation] = []  # the one between the queue and the running batch
+        admitting: list[TextRequest] = []  # the one between the queue and the running batch
         try:
             while self.waiting or self.running:
                 while self.waiting and len(self.running) < self.max_running:
@@ -124,7 +124,7 @@ class TextScheduler:
                 self._finish(gen)
             self.waiting.clear()
 
-    def _emit(self, gen: Generation, logits: np.ndarray) -> None:
+    def _emit(self, gen: TextRequest, logits: np.ndarray) -> None:
         if gen.cancelled:
             self._finish(gen)
             return
@@ -146,7 +146,7 @@ class TextScheduler:
         elif gen not in self.running:
             self.running.append(gen)
 
-    def _finish(self, gen: Generation) -> None:
+    def _finish(self, gen: TextRequest) -> None:
         if gen in self.running:
             self.running.remove(gen)
         if not gen.finished:

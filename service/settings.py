@@ -11,7 +11,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-PROVIDERS = ("auto", "cuda", "cpu")
+from core.session import PROVIDERS
+
 BATCHERS = ("ee559", "bentoml")
 
 

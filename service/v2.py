@@ -21,7 +21,7 @@ from core.card import ModelCard, TensorSpec
 
 from .answers import json_response
 from .errors import ClientError, shown
-from .inputs import read_body
+from .inputs import media_type, read_body
 
 SERVER_NAME = "ee559"
 SERVER_VERSION = "0.1.0"
@@ -210,7 +210,7 @@ def _check_finite(name: str, x: np.ndarray) -> None:
 async def infer(request: Request) -> Response:
     svc = _svc()
     card = _card(request)
-    kind = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+    kind = media_type(request)
     if kind not in ("application/json", "application/octet-stream"):
         raise ClientError(
             415,

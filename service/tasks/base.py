@@ -43,7 +43,7 @@ class Server(Protocol):
 
 
 class Task:
-    """A serving task with one row per request: an image in (ImageTask) or a JSON request that
+    """A serving task with one row per request: an image in (takes_image) or a JSON request that
     says what to make (e.g. samples), the model's outputs to an answer."""
 
     name: ClassVar[str]

@@ -20,7 +20,7 @@ from core.images import MAX_SEED
 from ..answers import envelope, json_response
 from ..errors import ClientError, check_fields, int_field, shown
 from ..inputs import json_fields
-from ..scheduler import Generation, TextScheduler
+from ..scheduler import TextRequest, TextScheduler
 from ..schema import BOOL, INT, NUM, STR
 from .base import Server, Task
 
@@ -126,7 +126,7 @@ class GenerateText(Task):
 
     @staticmethod
     def _summary(
-        card: ModelCard, scheduler: TextScheduler, gen: Generation, opts: dict[str, Any], text: list[str]
+        card: ModelCard, scheduler: TextScheduler, gen: TextRequest, opts: dict[str, Any], text: list[str]
     ) -> dict[str, Any]:
         body = {
             "prompt": opts["prompt"],
@@ -141,7 +141,7 @@ class GenerateText(Task):
         return envelope(card, scheduler.provider, body)
 
     async def _events(
-        self, card: ModelCard, scheduler: TextScheduler, gen: Generation, opts: dict[str, Any]
+        self, card: ModelCard, scheduler: TextScheduler, gen: TextRequest, opts: dict[str, Any]
     ) -> AsyncIterator[bytes]:
         text: list[str] = []
         try:

@@ -14,6 +14,7 @@ import requests
 from PIL import Image
 
 from core.images import png_bytes
+from core.session import _cuda_driver_present
 from training.data import load_dataset
 from training.registry import REGISTRY
 from training.runtime import DEFAULT_SEED
@@ -576,9 +577,7 @@ def test_server_keeps_serving_after_bad_input_and_never_answered_500(server, hel
     assert not re.search(r'http_response_code="5\d\d"[^}]*\} [1-9]', text), "a request was answered 5xx"
 
 
-@pytest.mark.skipif(
-    __import__("service.ort_runtime", fromlist=["x"])._cuda_driver_present(), reason="this machine has an NVIDIA driver"
-)
+@pytest.mark.skipif(_cuda_driver_present(), reason="this machine has an NVIDIA driver")
 def test_start_up_fails_when_cuda_is_required_but_missing(exported, runs):
     log = runs / "serve-cuda.log"
     url, proc = start_server({"EE559_PROVIDER": "cuda"}, log=log)

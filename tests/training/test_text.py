@@ -110,7 +110,7 @@ def test_service_decoding_equals_uncached_reference_even_past_the_context(kind: 
     spec = get("gpt" if kind == "gpt" else "char_lstm").export.resolve(cfg)
     tm = torch_text_model(model, spec, labels)
     prompts = [list(np.random.default_rng(i).integers(0, 30, n)) for i, n in enumerate((3, 7, 11))]
-    ref = [uncached_greedy(model, p, 40, spec.generation["context"]) for p in prompts]  # 11 + 40 > 2 * 24
+    ref = [uncached_greedy(model, p, 40, spec.generation.context) for p in prompts]  # 11 + 40 > 2 * 24
     assert greedy(tm, prompts, 40, batched=True) == ref
     assert greedy(tm, prompts, 40, batched=False) == ref
 
