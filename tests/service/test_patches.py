@@ -59,3 +59,12 @@ def test_a_request_past_the_timeout_is_answered_504():
 
     sent = asyncio.run(_call(TimeoutMiddleware(slow, timeout=0.2)))
     assert sent[0]["status"] == 504
+
+
+def test_the_patch_refuses_a_bentoml_it_was_not_checked_against():
+    """An upgrade of BentoML fails loudly until someone re-reads the middleware it replaces."""
+    with pytest.raises(patches.UncheckedVersion, match=r"1\.4\.40.*this is 9\.9\.9"):
+        patches.apply("9.9.9")
+    import bentoml
+
+    assert bentoml.__version__ in patches.CHECKED_VERSIONS  # the pinned version is one it was checked against
