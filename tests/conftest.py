@@ -32,10 +32,10 @@ def exported(runs: Path) -> dict[str, Path]:
     """Train (full preset) and export every registered model; served graph name -> model card path."""
     from export.__main__ import main as export_main
     from training.registry import REGISTRY, served_graphs
-    from training.train import run
+    from training.train import train_model
 
     for entry in REGISTRY.values():  # in registry order: the judge classifier before the generators
-        run(entry, preset="ci" if "ci" in entry.presets else "full", out=runs)
+        train_model(entry, preset="ci" if "ci" in entry.presets else "full", out=runs)
     assert export_main(["all", "--runs", str(runs)]) == 0
     return {name: sorted((runs / "export" / name).glob("*/model_card.json"))[-1] for name in served_graphs()}
 

@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--if-missing", action="store_true", help="skip models that already have a checkpoint")
     args = p.parse_args(argv)
 
-    from .train import latest_checkpoint, run
+    from .train import latest_checkpoint, train_model
 
     if args.corpus is not None:
         args.dataset, args.data_dir = "text", args.corpus
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.if_missing and (ckpt := latest_checkpoint(name, args.out)) is not None:
             print(f"{name}: reusing {ckpt} (to retrain: make run RETRAIN=1, or drop --if-missing)")
             continue
-        path = run(entry, args.dataset, args.data_dir, args.preset, args.epochs, args.out, args.seed, args.device)
+        path = train_model(entry, args.dataset, args.data_dir, args.preset, args.epochs, args.out, args.seed, args.device)
         print(f"{name}: checkpoint {path}")
     return 0
 

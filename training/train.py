@@ -223,7 +223,7 @@ def latest_checkpoint(name: str, root: Path | None = None) -> Path | None:
     return runs[-1] if runs else None
 
 
-def run(
+def train_model(
     entry: CourseModel,
     dataset: str | None = None,
     data_dir: Path | None = None,

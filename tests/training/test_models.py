@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from training.registry import REGISTRY, served_graphs
-from training.train import latest_checkpoint, load_checkpoint, run
+from training.train import latest_checkpoint, load_checkpoint, train_model
 
 
 def example_inputs(model, spec, batch: int) -> tuple[torch.Tensor, ...]:
@@ -40,7 +40,7 @@ def test_output_shape(name: str):
 @pytest.mark.parametrize("name", list(REGISTRY))
 def test_quick_preset_trains_and_checkpoint_rebuilds_model(name: str, tmp_path: Path):
     entry = REGISTRY[name]
-    path = run(entry, preset="quick", out=tmp_path)
+    path = train_model(entry, preset="quick", out=tmp_path)
     assert latest_checkpoint(name, tmp_path) == path
     model, ckpt = load_checkpoint(path, entry)
     assert ckpt["metrics"]["test_loss"] >= 0.0
@@ -55,7 +55,7 @@ def test_quick_preset_trains_and_checkpoint_rebuilds_model(name: str, tmp_path: 
 
 def test_checkpoint_of_another_model_is_refused(tmp_path: Path):
     names = list(REGISTRY)
-    path = run(REGISTRY[names[0]], preset="quick", out=tmp_path)
+    path = train_model(REGISTRY[names[0]], preset="quick", out=tmp_path)
     with pytest.raises(ValueError, match="checkpoint"):
         load_checkpoint(path, REGISTRY[names[1]])
 
