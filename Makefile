@@ -19,7 +19,7 @@ REUSE := $(if $(RETRAIN),,--if-missing)
 .PHONY: run install lock lint train export serve test loadtest bench textbench soak container-test audit build clean
 
 run: export
-	@echo "Serving every exported model on http://$(HOST):$(PORT) (POST /classify /explain /segment /denoise /embed /reconstruct /generate /generate_text, /v2 Open Inference Protocol, GET /readyz, GET /metrics)"
+	@echo "Serving every exported model on http://$(HOST):$(PORT) (POST /classify /explain /segment /denoise /embed /reconstruct /generate /generate_text, GET /models, /v2 Open Inference Protocol, GET /readyz, GET /metrics, GET /docs.json)"
 	$(VENV)/bin/bentoml serve service.service:EE559 --host $(HOST) --port $(PORT)
 
 install: $(VENV)/.installed

@@ -49,7 +49,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.if_missing and (ckpt := latest_checkpoint(name, args.out)) is not None:
             print(f"{name}: reusing {ckpt} (to retrain: make run RETRAIN=1, or drop --if-missing)")
             continue
-        path = train_model(entry, args.dataset, args.data_dir, args.preset, args.epochs, args.out, args.seed, args.device)
+        path = train_model(
+            entry, args.dataset, args.data_dir, args.preset, args.epochs, args.out, args.seed, args.device
+        )
         print(f"{name}: checkpoint {path}")
     return 0
 
