@@ -14,15 +14,22 @@ import io
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-# Refuse decompression bombs before Pillow allocates them (a 28x28 model needs nothing larger).
-MAX_IMAGE_PIXELS = 4096 * 4096
-Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+# Uploads are checked against these from their header, before anything is decoded: a few KB of
+# PNG can declare a 5000x5000 or a 1 x 10,000,000 canvas (a decompression bomb, or seconds of
+# decoding for nothing). A 28x28 model needs nothing larger.
+MAX_IMAGE_SIDE = 4096
+MAX_IMAGE_PIXELS = MAX_IMAGE_SIDE * MAX_IMAGE_SIDE
+Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS  # Pillow's own guard, for every other path
 
 ACCEPTED_IMAGE_FORMATS = ("PNG", "JPEG")
 
 
 class PreprocessError(ValueError):
     """The input cannot be turned into a model input; the message says what is accepted."""
+
+
+class ImageTooLarge(PreprocessError):
+    """The image's header declares more pixels than are accepted."""
 
 
 def resize_unit_image(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -49,13 +56,20 @@ def decode_image(
         img = Image.open(io.BytesIO(data))
         if img.format not in ACCEPTED_IMAGE_FORMATS:
             raise PreprocessError(f"image format {img.format!r} is not accepted; send PNG or JPEG")
+        width, height = img.size  # from the header: nothing is decoded yet
+        if width > MAX_IMAGE_SIDE or height > MAX_IMAGE_SIDE or width * height > MAX_IMAGE_PIXELS:
+            raise ImageTooLarge(
+                f"image of {width}x{height} pixels; at most {MAX_IMAGE_SIDE}x{MAX_IMAGE_SIDE} are accepted"
+            )
+        if width < 1 or height < 1:
+            raise PreprocessError("the image has no pixels")
         mode = "L" if channels == 1 else "RGB"
         img.draft(mode, (size[1] * 4, size[0] * 4))  # JPEG: decode at reduced size
         converted = img.convert(mode)
     except PreprocessError:
         raise
-    except Image.DecompressionBombError as exc:
-        raise PreprocessError(f"image too large: at most {MAX_IMAGE_PIXELS} pixels are accepted") from exc
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageTooLarge(f"image too large: at most {MAX_IMAGE_SIDE}x{MAX_IMAGE_SIDE} pixels are accepted") from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise PreprocessError("the upload is not a readable PNG or JPEG image") from exc
     if channels == 3:

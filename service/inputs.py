@@ -4,17 +4,18 @@ uploads, .npy, raw float32) validated into float32 arrays of the model's shape."
 from __future__ import annotations
 
 import asyncio
-import io
 import math
+import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import orjson
 from starlette.datastructures import UploadFile
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
-from core.images import PreprocessError, decode_image
+from core.images import ImageTooLarge, PreprocessError, decode_image
 
 from .errors import ClientError
 from .settings import Settings
@@ -30,6 +31,19 @@ ACCEPTED_TYPES = (
 )
 
 
+# Image decoding runs in these threads (Pillow releases the GIL while it decodes), at most
+# DECODE_THREADS at once per worker; the others wait their turn within the decode deadline.
+DECODE_THREADS = 2
+_DECODER = ThreadPoolExecutor(max_workers=DECODE_THREADS, thread_name_prefix="decode")
+_SLOTS: dict[asyncio.AbstractEventLoop, asyncio.Semaphore] = {}
+
+
+def _decoding() -> asyncio.Semaphore:
+    """This event loop's decoding slots (one loop per worker; tests may run several)."""
+    loop = asyncio.get_running_loop()
+    return _SLOTS.setdefault(loop, asyncio.Semaphore(DECODE_THREADS))
+
+
 @dataclass
 class ImageRequest:
     """An image request, read but not decoded: `fields` (model, top_k, ...) choose the model, whose
@@ -39,6 +53,25 @@ class ImageRequest:
     kind: str  # the media type the image came as
     payload: Any  # the JSON value of 'image', or the body / uploaded file's bytes
     tensor_shape: str | None = None  # X-Tensor-Shape, for raw float32
+
+    async def decode(self, shape: tuple[int, ...], settings: Settings) -> np.ndarray:
+        """`pixels(shape)`; compressed images are decoded off the event loop, a few at a time and
+        within settings.decode_timeout_s (waiting included), so that a flood of uploads leaves the
+        worker answering its probes and other requests (503 + Retry-After past the deadline)."""
+        if self.kind not in (*IMAGE_TYPES, "upload"):
+            return self.pixels(shape)  # arrays: checked in place, no decoding
+        try:
+            async with asyncio.timeout(settings.decode_timeout_s):
+                async with _decoding():
+                    loop = asyncio.get_running_loop()
+                    return await loop.run_in_executor(_DECODER, self.pixels, shape)
+        except TimeoutError:
+            raise ClientError(
+                503,
+                "decode_timeout",
+                f"the image was not decoded within {settings.decode_timeout_s:g} s "
+                "(the server is busy decoding); retry after a second",
+            ) from None
 
     def pixels(self, shape: tuple[int, ...]) -> np.ndarray:
         """(C, H, W) float32 in [0, 1] of exactly `shape`, or a ClientError saying what is accepted."""
@@ -92,6 +125,8 @@ async def read_body(request: Request, settings: Settings) -> bytes:
         raise ClientError(
             408, "body_timeout", f"request body not received within {settings.body_timeout_s:g} s"
         ) from None
+    except ClientDisconnect:  # nobody will read the answer: counted as its own outcome, not as a 5xx
+        raise ClientError(499, "client_closed", "the client closed the connection before its body arrived") from None
     return b"".join(chunks)
 
 
@@ -152,15 +187,67 @@ def checked_array(arr: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
     return arr
 
 
+NPY_MAGIC = b"\x93NUMPY"
+NPY_MAX_HEADER = 4096  # numpy writes ~120 bytes for an image; its own reader allows 10,000
+# One entry of the header's dict, as numpy writes it (any order, either quote): nothing else is
+# parsed, so a crafted header costs one linear regex pass over at most NPY_MAX_HEADER bytes.
+_NPY_ENTRY = re.compile(
+    r"""\s*(['"])(descr|fortran_order|shape)\1\s*:\s*"""
+    r"""('[^'"]{1,8}'|"[^'"]{1,8}"|True|False|\((?:\s*\d{1,9}\s*,)*(?:\s*\d{1,9})?\s*\))\s*(?:,|$)"""
+)
+_NPY_DTYPE = re.compile(r"[<|=]?[fiu][1248]|[<|=]?b1")  # little-endian numbers (and booleans, refused later)
+
+
+def _npy_error(what: str) -> ClientError:
+    return ClientError(
+        400,
+        "bad_npy",
+        f"not an accepted .npy array: {what}; send numpy.save() of one float32 array (no pickles, no .npz archive)",
+    )
+
+
+def npy_header(data: bytes) -> tuple[np.dtype, bool, tuple[int, ...], int]:
+    """(dtype, fortran_order, shape, offset of the data) from a .npy file's header, parsed under
+    the format's own rules before anything is allocated: versions 1 to 3, a bounded header, the
+    three keys numpy writes and nothing else, little-endian numeric dtypes."""
+    if data[:6] != NPY_MAGIC:
+        raise _npy_error("no .npy magic (a .npz or other archive, or raw bytes: see X-Tensor-Shape)")
+    if len(data) < 10 or data[6] not in (1, 2, 3):
+        raise _npy_error(f"format version {data[6] if len(data) > 6 else '?'}; accepted: 1, 2, 3")
+    size_bytes = 2 if data[6] == 1 else 4
+    length = int.from_bytes(data[8 : 8 + size_bytes], "little")
+    start = 8 + size_bytes
+    if length > NPY_MAX_HEADER or start + length > len(data):
+        raise _npy_error(f"a header of {length} bytes (at most {NPY_MAX_HEADER}, within the body)")
+    text = data[start : start + length].decode("latin-1").strip()
+    if not (text.startswith("{") and text.endswith("}")):
+        raise _npy_error("the header is not a dict")
+    body, entries, pos = text[1:-1], {}, 0
+    while pos < len(body.rstrip()):
+        match = _NPY_ENTRY.match(body, pos)
+        if match is None or match.group(2) in entries:
+            raise _npy_error("a header entry other than 'descr', 'fortran_order' and 'shape'")
+        entries[match.group(2)] = match.group(3)
+        pos = match.end()
+    if set(entries) != {"descr", "fortran_order", "shape"}:
+        raise _npy_error("a header without 'descr', 'fortran_order' and 'shape'")
+    descr = entries["descr"][1:-1]
+    if "O" in descr:
+        raise _npy_error(f"dtype {descr!r}: pickled Python objects are never read")
+    if not _NPY_DTYPE.fullmatch(descr):
+        raise _npy_error(f"dtype {descr!r}; accepted: little-endian floats or integers")
+    shape = tuple(int(d) for d in re.findall(r"\d+", entries["shape"]))
+    return np.dtype(descr), entries["fortran_order"] == "True", shape, start + length
+
+
 def array_from_npy(data: bytes, shape: tuple[int, int, int]) -> np.ndarray:
-    try:
-        arr = np.load(io.BytesIO(data), allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise ClientError(
-            400, "bad_npy", f"not a readable .npy array without pickled objects ({type(exc).__name__})"
-        ) from None
-    if not isinstance(arr, np.ndarray):
-        raise ClientError(400, "bad_npy", "send one .npy array, not an .npz archive")
+    dtype, fortran, dims, offset = npy_header(data)
+    c, h, w = shape
+    if dims != shape and not (c == 1 and dims == (h, w)):
+        raise ClientError(400, "bad_shape", f"'image' has shape {list(dims)[:8]}; it must be {_accepted(shape)}")
+    if len(data) - offset != math.prod(dims) * dtype.itemsize:
+        raise _npy_error(f"{len(data) - offset} data bytes for shape {list(dims)} of {dtype}")
+    arr = np.frombuffer(data, dtype=dtype, offset=offset).reshape(dims, order="F" if fortran else "C")
     return checked_array(arr, shape)
 
 
@@ -189,6 +276,8 @@ def array_from_upload(data: bytes, shape: tuple[int, int, int]) -> np.ndarray:
     c, h, w = shape
     try:
         return decode_image(data, (h, w), channels=c)
+    except ImageTooLarge as exc:
+        raise ClientError(413, "image_too_large", str(exc)) from None
     except PreprocessError as exc:
         raise ClientError(415, "bad_image", str(exc)) from None
 
@@ -224,6 +313,10 @@ async def read_image_request(request: Request, settings: Settings) -> ImageReque
         except TimeoutError:
             raise ClientError(
                 408, "body_timeout", f"request body not received within {settings.body_timeout_s:g} s"
+            ) from None
+        except ClientDisconnect:
+            raise ClientError(
+                499, "client_closed", "the client closed the connection before its body arrived"
             ) from None
         except Exception as exc:  # starlette raises several types for malformed multipart bodies
             raise ClientError(

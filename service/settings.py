@@ -76,6 +76,9 @@ class Settings:
     # EE559_BODY_TIMEOUT_S: a client that stalls or trickles its body would hold a connection and
     # a coroutine: the whole body must arrive within this time.
     body_timeout_s: float = 10.0
+    # EE559_DECODE_TIMEOUT_S: an uploaded image must be decoded within this time, waiting for a
+    # decoding thread included (503 + Retry-After otherwise).
+    decode_timeout_s: float = 5.0
     api_token: str = ""  # EE559_API_TOKEN: bearer token required on every route but the probes
     auth_probes: bool = False  # EE559_AUTH_PROBES=1: the probes and /metrics need the token too
     ort_threads: int = 1  # EE559_ORT_THREADS: intra-op threads per ONNX Runtime session
@@ -99,6 +102,7 @@ class Settings:
             max_prompt_chars=_int(env, "EE559_MAX_PROMPT_CHARS", cls.max_prompt_chars),
             max_body_bytes=_int(env, "EE559_MAX_BODY_BYTES", cls.max_body_bytes),
             body_timeout_s=_float(env, "EE559_BODY_TIMEOUT_S", cls.body_timeout_s),
+            decode_timeout_s=_float(env, "EE559_DECODE_TIMEOUT_S", cls.decode_timeout_s),
             api_token=env.get("EE559_API_TOKEN", ""),
             auth_probes=env.get("EE559_AUTH_PROBES") == "1",
             ort_threads=_int(env, "EE559_ORT_THREADS", cls.ort_threads),

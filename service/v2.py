@@ -202,6 +202,14 @@ def _input_tensor(
     return arr.reshape(shape).astype(dtype.newbyteorder("=")), offset
 
 
+def _flag(params: dict[str, Any], name: str, default: bool) -> bool:
+    """A boolean parameter, as the protocol types it: the string "false" is not false."""
+    value = params.get(name, default)
+    if not isinstance(value, bool):
+        raise ClientError(400, "bad_parameters", f"parameter {name!r} must be true or false, got {shown(value)}")
+    return value
+
+
 def _check_finite(name: str, x: np.ndarray) -> None:
     if x.dtype.kind == "f" and not np.isfinite(x).all():
         raise ClientError(400, "not_finite", f"input {name!r} holds NaN or infinite values")
@@ -248,8 +256,8 @@ async def infer(request: Request) -> Response:
         wanted = [{"name": n} for n in out_names]
     if not isinstance(wanted, list) or not all(isinstance(w, dict) and w.get("name") in out_names for w in wanted):
         raise ClientError(400, "bad_output_name", f"requested outputs must be among {out_names}")
-    default_binary = bool(_parameters(req, "the request").get("binary_data_output", False))
-    binary_out = [bool(_parameters(w, f"output {w['name']!r}").get("binary_data", default_binary)) for w in wanted]
+    default_binary = _flag(_parameters(req, "the request"), "binary_data_output", False)
+    binary_out = [_flag(_parameters(w, f"output {w['name']!r}"), "binary_data", default_binary) for w in wanted]
     request_id = req.get("id")
     if request_id is not None and not (isinstance(request_id, str) and len(request_id) <= 256):
         raise ClientError(400, "bad_id", f"'id' must be a string of at most 256 characters, got {shown(request_id)}")

@@ -84,7 +84,7 @@ class Task:
             req = await read_image_request(request, server.settings)
             card = server.catalog.for_task(req.fields.get("model"), self.name)
             options = self.options(card, req.fields)
-            pixels = req.pixels(card.row_shape)
+            pixels = await req.decode(card.row_shape, server.settings)
         else:
             fields = await json_fields(request, server.settings, self.name, self.example)
             card = server.catalog.for_task(fields.get("model"), self.name)

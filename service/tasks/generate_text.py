@@ -5,6 +5,7 @@ scheduler (service/scheduler.py) batches the steps of concurrent generations."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 import secrets
 from collections.abc import AsyncIterator
@@ -23,6 +24,13 @@ from ..inputs import json_fields
 from ..scheduler import TextRequest, TextScheduler
 from ..schema import BOOL, INT, NUM, STR
 from .base import Server, Task
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns when the client closes its connection (the body has been read: the next message
+    the server gives is the disconnect)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 class GenerateText(Task):
@@ -118,9 +126,22 @@ class GenerateText(Task):
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
+        text: list[str] = []
+
+        async def collect() -> None:
+            async for t in scheduler.tokens(gen):
+                text.append(scheduler.model.vocab[t])
+
+        collecting, gone = asyncio.ensure_future(collect()), asyncio.ensure_future(_disconnected(request))
         try:
-            text = [scheduler.model.vocab[t] async for t in scheduler.tokens(gen)]
-        except Exception:
+            await asyncio.wait((collecting, gone), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+        if not collecting.done():  # the client went away: stop generating for nobody
+            collecting.cancel()
+            scheduler.cancel(gen)
+            return json_response({"error": "the client closed the connection"}, 499)
+        if collecting.exception() is not None:  # logged by the scheduler
             return json_response({"error": "generation failed; retry"}, 500)
         return json_response(self._summary(card, scheduler, gen, opts, text))
 
