@@ -123,11 +123,12 @@ def _slo_gate(environment, **_kw) -> None:
     for model, s in ACCURACY.items():
         if s["answered"]:
             log.info(
-                "%s: %d/%d held-out images classified correctly (%.2f%%)",
+                "%s: %d/%d answers right (%.2f%%), over the %d held-out examples of its card, cycled",
                 model,
                 s["correct"],
                 s["answered"],
                 100 * s["correct"] / s["answered"],
+                s["examples"],
             )
     runner = environment.runner
     if runner is not None and (runner.cpu_warning_emitted or getattr(runner, "worker_cpu_warning_emitted", False)):

@@ -63,8 +63,8 @@ def classify_task(card: ModelCard, as_png: bool) -> Callable[[Any], None]:
     """One Locust task: POST /classify for the card's model with its next held-out image."""
     counter = itertools.count()
     model, n_classes = card.family, len(card.labels)
-    stats = ACCURACY.setdefault(model, {"answered": 0, "correct": 0})
     x, y = examples(card)
+    stats = ACCURACY.setdefault(model, {"answered": 0, "correct": 0, "examples": len(y)})
 
     def run(user: Any) -> None:  # a Locust HttpUser
         i = next(counter) % len(y)
@@ -116,9 +116,9 @@ def _heatmap_ok(body: dict, x: np.ndarray, y) -> str | None:
     return None if ok else f"malformed explanation: heat map {heat.shape}"
 
 
-def _mask_checker(model: str, n_classes: int):
+def _mask_checker(model: str, n_classes: int, n_examples: int):
     """Checks a mask's shape and range, and counts an image right when 95% of its pixels are."""
-    stats = ACCURACY.setdefault(model, {"answered": 0, "correct": 0})
+    stats = ACCURACY.setdefault(model, {"answered": 0, "correct": 0, "examples": n_examples})
 
     def check(body: dict, x: np.ndarray, y: np.ndarray) -> str | None:
         mask = np.asarray(body.get("mask", []))
@@ -210,7 +210,9 @@ def generate_text_task(card: ModelCard, max_new_tokens: int = 32) -> Callable[[A
 TASK_LOADS: dict[str, Callable[[ModelCard], dict[Callable[[Any], None], int]]] = {
     "denoise": lambda card: {json_task("denoise", card, _denoised_ok): 1},
     "embed": lambda card: {json_task("embed", card, _embedding_ok): 1},
-    "segment": lambda card: {json_task("segment", card, _mask_checker(card.family, len(card.labels))): 1},
+    "segment": lambda card: {
+        json_task("segment", card, _mask_checker(card.family, len(card.labels), len(examples(card)[1]))): 1
+    },
     "explain": lambda card: {json_task("explain", card, _heatmap_ok): 1},
     "reconstruct": lambda card: {json_task("reconstruct", card, _reconstruction_ok): 1},
     "generate": lambda card: {generate_task(card.family): 1},
