@@ -19,6 +19,7 @@ from typing import Any
 from locust import FastHttpUser, HttpUser, constant_throughput, events, task
 from locust.exception import StopUser
 
+from loadtests.slo import MET, verdict
 from loadtests.tasks import ACCURACY, prompts, served_cards, weighted_tasks
 
 log = logging.getLogger("ee559.locust")
@@ -131,27 +132,9 @@ def _slo_gate(environment, **_kw) -> None:
                 s["examples"],
             )
     runner = environment.runner
-    if runner is not None and (runner.cpu_warning_emitted or getattr(runner, "worker_cpu_warning_emitted", False)):
-        # Locust itself was the bottleneck: its latencies measure the load generator, not the server.
-        log.error(
-            "VOID run: Locust's own CPU usage went above 90%%; its figures are not trusted "
-            "(use fewer users, or run Locust on other cores)"
-        )
-        environment.process_exit_code = 2
-        return
-    broken = []
-    if total.fail_ratio > opts.slo_fail_ratio:
-        broken.append(f"failure ratio {total.fail_ratio:.4f} > {opts.slo_fail_ratio}")
-    if p95 > opts.slo_p95_ms:
-        broken.append(f"p95 {p95:.0f} ms > {opts.slo_p95_ms:g} ms")
-    if broken:
-        log.error("SLO broken: %s", "; ".join(broken))
-        environment.process_exit_code = 1
-    else:
-        log.info(
-            "SLO met: failure ratio %.4f <= %g, p95 %.0f ms <= %g ms",
-            total.fail_ratio,
-            opts.slo_fail_ratio,
-            p95,
-            opts.slo_p95_ms,
-        )
+    cpu_bound = runner is not None and (
+        runner.cpu_warning_emitted or getattr(runner, "worker_cpu_warning_emitted", False)
+    )
+    code, message = verdict(total.fail_ratio, p95, opts.slo_fail_ratio, opts.slo_p95_ms, cpu_bound)
+    (log.info if code == MET else log.error)("%s", message)
+    environment.process_exit_code = code

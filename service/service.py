@@ -45,9 +45,13 @@ from .settings import SETTINGS, Settings
 log = logging.getLogger("ee559.service")
 patches.apply()
 preflight(SETTINGS.provider)  # provider=cuda without CUDA: `bentoml serve` exits now instead of retrying workers
-SERVED = store.discover(SETTINGS.models)  # name -> tag; a directory listing, nothing loaded
+SERVED = store.discover(SETTINGS.models)  # name -> tag
 if not SERVED:  # fail `bentoml serve` / `bentoml build` at once rather than restart workers forever
     raise store.ModelStoreError(f"no exported models in the model store ({store.home()}); run: python -m export all")
+# Every card read and every file checked against its sha256 here, in the process that starts the
+# workers: a tampered or unreadable model stops `bentoml serve` with the reason, instead of
+# failing each worker at start-up for the arbiter to restart forever. The workers reuse these.
+STORED = {name: store.load(tag) for name, tag in SERVED.items()}
 
 
 def _with_models(cls: type) -> type:
@@ -102,9 +106,8 @@ class Inference:
     dispatcher (text generation keeps its state in the front worker)."""
 
     def __init__(self) -> None:
-        models = {name: store.load(tag) for name, tag in SERVED.items()}
-        tensors = {n: SERVED[n] for n, m in models.items() if not m.card.is_text}
-        self.engine = Engine(tensors, SETTINGS, models)
+        tensors = {n: SERVED[n] for n, m in STORED.items() if not m.card.is_text}
+        self.engine = Engine(tensors, SETTINGS, STORED)
 
     @bentoml.api(batchable=True, max_batch_size=SETTINGS.max_batch_size, max_latency_ms=SETTINGS.max_latency_ms)
     async def infer(self, items: list[Any]) -> list[Any]:
@@ -143,12 +146,11 @@ class EE559:
         self.engine: Engine | None = None
         self.text: dict[str, TextScheduler]
         if SETTINGS.batcher == "bentoml":
-            models = {name: store.load(tag) for name, tag in SERVED.items()}
-            text = {n: SERVED[n] for n, m in models.items() if m.card.is_text}
-            self.text = Engine(text, SETTINGS, models).text if text else {}  # generation state stays here
-            self.catalog = Catalog({n: m.card for n, m in models.items()})
+            text = {n: SERVED[n] for n, m in STORED.items() if m.card.is_text}
+            self.text = Engine(text, SETTINGS, STORED).text if text else {}  # generation state stays here
+            self.catalog = Catalog({n: m.card for n, m in STORED.items()})
         else:
-            self.engine = Engine(SERVED, SETTINGS)  # loaded and warmed up before the worker reports ready
+            self.engine = Engine(SERVED, SETTINGS, STORED)  # loaded and warmed up before the worker reports ready
             self.catalog, self.text = Catalog(self.engine.cards), self.engine.text
         self.draining = False
         _drain_on_sigterm(self, SETTINGS.drain_s)

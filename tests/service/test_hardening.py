@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import shutil
+import subprocess
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -113,6 +115,33 @@ def test_model_whose_file_differs_from_its_card_is_refused(exported, tmp_path: P
     msg = str(info.value)
     card = json.loads((dst / "model_card.json").read_text())
     assert str(onnx_file) in msg and card["sha256"] in msg and store.sha256_file(onnx_file) in msg
+
+
+def test_a_server_on_a_tampered_store_stops_with_the_reason_and_never_serves(exported, tmp_path: Path):
+    """A real `bentoml serve` over a store where one model file no longer matches its card: it exits
+    at once, non-zero, naming the model and the checksum (no worker restarted forever), and never
+    answers ready."""
+    import bentoml
+
+    from core import store
+
+    home = tmp_path / "home"
+    shutil.copytree(Path(os.environ["BENTOML_HOME"]) / "models", home / "models")
+    tag = store.discover(("lenet",))["lenet"]
+    onnx_file = home / "models" / "lenet" / Path(bentoml.models.get(tag).path).name / "model.onnx"
+    data = bytearray(onnx_file.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    onnx_file.write_bytes(bytes(data))
+    log = tmp_path / "serve.log"
+    url, proc = start_server({"BENTOML_HOME": str(home)}, log=log)
+    try:
+        proc.wait(90)
+    except subprocess.TimeoutExpired:
+        ready = requests.get(f"{url}/readyz", timeout=5).status_code if proc.poll() is None else None
+        stop_server(proc)
+        raise AssertionError(f"still running after 90 s (readyz {ready}): {log.read_text()[-2000:]}") from None
+    text = log.read_text()
+    assert proc.returncode != 0 and "lenet" in text and "sha256" in text, text[-2000:]
 
 
 def test_token_authentication(exported, runs):

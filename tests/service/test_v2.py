@@ -64,6 +64,31 @@ def test_infer_matches_onnx_runtime(client, exported, name: str, binary_in: bool
     assert result.get_response()["id"] == "req-7"
 
 
+MULTI = [n for n, g in GRAPHS.items() if len(g[1].spec.outputs) > 1]  # resnet (logits, cam), vae, autoencoder
+
+
+@pytest.mark.parametrize("name", MULTI)
+def test_every_output_in_binary_at_its_offset_through_the_versioned_route(client, exported, name: str):
+    """All outputs as binary tensors, one after the other in the body (each at the offset the sizes
+    before it give), through /v2/models/{name}/versions/{version}/infer, against ONNX Runtime."""
+    card = json.loads(exported[name].read_text())
+    spec = GRAPHS[name][1].spec
+    x = np.random.default_rng(1).random((3, *spec.inputs[0].shape[1:]), dtype=np.float32)
+    inp = th.InferInput(spec.inputs[0].name, list(x.shape), "FP32")
+    inp.set_data_from_numpy(x, binary_data=True)
+    wanted = [th.InferRequestedOutput(o.name, binary_data=True) for o in reversed(spec.outputs)]  # any order
+    result = client.infer(name, [inp], outputs=wanted, model_version=card["version"])
+    sess = ort.InferenceSession(str(exported[name].with_name("model.onnx")), providers=["CPUExecutionProvider"])
+    expected = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {sess.get_inputs()[0].name: x})))
+    sizes = [o["parameters"]["binary_data_size"] for o in result.get_response()["outputs"]]
+    assert [o["name"] for o in result.get_response()["outputs"]] == [o.name for o in reversed(spec.outputs)]
+    assert sizes == [expected[o.name].nbytes for o in reversed(spec.outputs)]
+    for o in spec.outputs:
+        np.testing.assert_allclose(result.as_numpy(o.name), expected[o.name], rtol=0, atol=1e-5)
+    with pytest.raises(InferenceServerException, match="no version"):
+        client.infer(name, [inp], model_version="0000000000000000")
+
+
 @pytest.mark.parametrize("name", TEXT)
 def test_text_models_are_described_and_point_to_generate_text(client, server, name: str):
     meta = client.get_model_metadata(name)
