@@ -124,19 +124,16 @@ class Batcher:
 class Engine:
     """Every served model's session, warmed up; `infer` queues rows into adaptive batches,
     `run_batch` executes one batch; text models generate through `text` (service/scheduler.py).
-    `models` are read from the store unless the caller has them already."""
+    `models`: the stored models to serve, by name, as service.py read and checked them."""
 
-    def __init__(
-        self, served: dict[str, str], settings: Settings, models: dict[str, store.StoredModel] | None = None
-    ) -> None:
+    def __init__(self, models: dict[str, store.StoredModel], settings: Settings) -> None:
         self.sessions: dict[str, Any] = {}
         self.providers: dict[str, str] = {}
         self.cards: dict[str, ModelCard] = {}
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ort")
         self.text: dict[str, TextScheduler] = {}
         reasons = set()
-        for name, tag in served.items():
-            model = (models or {}).get(name) or store.load(tag)
+        for name, model in models.items():
             session, used, why = make_session(model.onnx_path, settings.provider, settings.ort_threads)
             reasons.update([why] if why else [])
             self.sessions[name], self.providers[name], self.cards[name] = session, used, model.card
@@ -167,7 +164,7 @@ class Engine:
                 settings.max_latency_ms / 1000,
                 settings.max_queue_rows,
             )
-            for name in served
+            for name in models
             if name not in self.text
         }
 

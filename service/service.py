@@ -106,8 +106,7 @@ class Inference:
     dispatcher (text generation keeps its state in the front worker)."""
 
     def __init__(self) -> None:
-        tensors = {n: SERVED[n] for n, m in STORED.items() if not m.card.is_text}
-        self.engine = Engine(tensors, SETTINGS, STORED)
+        self.engine = Engine({n: m for n, m in STORED.items() if not m.card.is_text}, SETTINGS)
 
     @bentoml.api(batchable=True, max_batch_size=SETTINGS.max_batch_size, max_latency_ms=SETTINGS.max_latency_ms)
     async def infer(self, items: list[Any]) -> list[Any]:
@@ -146,11 +145,11 @@ class EE559:
         self.engine: Engine | None = None
         self.text: dict[str, TextScheduler]
         if SETTINGS.batcher == "bentoml":
-            text = {n: SERVED[n] for n, m in STORED.items() if m.card.is_text}
-            self.text = Engine(text, SETTINGS, STORED).text if text else {}  # generation state stays here
+            text = {n: m for n, m in STORED.items() if m.card.is_text}
+            self.text = Engine(text, SETTINGS).text if text else {}  # generation state stays here
             self.catalog = Catalog({n: m.card for n, m in STORED.items()})
         else:
-            self.engine = Engine(SERVED, SETTINGS, STORED)  # loaded and warmed up before the worker reports ready
+            self.engine = Engine(STORED, SETTINGS)  # loaded and warmed up before the worker reports ready
             self.catalog, self.text = Catalog(self.engine.cards), self.engine.text
         self.draining = False
         _drain_on_sigterm(self, SETTINGS.drain_s)
