@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -38,19 +39,38 @@ def test_output_shape(name: str):
 
 
 @pytest.mark.parametrize("name", list(REGISTRY))
-def test_quick_preset_trains_and_checkpoint_rebuilds_model(name: str, tmp_path: Path):
+def test_quick_preset_trains_and_checkpoint_rebuilds_model(name: str, tmp_path: Path, monkeypatch):
+    """The model rebuilt from its checkpoint alone answers as the trained model did in memory,
+    before it was saved; a model of the same config with its initial weights does not."""
+    import copy
+
+    import training.train
+
     entry = REGISTRY[name]
+    trained: dict[str, Any] = {}
+    save = training.train.save_checkpoint
+
+    def save_after_running(run_dir, entry, model, *args, **kwargs):
+        clone = copy.deepcopy(model).eval()  # the model itself goes to the checkpoint untouched
+        trained["inputs"] = example_inputs(clone, entry.export, 3)
+        with torch.no_grad():
+            trained["outputs"] = clone(*trained["inputs"])
+        return save(run_dir, entry, model, *args, **kwargs)
+
+    monkeypatch.setattr(training.train, "save_checkpoint", save_after_running)
     path = train_model(entry, preset="quick", out=tmp_path)
     assert latest_checkpoint(name, tmp_path) == path
     model, ckpt = load_checkpoint(path, entry)
     assert ckpt["metrics"]["test_loss"] >= 0.0
     assert 0.0 <= ckpt["metrics"].get("test_accuracy", 0.0) <= 1.0
     assert ckpt["train"]["epochs"] == 1
-    x = example_inputs(model, entry.export, 3)
+    x = trained["inputs"]
     with torch.no_grad():
         rebuilt = model(*x)
-        again = load_checkpoint(path, entry)[0](*x)
-    torch.testing.assert_close(rebuilt, again)  # tuples of outputs compare element-wise
+        untrained = entry.build(ckpt["config"]).eval()(*x)
+    torch.testing.assert_close(rebuilt, trained["outputs"])  # tuples of outputs compare element-wise
+    with pytest.raises(AssertionError):  # the comparison can tell trained weights from initial ones
+        torch.testing.assert_close(untrained, trained["outputs"])
 
 
 def test_checkpoint_of_another_model_is_refused(tmp_path: Path):
