@@ -1,18 +1,65 @@
 """The adaptive batcher: concurrent requests share batches, results go back to their owners, a
 full queue sheds load with 503, a request past its deadline is answered 503, failures reach
-every waiter and the batcher keeps working."""
+every waiter and the batcher keeps working. The text scheduler: decode steps of concurrent
+generations share batches, a failure reaches every request and the next one runs.
+
+Every await is bounded (`within`) and every event loop runs under a deadline (`run_loop`): a
+batcher or scheduler that loses a request, or spins without yielding, fails its test in seconds
+instead of hanging the suite."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import numpy as np
 import pytest
 
 from service.engine import Batcher
 from service.errors import ClientError
+
+T = TypeVar("T")
+AWAIT_S = 5.0  # each await; every one of them takes milliseconds when the code works
+LOOP_S = 20.0  # a whole test's event loop
+
+
+async def within(aw: Awaitable[T], seconds: float = AWAIT_S) -> T:
+    return await asyncio.wait_for(aw, seconds)
+
+
+async def collect(tokens: AsyncIterator[int], seconds: float = AWAIT_S) -> list[int]:
+    """Every token of a generation, each awaited under its own timeout."""
+    out = []
+    while True:
+        try:
+            out.append(await within(anext(tokens), seconds))
+        except StopAsyncIteration:
+            return out
+
+
+def run_loop(main: Callable[[], Coroutine[Any, Any, T]], seconds: float = LOOP_S) -> T:
+    """asyncio.run(main()) in a thread, failing the test if the loop is still busy after `seconds`
+    (a loop that never yields cannot be timed out from inside; its daemon thread is abandoned)."""
+    result: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            result["value"] = asyncio.run(main())
+        except BaseException as e:  # re-raised in the test's thread
+            result["error"] = e
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        pytest.fail(f"event loop still running after {seconds} s: a request lost, or a loop that never yields")
+    if "error" in result:
+        raise result["error"]
+    return result["value"]
 
 
 def make(run, **kw) -> Batcher:
@@ -32,9 +79,9 @@ def test_concurrent_requests_share_batches_and_get_their_own_rows():
     async def main():
         b = make(run)
         xs = [np.full((1, 3), i, dtype=np.float32) for i in range(20)]
-        return xs, await asyncio.gather(*(b.submit(x) for x in xs))
+        return xs, await within(asyncio.gather(*(b.submit(x) for x in xs)))
 
-    xs, outs = asyncio.run(main())
+    xs, outs = run_loop(main)
     for x, (doubled, summed) in zip(xs, outs):
         np.testing.assert_array_equal(doubled, x * 2)
         np.testing.assert_array_equal(summed, x.sum(axis=1))
@@ -50,9 +97,9 @@ def test_multi_row_requests_are_never_split():
 
     async def main():
         b = make(run, max_batch_size=4)
-        return await asyncio.gather(*(b.submit(np.zeros((3, 2))) for _ in range(5)))
+        return await within(asyncio.gather(*(b.submit(np.zeros((3, 2))) for _ in range(5))))
 
-    outs = asyncio.run(main())
+    outs = run_loop(main)
     assert all(o[0].shape == (3, 2) for o in outs) and all(s % 3 == 0 for s in sizes)
 
 
@@ -63,9 +110,9 @@ def test_full_queue_sheds_load_with_503():
 
     async def main():
         b = make(run, max_queue_rows=4)
-        return await asyncio.gather(*(b.submit(np.zeros((1, 1))) for _ in range(10)), return_exceptions=True)
+        return await within(asyncio.gather(*(b.submit(np.zeros((1, 1))) for _ in range(10)), return_exceptions=True))
 
-    results = asyncio.run(main())
+    results = run_loop(main)
     shed = [r for r in results if isinstance(r, ClientError)]
     assert shed and all(e.status == 503 and e.reason == "overloaded" for e in shed)
     assert len(results) - len(shed) >= 4
@@ -81,9 +128,9 @@ def test_request_past_its_deadline_is_answered_503_not_served_late():
 
     async def main():
         b = make(run, max_latency_s=0.05, max_batch_size=1)
-        return await asyncio.gather(*(b.submit(np.zeros((1, 1))) for _ in range(3)), return_exceptions=True)
+        return await within(asyncio.gather(*(b.submit(np.zeros((1, 1))) for _ in range(3)), return_exceptions=True))
 
-    results = asyncio.run(main())
+    results = run_loop(main)
     late = [r for r in results if isinstance(r, ClientError)]
     assert len(late) == 2 and all(e.status == 503 and e.reason == "deadline" for e in late)
     assert served == [1]
@@ -101,10 +148,10 @@ def test_a_failing_batch_fails_its_requests_and_the_batcher_goes_on():
     async def main():
         b = make(run)
         with pytest.raises(RuntimeError):
-            await b.submit(np.zeros((1, 1)))
-        return await b.submit(np.ones((1, 1)))
+            await within(b.submit(np.zeros((1, 1))))
+        return await within(b.submit(np.ones((1, 1))))
 
-    assert asyncio.run(main())[0][0, 0] == 1
+    assert run_loop(main)[0][0, 0] == 1
 
 
 def _text_engine(run, max_running: int = 8):
@@ -138,9 +185,9 @@ def test_text_scheduler_batches_decode_steps_of_concurrent_generations():
     async def main():
         engine = _text_engine(run)
         gens = [engine.submit([0, 1], 5, 1.0, 1, seed) for seed in range(4)]
-        return [[t async for t in engine.tokens(g)] for g in gens]
+        return [await collect(engine.tokens(g)) for g in gens]
 
-    outs = asyncio.run(main())
+    outs = run_loop(main)
     assert outs == [[2] * 5] * 4  # greedy: the argmax every time
     assert calls[:4] == [(1, 2)] * 4  # a prompt step each
     assert (4, 1) in calls and len(calls) < 4 + 4 * 4  # then decode steps shared by all four
@@ -161,12 +208,12 @@ def test_text_scheduler_failure_reaches_every_request_and_the_next_one_runs():
         failures = 0
         for g in gens:
             try:
-                _ = [t async for t in engine.tokens(g)]
+                await collect(engine.tokens(g))
             except RuntimeError:
                 failures += 1
         state["fail"] = False
-        after = [t async for t in engine.tokens(engine.submit([0], 3, 1.0, 1, 0))]
+        after = await collect(engine.tokens(engine.submit([0], 3, 1.0, 1, 0)))
         return failures, after
 
-    failures, after = asyncio.run(asyncio.wait_for(main(), 30))  # a lost request would hang: fail instead
+    failures, after = run_loop(main)
     assert failures == 3 and after == [0, 0, 0]
