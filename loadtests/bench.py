@@ -265,8 +265,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
     p.add_argument("--connections", default="1,8,32")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    # One worker: with --workers N, uvicorn 0.54 leaves Nagle on for accepted connections (40 ms
-    # delayed-ACK stalls at low concurrency), which would make the baseline look worse than it is.
+    # One worker: with --workers N, uvicorn 0.54 leaves Nagle on for accepted connections (stalls of
+    # Linux's delayed-ACK timer, TCP_DELACK_MIN = 40 ms, at low concurrency), which would make the
+    # baseline look worse than it is.
     p.add_argument("--fastapi-workers", type=int, default=1)
     p.add_argument("--repeat", type=int, default=2, help="runs per configuration (each is reported)")
     p.add_argument("--no-triton", action="store_true")

@@ -188,7 +188,10 @@ def checked_array(arr: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
 
 
 NPY_MAGIC = b"\x93NUMPY"
-NPY_MAX_HEADER = 4096  # numpy writes ~120 bytes for an image; its own reader allows 10,000
+# np.save's preamble and header take 128 bytes for a (1, 28, 28) or (3, 32, 32) float32 image (numpy
+# 2.4.6, 2026-11-26: len(buf) - 4 * pixels after np.save(buf, np.zeros(shape, np.float32))); numpy's
+# own reader allows headers up to 10,000 bytes (np.lib.format.read_array's max_header_size).
+NPY_MAX_HEADER = 4096
 # One entry of the header's dict, as numpy writes it (any order, either quote): nothing else is
 # parsed, so a crafted header costs one linear regex pass over at most NPY_MAX_HEADER bytes.
 _NPY_ENTRY = re.compile(
