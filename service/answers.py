@@ -37,7 +37,7 @@ def task_answer(card: ModelCard, provider: str, body: dict[str, Any] | Response)
 
 def error_response(exc: ClientError) -> Response:
     metrics.rejected_requests().labels(reason=exc.reason).inc()
-    headers = {"Retry-After": "1"} if exc.status in (429, 503) else None
+    headers = {"Retry-After": str(exc.retry_after)} if exc.status in (429, 503) else None
     return json_response({"error": exc.message}, exc.status, headers)
 
 

@@ -27,7 +27,7 @@ from core.textgen import StepRunner, TextModel
 
 from . import metrics
 from .errors import ClientError
-from .scheduler import TextScheduler
+from .scheduler import Budget, TextScheduler
 from .settings import Settings
 
 log = logging.getLogger("ee559.engine")
@@ -147,7 +147,9 @@ class Engine:
                     max_running=settings.max_batch_size,
                     max_waiting=settings.max_queue_rows,
                     provider=used,
+                    budget=Budget(settings.ttft_budget_s, settings.generation_budget_s),
                 )
+                self.text[name].calibrate(settings.max_prompt_chars)
             else:
                 self._warm_up(name, settings.max_batch_size)
             metrics.model_info().labels(

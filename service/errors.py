@@ -12,11 +12,12 @@ from typing import Any
 
 
 class ClientError(Exception):
-    def __init__(self, status: int, reason: str, message: str) -> None:
+    def __init__(self, status: int, reason: str, message: str, retry_after: int = 1) -> None:
         super().__init__(message)
         self.status = status
         self.reason = reason  # a fixed label for ee559_rejected_requests_total
         self.message = message
+        self.retry_after = retry_after  # seconds, sent as Retry-After with a 429 or 503
 
 
 def shown(value: Any, limit: int = 40) -> str:

@@ -3,11 +3,46 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from functools import cache
+from pathlib import Path
 
 import bentoml
 
 PREFIX = "ee559"
+
+
+def own_directory(environ: dict[str, str] | os._Environ[str] = os.environ, server: int | None = None) -> Path | None:
+    """Give this server's workers a metrics directory of their own, before any metric is written.
+
+    `bentoml serve` empties $BENTOML_HOME/prometheus_multiproc_dir as it starts, before it imports
+    the service, and hands that path to its workers: a second server started on the same home
+    wiped the metrics of the first. Each worker moves to ee559_metrics/<pid of its server>
+    beside it (the workers of one server share it: /metrics adds them up; a restarted worker
+    finds its predecessors'), and directories of servers no longer running are removed. Outside a
+    BentoML worker (no PROMETHEUS_MULTIPROC_DIR) nothing changes."""
+    shared = environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not shared:
+        return None
+    base = Path(shared).parent / "ee559_metrics"
+    mine = base / str(server or os.getppid())
+    mine.mkdir(parents=True, exist_ok=True)
+    environ["PROMETHEUS_MULTIPROC_DIR"] = str(mine)
+    for other in base.iterdir():
+        if other != mine and other.name.isdigit() and not _running(int(other.name)):
+            shutil.rmtree(other, ignore_errors=True)
+    return mine
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 @cache

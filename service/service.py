@@ -33,16 +33,17 @@ from bentoml.models import BentoModel
 from core import store
 from core.session import preflight
 
-from . import patches
+from . import metrics, patches
 from .app import http_app
 from .auth import TokenAuth
 from .catalog import Catalog
 from .engine import Engine
 from .errors import ClientError
 from .scheduler import TextScheduler
-from .settings import SETTINGS, Settings
+from .settings import REQUEST_TIMEOUT_S, SETTINGS, Settings
 
 log = logging.getLogger("ee559.service")
+metrics.own_directory()  # a second server on this BENTOML_HOME must not wipe our metrics
 patches.apply()
 preflight(SETTINGS.provider)  # provider=cuda without CUDA: `bentoml serve` exits now instead of retrying workers
 SERVED = store.discover(SETTINGS.models)  # name -> tag
@@ -97,7 +98,7 @@ def _drain_on_sigterm(svc: Any, drain_s: float) -> None:
 @bentoml.service(
     name="ee559_inference",
     workers=1,
-    traffic={"timeout": 30},
+    traffic={"timeout": REQUEST_TIMEOUT_S},
     runner_connection={"max_requests": 2**62, "max_age": 10.0**9},
     logging={"access": {"enabled": SETTINGS.access_log}},
 )
@@ -129,7 +130,7 @@ class Inference:
 @bentoml.service(
     name="ee559",
     workers=SETTINGS.workers,
-    traffic={"timeout": 30},
+    traffic={"timeout": REQUEST_TIMEOUT_S},
     logging={"access": {"enabled": SETTINGS.access_log}},
 )
 @_with_models
@@ -188,6 +189,5 @@ class EE559:
         return await proxy.is_ready(2) if hasattr(proxy, "is_ready") else True
 
 
-EE559.add_asgi_middleware(  # type: ignore[attr-defined]  # a bentoml Service
-    TokenAuth, token=SETTINGS.api_token, auth_probes=SETTINGS.auth_probes
-)
+# Built in each worker with its app: the worker's listening socket decides whether a token is needed.
+EE559.add_asgi_middleware(TokenAuth, settings=SETTINGS)  # type: ignore[attr-defined]  # a bentoml Service

@@ -14,6 +14,9 @@ from dataclasses import dataclass
 from core.session import PROVIDERS
 
 BATCHERS = ("ee559", "bentoml")
+AUTH = ("auto", "token", "off")  # service/auth.py
+# BentoML's traffic timeout of both services: a request with no answer started by then gets a 504.
+REQUEST_TIMEOUT_S = 30
 
 
 class SettingsError(ValueError):
@@ -71,6 +74,11 @@ class Settings:
     # closing its listener; BentoML's arbiter kills a worker 30 s after SIGTERM, stay well below.
     drain_s: float = 2.0
     max_new_tokens: int = 512  # EE559_MAX_NEW_TOKENS: per /generate_text request
+    # EE559_TTFT_BUDGET_S, EE559_GENERATION_BUDGET_S: a generation is admitted only if its first
+    # token and its last are forecast within these (503 + Retry-After otherwise), and ends at the
+    # second with the tokens it has. The total stays under REQUEST_TIMEOUT_S with room for a step.
+    ttft_budget_s: float = 5.0
+    generation_budget_s: float = 20.0
     max_prompt_chars: int = 2048  # EE559_MAX_PROMPT_CHARS
     max_body_bytes: int = 4 * 1024 * 1024  # EE559_MAX_BODY_BYTES
     # EE559_BODY_TIMEOUT_S: a client that stalls or trickles its body would hold a connection and
@@ -79,7 +87,10 @@ class Settings:
     # EE559_DECODE_TIMEOUT_S: an uploaded image must be decoded within this time, waiting for a
     # decoding thread included (503 + Retry-After otherwise).
     decode_timeout_s: float = 5.0
+    # EE559_AUTH: auto (a token where the server listens beyond loopback) | token | off (service/auth.py)
+    auth: str = "auto"
     api_token: str = ""  # EE559_API_TOKEN: bearer token required on every route but the probes
+    api_token_file: str = ""  # EE559_API_TOKEN_FILE: the generated token's file ($BENTOML_HOME/ee559_api_token)
     auth_probes: bool = False  # EE559_AUTH_PROBES=1: the probes and /metrics need the token too
     ort_threads: int = 1  # EE559_ORT_THREADS: intra-op threads per ONNX Runtime session
 
@@ -99,14 +110,32 @@ class Settings:
             access_log=env.get("EE559_ACCESS_LOG", "0") == "1",
             drain_s=_float(env, "EE559_DRAIN_SECONDS", cls.drain_s),
             max_new_tokens=_int(env, "EE559_MAX_NEW_TOKENS", cls.max_new_tokens),
+            ttft_budget_s=_float(env, "EE559_TTFT_BUDGET_S", cls.ttft_budget_s),
+            generation_budget_s=_float(env, "EE559_GENERATION_BUDGET_S", cls.generation_budget_s),
             max_prompt_chars=_int(env, "EE559_MAX_PROMPT_CHARS", cls.max_prompt_chars),
             max_body_bytes=_int(env, "EE559_MAX_BODY_BYTES", cls.max_body_bytes),
             body_timeout_s=_float(env, "EE559_BODY_TIMEOUT_S", cls.body_timeout_s),
             decode_timeout_s=_float(env, "EE559_DECODE_TIMEOUT_S", cls.decode_timeout_s),
+            auth=_choice(env, "EE559_AUTH", "auto", AUTH),
             api_token=env.get("EE559_API_TOKEN", ""),
+            api_token_file=env.get("EE559_API_TOKEN_FILE", "").strip(),
             auth_probes=env.get("EE559_AUTH_PROBES") == "1",
             ort_threads=_int(env, "EE559_ORT_THREADS", cls.ort_threads),
         )
+
+    def __post_init__(self) -> None:
+        if self.auth == "off" and self.api_token:
+            raise SettingsError("EE559_AUTH=off with EE559_API_TOKEN set: unset one of them")
+        if not 0 < self.generation_budget_s <= REQUEST_TIMEOUT_S - 5:
+            raise SettingsError(
+                f"EE559_GENERATION_BUDGET_S={self.generation_budget_s:g}: expected more than 0 and at most "
+                f"{REQUEST_TIMEOUT_S - 5} seconds (the server answers 504 after {REQUEST_TIMEOUT_S} s)"
+            )
+        if not 0 < self.ttft_budget_s <= self.generation_budget_s:
+            raise SettingsError(
+                f"EE559_TTFT_BUDGET_S={self.ttft_budget_s:g}: expected more than 0 and at most "
+                f"EE559_GENERATION_BUDGET_S ({self.generation_budget_s:g})"
+            )
 
 
 SETTINGS = Settings.from_env()

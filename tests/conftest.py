@@ -53,7 +53,7 @@ def processes() -> dict[int, dict[str, str]]:
     return table
 
 
-__all__ = ["free_port", "processes", "start_server", "stop_server", "wait_ready"]
+__all__ = ["free_port", "new_home", "processes", "start_server", "stop_server", "wait_ready"]
 
 
 def wait_ready(url: str, proc: subprocess.Popen | None, timeout: float = 90) -> None:
@@ -61,17 +61,17 @@ def wait_ready(url: str, proc: subprocess.Popen | None, timeout: float = 90) -> 
     wait_http(f"{url}/readyz", proc, timeout)
 
 
-def start_server(env_extra: dict[str, str] | None = None, log: Path | None = None) -> tuple[str, subprocess.Popen]:
-    """`bentoml serve` on a free port. Each server gets its own BENTOML_HOME (sharing the session's
-    model store through a link): `bentoml serve` clears $BENTOML_HOME/prometheus_multiproc_dir at
-    start, which would wipe the metrics of a server already running on the same home."""
+def start_server(
+    env_extra: dict[str, str] | None = None, log: Path | None = None, host: str = "127.0.0.1", home: Path | None = None
+) -> tuple[str, subprocess.Popen]:
+    """`bentoml serve` on a free port, on a BENTOML_HOME of its own (`new_home()`) unless `home`
+    names one to share. `host` is where it listens; the URL returned reaches it through loopback."""
     port = free_port()
-    home = Path(tempfile.mkdtemp(prefix="home-", dir=_SESSION_DIR))
-    (home / "models").symlink_to(Path(os.environ["BENTOML_HOME"]) / "models")
+    home = home or new_home()
     env = {**os.environ, "BENTOML_HOME": str(home), **(env_extra or {})}
     out = open(log, "wb") if log else subprocess.DEVNULL
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bentoml", "serve", "service.service:EE559", "--host", "127.0.0.1", "--port", str(port)],
+        [sys.executable, "-m", "bentoml", "serve", "service.service:EE559", "--host", host, "--port", str(port)],
         cwd=ROOT,
         env=env,
         stdout=out,
@@ -79,6 +79,13 @@ def start_server(env_extra: dict[str, str] | None = None, log: Path | None = Non
         start_new_session=True,
     )
     return f"http://127.0.0.1:{port}", proc
+
+
+def new_home() -> Path:
+    """A BENTOML_HOME of its own, whose model store is the session's."""
+    home = Path(tempfile.mkdtemp(prefix="home-", dir=_SESSION_DIR))
+    (home / "models").symlink_to(Path(os.environ["BENTOML_HOME"]) / "models")
+    return home
 
 
 def stop_server(proc: subprocess.Popen) -> None:

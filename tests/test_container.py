@@ -1,12 +1,14 @@
 """The container, really built and run (slow: `make container-test`; needs root and Podman, runc
 and debootstrap from Debian's packages, which the make target installs): `bentoml containerize
 --backend podman` builds the image from the Bento; the container answers on its published port
-(so the server inside listens on 0.0.0.0), runs as an unprivileged user, serves a classification,
+(so the server inside listens on 0.0.0.0), refuses requests without the token it generated (its
+log says where the key file is), runs as an unprivileged user, serves a classification with it,
 and stops cleanly on `podman stop` (SIGTERM through --init: exit 0)."""
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -54,7 +56,7 @@ def base_image(work: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("podman") is None, reason="needs podman (make container-test installs it)")
-def test_container_serves_as_non_root_on_all_interfaces_and_stops_cleanly(exported, tmp_path: Path):
+def test_container_serves_as_non_root_on_all_interfaces_with_a_token_and_stops_cleanly(exported, tmp_path: Path):
     base_image(tmp_path)
     build = subprocess.run(
         [sys.executable, "-m", "bentoml", "build", "--output", "tag"],
@@ -97,7 +99,15 @@ def test_container_serves_as_non_root_on_all_interfaces_and_stops_cleanly(export
             wait_ready(url, None, timeout=120)
         except TimeoutError:
             raise AssertionError(podman("logs", cid, check=False).stdout[-3000:]) from None
-        r = requests.post(f"{url}/classify", json={"model": "lenet", "image": DIGIT}, timeout=10)
+        body = {"model": "lenet", "image": DIGIT}
+        # Exposed (0.0.0.0) with no EE559_API_TOKEN: the server generated a token; the log says where.
+        assert requests.post(f"{url}/classify", json=body, timeout=10).status_code == 401
+        logs = podman("logs", cid).stdout + podman("logs", cid).stderr
+        key = re.search(r"the token is in (\S+)", logs)
+        assert key, logs[-3000:]
+        token = podman("exec", cid, "cat", key.group(1)).stdout.strip()
+        auth = {"Authorization": f"Bearer {token}"}
+        r = requests.post(f"{url}/classify", json=body, headers=auth, timeout=10)
         assert r.status_code == 200 and r.json()["model"] == "lenet" and "label" in r.json(), r.text[:300]
         assert podman("exec", cid, "id", "-u").stdout.strip() == "1034"
         users = podman("top", cid, "user", "args").stdout.splitlines()[1:]  # every process in the container

@@ -53,6 +53,11 @@ class GenerateText(Task):
         "prompt": STR,
         "text": STR,
         "tokens": INT,
+        "finish_reason": {
+            **STR,
+            "enum": ["length", "time_limit"],
+            "description": "length: max_new_tokens reached; time_limit: EE559_GENERATION_BUDGET_S reached first",
+        },
         "seed": INT,
         "temperature": NUM,
         "top_k": INT,
@@ -121,8 +126,17 @@ class GenerateText(Task):
             scheduler.model.encode(opts["prompt"]), opts["max_new"], opts["temperature"], opts["top_k"], opts["seed"]
         )
         if opts["stream"]:
+            tokens = scheduler.tokens(gen)
+            try:  # the status line waits for the first token: a request shed before it gets a 503
+                first = await anext(tokens)
+            except StopAsyncIteration:
+                first = None
+            except ClientError:
+                raise
+            except Exception:  # logged by the scheduler
+                return json_response({"error": "generation failed; retry"}, 500)
             return StreamingResponse(
-                self._events(card, scheduler, gen, opts),
+                self._events(card, scheduler, gen, opts, first, tokens),
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
@@ -141,7 +155,10 @@ class GenerateText(Task):
             collecting.cancel()
             scheduler.cancel(gen)
             return json_response({"error": "the client closed the connection"}, 499)
-        if collecting.exception() is not None:  # logged by the scheduler
+        failure = collecting.exception()
+        if isinstance(failure, ClientError):  # shed: it could not start within its budget
+            raise failure
+        if failure is not None:  # logged by the scheduler
             return json_response({"error": "generation failed; retry"}, 500)
         return json_response(self._summary(card, scheduler, gen, opts, text))
 
@@ -156,17 +173,31 @@ class GenerateText(Task):
             "seed": opts["seed"],
             "temperature": opts["temperature"],
             "top_k": opts["top_k"],
+            "finish_reason": gen.finish_reason,
             "time_to_first_token_s": round(gen.first_token_s or 0.0, 6),
             "seconds": round(gen.last - gen.arrived, 6),
         }
         return envelope(card, scheduler.provider, body)
 
     async def _events(
-        self, card: ModelCard, scheduler: TextScheduler, gen: TextRequest, opts: dict[str, Any]
+        self,
+        card: ModelCard,
+        scheduler: TextScheduler,
+        gen: TextRequest,
+        opts: dict[str, Any],
+        first: int | None,
+        tokens: AsyncIterator[int],
     ) -> AsyncIterator[bytes]:
         text: list[str] = []
+
+        async def every() -> AsyncIterator[int]:
+            if first is not None:
+                yield first
+                async for token in tokens:
+                    yield token
+
         try:
-            async for token in scheduler.tokens(gen):
+            async for token in every():
                 text.append(scheduler.model.vocab[token])
                 yield b"data: " + orjson.dumps({"token": text[-1]}) + b"\n\n"
             yield b"event: done\ndata: " + orjson.dumps(self._summary(card, scheduler, gen, opts, text)) + b"\n\n"
