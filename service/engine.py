@@ -27,6 +27,7 @@ from core.textgen import StepRunner, TextModel
 
 from . import metrics
 from .errors import ClientError
+from .observe import RequestTiming, current
 from .scheduler import Budget, TextScheduler
 from .settings import Settings
 
@@ -43,6 +44,8 @@ class _Pending:
     x: np.ndarray
     future: asyncio.Future
     deadline: float
+    enqueued: float  # perf_counter time
+    timing: RequestTiming | None  # the request's, for Server-Timing
 
 
 @dataclass
@@ -52,6 +55,7 @@ class Batcher:
     max_batch_size: int
     max_latency_s: float
     max_queue_rows: int
+    model: str = ""  # the metrics' label
     queue: deque = field(default_factory=deque)
     queued_rows: int = 0
     busy: bool = False
@@ -63,9 +67,10 @@ class Batcher:
         if self.queued_rows + len(x) > self.max_queue_rows:
             raise ClientError(503, "overloaded", "the server is at capacity; retry after a second")
         loop = asyncio.get_running_loop()
-        item = _Pending(x, loop.create_future(), time.monotonic() + self.max_latency_s)
+        item = _Pending(x, loop.create_future(), time.monotonic() + self.max_latency_s, time.perf_counter(), current())
         self.queue.append(item)
         self.queued_rows += len(x)
+        metrics.queued_rows().labels(model=self.model).set(self.queued_rows)
         if not self.busy:
             self.busy = True
             self.draining = loop.create_task(self._drain())
@@ -88,6 +93,7 @@ class Batcher:
                 continue
             batch.append(item)
             rows += len(item.x)
+        metrics.queued_rows().labels(model=self.model).set(self.queued_rows)
         return batch
 
     async def _drain(self) -> None:
@@ -110,7 +116,9 @@ class Batcher:
                         if not p.future.done():
                             p.future.set_exception(exc)
                     continue
-                self.seconds_per_batch = 0.8 * self.seconds_per_batch + 0.2 * (time.perf_counter() - t0)
+                t1 = time.perf_counter()
+                self.seconds_per_batch = 0.8 * self.seconds_per_batch + 0.2 * (t1 - t0)
+                self._observe(batch, t0, t1)
                 start = 0
                 for p in batch:
                     n = len(p.x)
@@ -119,6 +127,18 @@ class Batcher:
                     start += n
         finally:
             self.busy = False
+
+    def _observe(self, batch: list[_Pending], t0: float, t1: float) -> None:
+        queued, computed = (
+            metrics.queue_seconds().labels(model=self.model),
+            metrics.compute_seconds().labels(model=self.model),
+        )
+        for p in batch:
+            queued.observe(t0 - p.enqueued)
+            computed.observe(t1 - t0)
+            if p.timing is not None:
+                p.timing.queue += t0 - p.enqueued
+                p.timing.compute += t1 - t0
 
 
 class Engine:
@@ -165,6 +185,7 @@ class Engine:
                 min(settings.max_batch_size, self.cards[name].max_batch_size),
                 settings.max_latency_ms / 1000,
                 settings.max_queue_rows,
+                model=name,
             )
             for name in models
             if name not in self.text

@@ -121,3 +121,82 @@ def active_generations():
         labelnames=["model"],
         multiprocess_mode="livesum",
     )
+
+
+# Request latencies resolve 0.1 ms (a small classification) to 10 s (a long generation).
+LATENCY_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+
+
+@cache
+def requests():
+    return bentoml.metrics.Counter(
+        name=f"{PREFIX}_requests_total",
+        documentation="HTTP requests answered, by route template, model and outcome (status class).",
+        labelnames=["route", "model", "outcome"],
+    )
+
+
+@cache
+def requests_in_flight():
+    return bentoml.metrics.Gauge(
+        name=f"{PREFIX}_requests_in_flight",
+        documentation="HTTP requests being answered (probes and /metrics excepted).",
+        multiprocess_mode="livesum",
+    )
+
+
+@cache
+def request_seconds():
+    return bentoml.metrics.Histogram(
+        name=f"{PREFIX}_request_duration_seconds",
+        documentation="From a request's arrival at the service to its last byte, by route template.",
+        labelnames=["route"],
+        buckets=LATENCY_BUCKETS,
+    )
+
+
+@cache
+def queue_seconds():
+    return bentoml.metrics.Histogram(
+        name=f"{PREFIX}_request_queue_seconds",
+        documentation="Time a request waited for its batch to start (text: for a slot), by model.",
+        labelnames=["model"],
+        buckets=LATENCY_BUCKETS,
+    )
+
+
+@cache
+def compute_seconds():
+    return bentoml.metrics.Histogram(
+        name=f"{PREFIX}_request_compute_seconds",
+        documentation="Run time of the batch a request was in, by model.",
+        labelnames=["model"],
+        buckets=LATENCY_BUCKETS,
+    )
+
+
+@cache
+def queued_rows():
+    return bentoml.metrics.Gauge(
+        name=f"{PREFIX}_queue_rows",
+        documentation="Input rows waiting for a batch, by model (summed over workers).",
+        labelnames=["model"],
+        multiprocess_mode="livesum",
+    )

@@ -1,6 +1,6 @@
-"""A fix to BentoML, applied before the service's app is built (service.service imports it), and
-only to the BentoML versions it was checked against: an upgrade fails loudly here until someone
-checks whether the new version still needs it (and adds the version to CHECKED_VERSIONS).
+"""Fixes to BentoML, applied before the service's app is built (service.service imports it), and
+only to the BentoML versions they were checked against: an upgrade fails loudly here until someone
+checks whether the new version still needs them (and adds the version to CHECKED_VERSIONS).
 
 BentoML's TimeoutMiddleware (`traffic.timeout`) schedules `loop.call_later(timeout, ...)` for every
 request and never cancels it: each timer keeps the request's context (its OpenTelemetry span,
@@ -8,6 +8,11 @@ futures, closures) alive for the whole timeout after the answer went out, so res
 follows the request rate (the soak's figures: docs/benchmarks.md), and an application error waits
 for the timeout before surfacing. Here the timer is cancelled as soon as the response starts or the
 application returns, which lets asyncio drop it.
+
+BentoML's request metrics (`bentoml_service_request_*`, RunnerTrafficMetricsMiddleware) label each
+request with its raw path: every distinct URL a client or a scanner sends (`/v2/models/<random>`,
+`/wp-login.php`) adds series that live as long as the server. Their `endpoint` label becomes the
+route's template or "other" (service/observe.py's `route_label`), as ours.
 """
 
 from __future__ import annotations
@@ -16,11 +21,15 @@ import asyncio
 from typing import Any
 
 import bentoml
+from bentoml._internal.server.http.instruments import HTTPTrafficMetricsMiddleware, RunnerTrafficMetricsMiddleware
 from bentoml._internal.server.http.traffic import TimeoutMiddleware
 from starlette.responses import JSONResponse
 from starlette.types import Message, Receive, Scope, Send
 
-# The versions whose TimeoutMiddleware.__call__ was read and found to leak its timer.
+from .observe import route_label
+
+# The versions whose TimeoutMiddleware.__call__ was read and found to leak its timer, and whose
+# traffic metrics middlewares were read and found to label by raw path.
 CHECKED_VERSIONS = ("1.4.40",)
 
 
@@ -57,6 +66,34 @@ async def _timeout_call(self: TimeoutMiddleware, scope: Scope, receive: Receive,
     await app
 
 
+class _RouteLabels:
+    """One of BentoML's request metrics, its `endpoint` label bounded to the route templates."""
+
+    def __init__(self, metric: Any) -> None:
+        self._metric = metric
+
+    def labels(self, *args: Any, **kwargs: Any) -> Any:
+        if "endpoint" in kwargs:
+            kwargs["endpoint"] = route_label(str(kwargs["endpoint"]))
+        return self._metric.labels(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._metric, name)
+
+
+_PATCHED: set[type] = set()
+_LABELLED = ("metrics_request_duration", "metrics_request_total", "metrics_request_in_progress")
+
+
+def _bounded(setup: Any) -> Any:
+    def _setup(self: Any) -> None:
+        setup(self)
+        for name in _LABELLED:
+            setattr(self, name, _RouteLabels(getattr(self, name)))
+
+    return _setup
+
+
 class UncheckedVersion(RuntimeError):
     """The installed BentoML is not one the patch was checked against."""
 
@@ -69,3 +106,7 @@ def apply(version: str = bentoml.__version__) -> None:
             "its call_later timer is still never cancelled, add the version to CHECKED_VERSIONS; else drop the patch."
         )
     TimeoutMiddleware.__call__ = _timeout_call  # type: ignore[method-assign]
+    for cls in (HTTPTrafficMetricsMiddleware, RunnerTrafficMetricsMiddleware):
+        if cls not in _PATCHED:  # once, though tests apply() again
+            cls._setup = _bounded(cls._setup)  # type: ignore[method-assign]
+            _PATCHED.add(cls)

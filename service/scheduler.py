@@ -37,6 +37,7 @@ from core.textgen import Sequence, TextModel, choose
 
 from . import metrics
 from .errors import ClientError
+from .observe import RequestTiming, current
 
 log = logging.getLogger("ee559.scheduler")
 # Admit only what is forecast within this share of each budget: a forecast is an estimate, and a
@@ -57,6 +58,7 @@ class TextRequest:
     last: float = 0.0
     first_token_s: float | None = None
     deadline: float = math.inf  # perf_counter time by which it ends, with the tokens it has
+    timing: RequestTiming | None = field(default_factory=current)  # its HTTP request's, for Server-Timing
     finish_reason: str = ""  # "length" (max_new tokens) or "time_limit" (the deadline came first)
     cancelled: bool = False  # the client went away: dropped at the next step
     finished: bool = False  # out of the scheduler (done, cancelled or failed)
@@ -248,6 +250,9 @@ class TextScheduler:
                         self._finish(gen)
                         continue
                     admitting, start = [gen], time.perf_counter()
+                    metrics.queue_seconds().labels(model=self.name).observe(start - gen.arrived)
+                    if gen.timing is not None:
+                        gen.timing.queue = start - gen.arrived
                     logits = await loop.run_in_executor(self.executor, self.model.step, [gen.seq])
                     seconds = time.perf_counter() - start
                     self.costs.observe_prompt(len(gen.seq.tokens) - gen.seq.start, seconds)
@@ -309,6 +314,8 @@ class TextScheduler:
         else:
             metrics.time_per_output_token().labels(model=self.name).observe(now - gen.last)
         gen.last = now
+        if gen.timing is not None:
+            gen.timing.compute = now - gen.arrived - gen.timing.queue
         gen.produced += 1
         metrics.generated_tokens().labels(model=self.name).inc()
         gen.queue.put_nowait(token)

@@ -39,6 +39,7 @@ from .auth import TokenAuth
 from .catalog import Catalog
 from .engine import Engine
 from .errors import ClientError
+from .observe import Observe, note_model
 from .scheduler import TextScheduler
 from .settings import REQUEST_TIMEOUT_S, SETTINGS, Settings
 
@@ -159,6 +160,7 @@ class EE559:
     async def infer(self, name: str, x: np.ndarray) -> tuple[list[np.ndarray], str]:
         """Run a batch `x` (N, ...) of `name`; the rows join other requests' in adaptive batches.
         Returns every output (N, ...) in model-card order, and the provider used."""
+        note_model(name)
         if self.engine is not None:
             return await self.engine.infer(name, x)
         try:
@@ -189,5 +191,7 @@ class EE559:
         return await proxy.is_ready(2) if hasattr(proxy, "is_ready") else True
 
 
+# Request ids, Server-Timing and request metrics on every answer, 401s included (outermost of ours).
+EE559.add_asgi_middleware(Observe)  # type: ignore[attr-defined]  # a bentoml Service
 # Built in each worker with its app: the worker's listening socket decides whether a token is needed.
-EE559.add_asgi_middleware(TokenAuth, settings=SETTINGS)  # type: ignore[attr-defined]  # a bentoml Service
+EE559.add_asgi_middleware(TokenAuth, settings=SETTINGS)  # type: ignore[attr-defined]

@@ -22,6 +22,7 @@ from core.card import ModelCard, TensorSpec
 from .answers import json_response
 from .errors import ClientError, shown
 from .inputs import media_type, read_body
+from .observe import current
 
 SERVER_NAME = "ee559"
 SERVER_VERSION = "0.1.0"
@@ -277,6 +278,9 @@ async def infer(request: Request) -> Response:
             entry["data"] = arr.ravel()
         result.append(entry)
     body: dict[str, Any] = {"model_name": card.name, "model_version": card.version, "outputs": result}
+    timing = current()
+    if request_id is None and timing is not None:
+        request_id = timing.id  # X-Request-ID, the client's or ours
     if request_id is not None:
         body["id"] = request_id
     header = orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)

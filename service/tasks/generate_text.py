@@ -21,6 +21,7 @@ from core.images import MAX_SEED
 from ..answers import envelope, json_response
 from ..errors import ClientError, check_fields, int_field, shown
 from ..inputs import json_fields
+from ..observe import note_model
 from ..scheduler import TextRequest, TextScheduler
 from ..schema import BOOL, INT, NUM, STR
 from .base import Server, Task
@@ -122,6 +123,7 @@ class GenerateText(Task):
         card = server.catalog.for_task(fields.get("model"), self.name)
         opts = self.text_options(card, fields, settings.max_new_tokens, settings.max_prompt_chars)
         scheduler = server.text[card.name]
+        note_model(card.name)
         gen = scheduler.submit(
             scheduler.model.encode(opts["prompt"]), opts["max_new"], opts["temperature"], opts["top_k"], opts["seed"]
         )
