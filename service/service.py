@@ -40,6 +40,7 @@ from .catalog import Catalog
 from .engine import Engine
 from .errors import ClientError
 from .observe import Observe, note_model
+from .playground import Playground
 from .scheduler import TextScheduler
 from .settings import REQUEST_TIMEOUT_S, SETTINGS, Settings
 
@@ -193,5 +194,7 @@ class EE559:
 
 # Request ids, Server-Timing and request metrics on every answer, 401s included (outermost of ours).
 EE559.add_asgi_middleware(Observe)  # type: ignore[attr-defined]  # a bentoml Service
+# The playground's page and files (/, /ui, /docs) in front of the token check: public, they hold no data.
+EE559.add_asgi_middleware(Playground)  # type: ignore[attr-defined]
 # Built in each worker with its app: the worker's listening socket decides whether a token is needed.
 EE559.add_asgi_middleware(TokenAuth, settings=SETTINGS)  # type: ignore[attr-defined]
