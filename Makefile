@@ -16,7 +16,7 @@ export BENTOML_DO_NOT_TRACK ?= true
 # RETRAIN=1 trains and exports again even when a checkpoint / stored model exists.
 REUSE := $(if $(RETRAIN),,--if-missing)
 
-.PHONY: run install lock lint train export serve test loadtest bench textbench soak container-test audit build clean
+.PHONY: run install lock lint train export serve test loadtest bench textbench soak fuzz container-test audit build clean
 
 run: export
 	@echo "Serving every exported model on http://$(HOST):$(PORT) (POST /classify /explain /segment /denoise /embed /reconstruct /generate /generate_text, GET /models, /v2 Open Inference Protocol, GET /readyz, GET /metrics, GET /docs.json)"
@@ -83,11 +83,27 @@ bench: export
 soak: install
 	$(PY) -m pytest -q -s -m slow tests/service/test_soak.py
 
+# Fuzzing at scale against one real server: schemathesis over /docs.json with FUZZ_OPENAPI_EXAMPLES
+# per operation and phase, and tests/service/test_fuzz.py's generators (binary bodies included) with
+# FUZZ_EXAMPLES per route and body kind (its slow variant; `-m` picks it and the schemathesis run).
+FUZZ_EXAMPLES ?= 1000
+FUZZ_OPENAPI_EXAMPLES ?= 300
+fuzz: install
+	EE559_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) EE559_OPENAPI_EXAMPLES=$(FUZZ_OPENAPI_EXAMPLES) $(PY) -m pytest -q -s \
+		-m "slow or not slow" -k "schemathesis or at_scale" tests/service/test_openapi.py tests/service/test_fuzz.py
+
 # The container, really built with `bentoml containerize --backend podman` and run (as root:
 # installs podman, runc and debootstrap from Debian's packages; ~10 minutes the first time).
 container-test: install
 	command -v podman >/dev/null || (apt-get update -q && apt-get install -y -q podman runc debootstrap)
 	$(PY) -m pytest -q -s -m slow tests/test_container.py
+
+# The playground (service/playground/) in headless Chromium against a real `bentoml serve` (as root:
+# installs Debian's chromium and chromium-driver); its screenshots go to docs/images/playground-*.png.
+.PHONY: browser-test
+browser-test: install
+	command -v chromium >/dev/null && command -v chromedriver >/dev/null || (apt-get update -q && apt-get install -y -q chromium chromium-driver)
+	EE559_SCREENSHOTS=$(CURDIR)/docs/images $(PY) -m pytest -q -s -m "slow or not slow" tests/service/test_playground.py
 
 textbench: export
 	$(PY) -m loadtests.textbench $(TEXTBENCH_ARGS)
