@@ -176,6 +176,11 @@ class ModelCard:
         )
         return data
 
+    @property
+    def tag(self) -> str:
+        """The model store's tag of this graph, `name:version`: one served version."""
+        return f"{self.name}:{self.version}"
+
     def public(self, with_examples: bool = False) -> dict[str, Any]:
         """What the service tells clients (GET /models): no paths of the training machine."""
         data = self.to_json()

@@ -73,6 +73,35 @@ def discover(names: tuple[str, ...] | None = None) -> dict[str, str]:
     return {name: str(m.tag) for name, m in sorted(newest.items())}
 
 
+def select(entries: tuple[str, ...] | None = None) -> list[str]:
+    """The tags to serve, in the order given: `name` is the newest stored version of that name,
+    `name:version` that version (several versions of a name may be served side by side; the
+    first listed is the one requests get when they name no version). None: the newest of every
+    stored model."""
+    import bentoml
+
+    if entries is None:
+        return list(discover().values())
+    ours = [m for m in bentoml.models.list() if m.info.labels.get("project") == PROJECT_LABEL]
+    versions: dict[str, list[str]] = {}
+    for m in sorted(ours, key=lambda m: m.info.creation_time, reverse=True):
+        versions.setdefault(m.tag.name, []).append(str(m.tag.version))
+    tags: list[str] = []
+    for entry in entries:
+        name, _, version = entry.partition(":")
+        if name not in versions:
+            raise ModelStoreError(f"{name}: not in the model store ({home()}); export first: python -m export all")
+        if version and version not in versions[name]:
+            raise ModelStoreError(
+                f"{entry}: no such version in the model store ({home()}); "
+                f"stored versions of {name}, newest first: {', '.join(versions[name])}"
+            )
+        tag = f"{name}:{version or versions[name][0]}"
+        if tag not in tags:
+            tags.append(tag)
+    return tags
+
+
 def read_card(path: Path) -> ModelCard:
     try:
         return ModelCard.from_json(json.loads(path.read_text()))

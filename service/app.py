@@ -35,15 +35,23 @@ def task_route(task: Task) -> Callable[[Request], Awaitable[Response]]:
 
 
 async def models(request: Request) -> Response:
-    """GET /models: every served graph's public card, without its examples."""
-    svc = bentoml.get_current_service()
-    return json_response({"models": [card.public() for card in svc.catalog.cards.values()]})
+    """GET /models: every served version's public card, without its examples; `default` marks the
+    version a request gets when it names none."""
+    catalog = bentoml.get_current_service().catalog
+    return json_response(
+        {
+            "models": [
+                {**card.public(), "default": catalog.default[card.name] is card} for card in catalog.cards.values()
+            ]
+        }
+    )
 
 
 async def model_card(request: Request) -> Response:
-    """GET /models/{name}: one served graph's public card, with a few held-out examples."""
+    """GET /models/{name}[?version=v]: one served graph's public card, with a few held-out examples."""
     svc = bentoml.get_current_service()
-    return json_response(svc.catalog.graph(request.path_params["name"]).public(with_examples=True))
+    card = svc.catalog.graph(request.path_params["name"], request.query_params.get("version"))
+    return json_response(card.public(with_examples=True))
 
 
 async def openapi_document(request: Request) -> Response:

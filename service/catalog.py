@@ -3,6 +3,10 @@
 A registered model may be served by several graphs (the VAE: `vae` reconstructs, `vae_decoder`
 generates); clients name the model (its family) or a graph by its own name, and the task picks
 the graph. The v2 routes address graphs by name and version.
+
+Several versions of a graph may be served side by side (EE559_MODELS=lenet:v1,lenet:v2): a
+request names one (`version` in a task request, the v2 path's /versions/{version}), or gets the
+name's default version, the first listed (the newest stored when the name is given alone).
 """
 
 from __future__ import annotations
@@ -16,22 +20,30 @@ from .errors import ClientError, shown
 
 class Catalog:
     def __init__(self, cards: Mapping[str, ModelCard]) -> None:
-        self.cards = dict(cards)  # served graph name -> card
+        self.cards = dict(cards)  # tag (name:version) -> card, each name's default version first
+        self.default: dict[str, ModelCard] = {}  # graph name -> the version requests get by default
+        for card in self.cards.values():
+            self.default.setdefault(card.name, card)
 
     def __contains__(self, name: str) -> bool:
-        return name in self.cards
+        return name in self.default
+
+    def versions(self, name: str) -> list[str]:
+        """The served versions of the graph `name`, the default first."""
+        return [c.version for c in self.cards.values() if c.name == name]
 
     def names_for(self, task: str) -> list[str]:
         """Every name a request for `task` may give: the graphs that serve it and their families."""
-        graphs = [c for c in self.cards.values() if task in c.tasks]
+        graphs = [c for c in self.default.values() if task in c.tasks]
         return sorted({c.name for c in graphs} | {c.family for c in graphs})
 
-    def for_task(self, name: object, task: str) -> ModelCard:
-        """The card of the graph that serves `task` for the model `name` (a family or a graph)."""
-        served = ", ".join(sorted({c.family for c in self.cards.values() if task in c.tasks}))
+    def for_task(self, name: object, task: str, version: object = None) -> ModelCard:
+        """The card of the graph that serves `task` for the model `name` (a family or a graph), in
+        `version` if given (else the default one)."""
+        served = ", ".join(sorted({c.family for c in self.default.values() if task in c.tasks}))
         if not isinstance(name, str) or not name:
             raise ClientError(400, "missing_field", f"field 'model' must name a model; served for /{task}: {served}")
-        family = [c for c in self.cards.values() if name in (c.name, c.family)]
+        family = [c for c in self.default.values() if name in (c.name, c.family)]
         if not family:
             raise ClientError(
                 404, "unknown_model", f"model {shown(name, 64)} is not served; served for /{task}: {served}"
@@ -45,19 +57,25 @@ class Catalog:
                 f"model {shown(name, 64)} serves {', '.join('/' + t for t in tasks)}, "
                 f"not /{task}; models for /{task}: {served}",
             )
-        return card
+        return card if version is None else self.version(card.name, version)
 
-    def graph(self, name: str, version: str | None = None) -> ModelCard:
+    def graph(self, name: str, version: object = None) -> ModelCard:
         """A served graph by its own name (and version, when given): the v2 protocol's address."""
-        card = self.cards.get(name)
+        card = self.default.get(name)
         if card is None:
             raise ClientError(
-                404, "unknown_model", f"model {shown(name, 64)} is not served; served: {', '.join(self.cards)}"
+                404, "unknown_model", f"model {shown(name, 64)} is not served; served: {', '.join(self.default)}"
             )
-        if version is not None and version != card.version:
+        return card if version is None else self.version(name, version)
+
+    def version(self, name: str, version: object) -> ModelCard:
+        """One served version of the graph `name`."""
+        served = ", ".join(self.versions(name))
+        if not isinstance(version, str):
+            raise ClientError(400, "bad_field", f"'version' must be a string, one of: {served}; got {shown(version)}")
+        card = self.cards.get(f"{name}:{version}")
+        if card is None:
             raise ClientError(
-                404,
-                "unknown_version",
-                f"model {name!r} has no version {shown(version, 64)}; served version: {card.version}",
+                404, "unknown_version", f"model {name!r} has no version {shown(version, 64)}; served versions: {served}"
             )
         return card

@@ -147,21 +147,24 @@ class Engine:
     `models`: the stored models to serve, by name, as service.py read and checked them."""
 
     def __init__(self, models: dict[str, store.StoredModel], settings: Settings) -> None:
+        """`models` by tag (name:version): the keys of every table here. Metrics are labelled by
+        the model's name, and ee559_model_info says which versions are served."""
         self.sessions: dict[str, Any] = {}
         self.providers: dict[str, str] = {}
         self.cards: dict[str, ModelCard] = {}
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ort")
         self.text: dict[str, TextScheduler] = {}
         reasons = set()
-        for name, model in models.items():
+        for tag, model in models.items():
+            card = model.card
             session, used, why = make_session(model.onnx_path, settings.provider, settings.ort_threads)
             reasons.update([why] if why else [])
-            self.sessions[name], self.providers[name], self.cards[name] = session, used, model.card
-            if model.card.is_text:
-                text_model = TextModel.from_card(model.card, self._step_runner(name))
+            self.sessions[tag], self.providers[tag], self.cards[tag] = session, used, card
+            if card.is_text:
+                text_model = TextModel.from_card(card, self._step_runner(tag))
                 text_model.step([text_model.new([0, 1, 2])])  # warm-up
-                self.text[name] = TextScheduler(
-                    name,
+                self.text[tag] = TextScheduler(
+                    card.name,
                     text_model,
                     self.executor,
                     max_running=settings.max_batch_size,
@@ -169,52 +172,52 @@ class Engine:
                     provider=used,
                     budget=Budget(settings.ttft_budget_s, settings.generation_budget_s),
                 )
-                self.text[name].calibrate(settings.max_prompt_chars)
+                self.text[tag].calibrate(settings.max_prompt_chars)
             else:
-                self._warm_up(name, settings.max_batch_size)
+                self._warm_up(tag, settings.max_batch_size)
             metrics.model_info().labels(
-                model=name, version=model.card.version, opset=str(model.card.opset), provider=used
+                model=card.name, version=card.version, opset=str(card.opset), provider=used
             ).set(1)
         for why in reasons:
             log.warning("execution provider: CPU (CUDA not used: %s)", why)
-        log.info("models ready: %s", ", ".join(f"{n} on {p}" for n, p in self.providers.items()))
+        log.info("models ready: %s", ", ".join(f"{t} on {p}" for t, p in self.providers.items()))
         self.batchers = {
-            name: Batcher(
-                functools.partial(self.run_batch, name),
+            tag: Batcher(
+                functools.partial(self.run_batch, tag),
                 self.executor,
-                min(settings.max_batch_size, self.cards[name].max_batch_size),
+                min(settings.max_batch_size, self.cards[tag].max_batch_size),
                 settings.max_latency_ms / 1000,
                 settings.max_queue_rows,
-                model=name,
+                model=self.cards[tag].name,
             )
-            for name in models
-            if name not in self.text
+            for tag in models
+            if tag not in self.text
         }
 
-    def _step_runner(self, name: str) -> StepRunner:
-        session, outputs = self.sessions[name], self.cards[name].output_names
+    def _step_runner(self, tag: str) -> StepRunner:
+        session, outputs = self.sessions[tag], self.cards[tag].output_names
 
         def run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             return dict(zip(outputs, session.run(outputs, feeds)))
 
         return run
 
-    def _warm_up(self, name: str, max_batch_size: int) -> None:
-        card = self.cards[name]
+    def _warm_up(self, tag: str, max_batch_size: int) -> None:
+        card = self.cards[tag]
         for batch in (1, min(max_batch_size, card.max_batch_size)):
             x = np.zeros((batch, *card.row_shape), dtype=card.input.dtype)
-            self.sessions[name].run(None, {card.input.name: x})
+            self.sessions[tag].run(None, {card.input.name: x})
 
-    def run_batch(self, name: str, x: np.ndarray) -> list[np.ndarray]:
-        """Every output of `name` for the batch `x`, in model-card order (blocking)."""
-        card = self.cards[name]
+    def run_batch(self, tag: str, x: np.ndarray) -> list[np.ndarray]:
+        """Every output of the served version `tag` for the batch `x`, in model-card order (blocking)."""
+        card = self.cards[tag]
         start = time.perf_counter()
-        outs = self.sessions[name].run(card.output_names, {card.input.name: x})
-        metrics.inference_seconds().labels(model=name, provider=self.providers[name]).observe(
+        outs = self.sessions[tag].run(card.output_names, {card.input.name: x})
+        metrics.inference_seconds().labels(model=card.name, provider=self.providers[tag]).observe(
             time.perf_counter() - start
         )
-        metrics.batch_size().labels(model=name).observe(len(x))
+        metrics.batch_size().labels(model=card.name).observe(len(x))
         return outs
 
-    async def infer(self, name: str, x: np.ndarray) -> tuple[list[np.ndarray], str]:
-        return await self.batchers[name].submit(x), self.providers[name]
+    async def infer(self, tag: str, x: np.ndarray) -> tuple[list[np.ndarray], str]:
+        return await self.batchers[tag].submit(x), self.providers[tag]

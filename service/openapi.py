@@ -53,8 +53,15 @@ def _model_field(models: list[str]) -> dict[str, Any]:
     return {"type": "string", "enum": models, "description": "a served model (or the graph's own name)"}
 
 
+VERSION_FIELD = {
+    "type": "string",
+    "description": "a served version of the model (GET /models); default: the first listed in EE559_MODELS, "
+    "else the newest stored",
+}
+
+
 def _image_operation(task: Task, models: list[str]) -> dict[str, Any]:
-    fields = {"model": _model_field(models), **task.request_schema}
+    fields = {"model": _model_field(models), "version": VERSION_FIELD, **task.request_schema}
     binary = {"schema": BINARY}
     return {
         "summary": task.summary,
@@ -100,7 +107,7 @@ def _json_operation(
             "content": {
                 JSON: {
                     "schema": obj(
-                        {"model": _model_field(models), **request},
+                        {"model": _model_field(models), "version": VERSION_FIELD, **request},
                         ("model", *task.required),
                         additionalProperties=False,
                     )
@@ -277,7 +284,7 @@ def document(bentoml_doc: dict[str, Any], catalog: Catalog, settings: Settings) 
         else:
             paths[f"/{name}"] = {"post": _json_operation(task, served)}
     paths.update(MODEL_CARDS)
-    all_models = sorted(catalog.cards)
+    all_models = sorted(catalog.default)
     doc = dict(bentoml_doc)
     doc["paths"] = {**bentoml_doc.get("paths", {}), **paths, **(_v2_paths(all_models) if all_models else {})}
     doc["tags"] = [

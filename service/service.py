@@ -31,6 +31,7 @@ import numpy as np
 from bentoml.models import BentoModel
 
 from core import store
+from core.card import ModelCard
 from core.session import preflight
 
 from . import metrics, patches
@@ -48,19 +49,19 @@ log = logging.getLogger("ee559.service")
 metrics.own_directory()  # a second server on this BENTOML_HOME must not wipe our metrics
 patches.apply()
 preflight(SETTINGS.provider)  # provider=cuda without CUDA: `bentoml serve` exits now instead of retrying workers
-SERVED = store.discover(SETTINGS.models)  # name -> tag
+SERVED = store.select(SETTINGS.models)  # tags (name:version), each name's default version first
 if not SERVED:  # fail `bentoml serve` / `bentoml build` at once rather than restart workers forever
     raise store.ModelStoreError(f"no exported models in the model store ({store.home()}); run: python -m export all")
 # Every card read and every file checked against its sha256 here, in the process that starts the
 # workers: a tampered or unreadable model stops `bentoml serve` with the reason, instead of
 # failing each worker at start-up for the arbiter to restart forever. The workers reuse these.
-STORED = {name: store.load(tag) for name, tag in SERVED.items()}
+STORED = {tag: store.load(tag) for tag in SERVED}
 
 
 def _with_models(cls: type) -> type:
     """Declare every served model at class level, so `bentoml build` packs them into the Bento."""
-    for name, tag in SERVED.items():
-        setattr(cls, f"model_{name}", BentoModel(tag))
+    for tag in SERVED:
+        setattr(cls, "model_" + tag.replace(":", "_"), BentoModel(tag))
     return cls
 
 
@@ -113,7 +114,7 @@ class Inference:
 
     @bentoml.api(batchable=True, max_batch_size=SETTINGS.max_batch_size, max_latency_ms=SETTINGS.max_latency_ms)
     async def infer(self, items: list[Any]) -> list[Any]:
-        """items: (model name, one input row) pairs from any number of requests; each model's rows
+        """items: (model tag, one input row) pairs from any number of requests; each model's rows
         run as one batch. Returns (output rows in card order, provider) per item, in order."""
         groups: dict[str, list[int]] = {}
         for i, (name, _) in enumerate(items):
@@ -158,14 +159,14 @@ class EE559:
         _drain_on_sigterm(self, SETTINGS.drain_s)
         _quiet_gc()  # runs at the worker's start-up, after BentoML built the app around us
 
-    async def infer(self, name: str, x: np.ndarray) -> tuple[list[np.ndarray], str]:
-        """Run a batch `x` (N, ...) of `name`; the rows join other requests' in adaptive batches.
-        Returns every output (N, ...) in model-card order, and the provider used."""
-        note_model(name)
+    async def infer(self, card: ModelCard, x: np.ndarray) -> tuple[list[np.ndarray], str]:
+        """Run a batch `x` (N, ...) of the served version `card`; the rows join other requests' in
+        adaptive batches. Returns every output (N, ...) in model-card order, and the provider used."""
+        note_model(card.name)
         if self.engine is not None:
-            return await self.engine.infer(name, x)
+            return await self.engine.infer(card.tag, x)
         try:
-            rows = await self.inference.infer([(name, row) for row in x])
+            rows = await self.inference.infer([(card.tag, row) for row in x])
         except bentoml.exceptions.ServiceUnavailable:
             raise ClientError(503, "overloaded", "the server is at capacity; retry after a second") from None
         outputs = [np.stack([r[0][k] for r in rows]) for k in range(len(rows[0][0]))]

@@ -58,7 +58,10 @@ def _choice(env: Mapping[str, str], name: str, default: str, accepted: tuple[str
 
 @dataclass(frozen=True)
 class Settings:
-    models: tuple[str, ...] | None = None  # EE559_MODELS: a subset of the store (default: every model)
+    # EE559_MODELS: what to serve (default: the newest version of every stored model): names (the
+    # newest version) or name:version, comma-separated; the first version listed of a name is the
+    # one requests get when they name none (core/store.py select).
+    models: tuple[str, ...] | None = None
     provider: str = "auto"  # EE559_PROVIDER: auto | cuda | cpu (core/session.py)
     batcher: str = "ee559"  # EE559_BATCHER: ee559 (in-process) | bentoml (a batching service via depends)
     # EE559_WORKERS: HTTP worker processes; default BentoML's "cpu_count", which reads the cgroup's

@@ -90,7 +90,7 @@ async def model_metadata(request: Request) -> Response:
     return json_response(
         {
             "name": card.name,
-            "versions": [card.version],
+            "versions": _svc().catalog.versions(card.name),
             "platform": "onnxruntime_onnx",
             "inputs": [_tensor_meta(t) for t in card.inputs],
             "outputs": [_tensor_meta(t) for t in card.outputs],
@@ -262,7 +262,7 @@ async def infer(request: Request) -> Response:
     request_id = req.get("id")
     if request_id is not None and not (isinstance(request_id, str) and len(request_id) <= 256):
         raise ClientError(400, "bad_id", f"'id' must be a string of at most 256 characters, got {shown(request_id)}")
-    outputs, _ = await svc.infer(card.name, np.ascontiguousarray(x))
+    outputs, _ = await svc.infer(card, np.ascontiguousarray(x))
     by_name = dict(zip(out_names, outputs))
 
     blobs: list[bytes] = []

@@ -39,7 +39,7 @@ class Server(Protocol):
     settings: Settings
     text: dict[str, TextScheduler]  # served text graph -> its scheduler in this worker
 
-    async def infer(self, name: str, x: np.ndarray) -> tuple[list[np.ndarray], str]: ...
+    async def infer(self, card: ModelCard, x: np.ndarray) -> tuple[list[np.ndarray], str]: ...
 
 
 class Task:
@@ -82,14 +82,14 @@ class Task:
         pixels: np.ndarray | None = None
         if self.takes_image:
             req = await read_image_request(request, server.settings)
-            card = server.catalog.for_task(req.fields.get("model"), self.name)
+            card = server.catalog.for_task(req.fields.get("model"), self.name, req.fields.pop("version", None))
             options = self.options(card, req.fields)
             pixels = await req.decode(card.row_shape, server.settings)
         else:
             fields = await json_fields(request, server.settings, self.name, self.example)
-            card = server.catalog.for_task(fields.get("model"), self.name)
+            card = server.catalog.for_task(fields.get("model"), self.name, fields.pop("version", None))
             options = self.options(card, fields)
-        outputs, provider = await server.infer(card.name, self.model_input(card, pixels, options))
+        outputs, provider = await server.infer(card, self.model_input(card, pixels, options))
         rows = outputs if not self.takes_image else [o[0] for o in outputs]
         return task_answer(card, provider, self.answer(card, dict(zip(card.output_names, rows)), pixels, options))
 
