@@ -13,6 +13,7 @@ import requests
 import tritonclient.http as th
 from tritonclient.utils import InferenceServerException
 
+from core.session import CUDA, make_session
 from training.registry import served_graphs
 
 GRAPHS = {n: g for n, g in served_graphs().items() if g[1].spec.generation is None}  # tensor in, tensor out
@@ -24,8 +25,13 @@ def client(server):
     return th.InferenceServerClient(server.removeprefix("http://"), network_timeout=30)
 
 
-def direct(exported, name: str, x: np.ndarray) -> np.ndarray:
-    sess = ort.InferenceSession(str(exported[name].with_name("model.onnx")), providers=["CPUExecutionProvider"])
+def session(exported, name: str, provider: str) -> ort.InferenceSession:
+    """ONNX Runtime called directly, on the provider the server runs the model on (with its options)."""
+    return make_session(exported[name].with_name("model.onnx"), "cuda" if provider == CUDA else "cpu")[0]
+
+
+def direct(exported, name: str, x: np.ndarray, provider: str) -> np.ndarray:
+    sess = session(exported, name, provider)
     return sess.run(None, {sess.get_inputs()[0].name: x})[0]
 
 
@@ -49,7 +55,7 @@ def test_model_metadata_from_the_card(client, exported, name: str):
 
 @pytest.mark.parametrize("binary_in, binary_out", [(False, False), (True, True), (True, False), (False, True)])
 @pytest.mark.parametrize("name", list(GRAPHS))
-def test_infer_matches_onnx_runtime(client, exported, name: str, binary_in: bool, binary_out: bool):
+def test_infer_matches_onnx_runtime(client, exported, served_provider, name: str, binary_in: bool, binary_out: bool):
     spec = GRAPHS[name][1].spec
     x = np.random.default_rng(0).random((5, *spec.inputs[0].shape[1:]), dtype=np.float32)
     inp = th.InferInput(spec.inputs[0].name, list(x.shape), "FP32")
@@ -60,7 +66,7 @@ def test_infer_matches_onnx_runtime(client, exported, name: str, binary_in: bool
     )
     got = result.as_numpy(out_name)
     assert got.shape == (5, *spec.outputs[0].shape[1:]) and got.dtype == np.float32
-    np.testing.assert_allclose(got, direct(exported, name, x), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(got, direct(exported, name, x, served_provider), rtol=0, atol=1e-5)
     assert result.get_response()["id"] == "req-7"
 
 
@@ -68,7 +74,7 @@ MULTI = [n for n, g in GRAPHS.items() if len(g[1].spec.outputs) > 1]  # resnet (
 
 
 @pytest.mark.parametrize("name", MULTI)
-def test_every_output_in_binary_at_its_offset_through_the_versioned_route(client, exported, name: str):
+def test_every_output_in_binary_at_its_offset_through_the_versioned_route(client, exported, served_provider, name: str):
     """All outputs as binary tensors, one after the other in the body (each at the offset the sizes
     before it give), through /v2/models/{name}/versions/{version}/infer, against ONNX Runtime."""
     card = json.loads(exported[name].read_text())
@@ -78,7 +84,7 @@ def test_every_output_in_binary_at_its_offset_through_the_versioned_route(client
     inp.set_data_from_numpy(x, binary_data=True)
     wanted = [th.InferRequestedOutput(o.name, binary_data=True) for o in reversed(spec.outputs)]  # any order
     result = client.infer(name, [inp], outputs=wanted, model_version=card["version"])
-    sess = ort.InferenceSession(str(exported[name].with_name("model.onnx")), providers=["CPUExecutionProvider"])
+    sess = session(exported, name, served_provider)
     expected = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {sess.get_inputs()[0].name: x})))
     sizes = [o["parameters"]["binary_data_size"] for o in result.get_response()["outputs"]]
     assert [o["name"] for o in result.get_response()["outputs"]] == [o.name for o in reversed(spec.outputs)]
@@ -237,9 +243,9 @@ def test_bad_infer_requests_are_400(server, desc, body, headers):
     assert set(r.json()) == {"error"} and r.json()["error"]
 
 
-def test_classify_accepts_npy_and_raw_float32(server, exported):
+def test_classify_accepts_npy_and_raw_float32(server, exported, served_provider):
     x = np.random.default_rng(1).random((1, 28, 28), dtype=np.float32)
-    expected = int(direct(exported, "lenet", x[None]).argmax())
+    expected = int(direct(exported, "lenet", x[None], served_provider).argmax())
     buf = io.BytesIO()
     np.save(buf, x)
     r1 = requests.post(
