@@ -105,6 +105,19 @@ browser-test: install
 	command -v chromium >/dev/null && command -v chromedriver >/dev/null || (apt-get update -q && apt-get install -y -q chromium chromium-driver)
 	EE559_SCREENSHOTS=$(CURDIR)/docs/images $(PY) -m pytest -q -s -m "slow or not slow" tests/service/test_playground.py
 
+# Operations (service/deploy/): the Prometheus rules through `promtool check rules` and
+# `promtool test rules`, a real Prometheus scraping a real `bentoml serve` and answering every
+# query of the rules, the Grafana dashboard and the Prometheus adapter (slow: trains two models
+# if the session has none), the dashboard and compose file offline, the Kubernetes overlays
+# rendered by `kubectl kustomize` and validated. As root: installs Debian's prometheus package
+# (promtool, prometheus) if missing; the Kubernetes tests skip where kubectl is absent.
+.PHONY: ops-test
+ops-test: install
+	command -v promtool >/dev/null && command -v prometheus >/dev/null || (apt-get update -q && apt-get install -y -q --no-install-recommends prometheus)
+	cd service/deploy/prometheus && promtool check rules rules.yml && promtool test rules rules_test.yml
+	$(PY) -m pytest -q -m "slow or not slow" tests/service/test_prometheus.py tests/service/test_grafana.py \
+		tests/service/test_compose.py tests/service/test_kubernetes.py
+
 textbench: export
 	$(PY) -m loadtests.textbench $(TEXTBENCH_ARGS)
 
