@@ -102,6 +102,14 @@ def select(entries: tuple[str, ...] | None = None) -> list[str]:
     return tags
 
 
+def modified(tag: str) -> float:
+    """When the stored entry `tag` last changed (its newest file), to notice a fixed export."""
+    import bentoml
+
+    path = Path(bentoml.models.get(tag).path)
+    return max((p.stat().st_mtime for p in path.iterdir()), default=path.stat().st_mtime)
+
+
 def read_card(path: Path) -> ModelCard:
     try:
         return ModelCard.from_json(json.loads(path.read_text()))

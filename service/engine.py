@@ -149,64 +149,74 @@ class Engine:
     def __init__(self, models: dict[str, store.StoredModel], settings: Settings) -> None:
         """`models` by tag (name:version): the keys of every table here. Metrics are labelled by
         the model's name, and ee559_model_info says which versions are served."""
+        self.settings = settings
         self.sessions: dict[str, Any] = {}
         self.providers: dict[str, str] = {}
         self.cards: dict[str, ModelCard] = {}
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ort")
         self.text: dict[str, TextScheduler] = {}
-        reasons = set()
+        self.batchers: dict[str, Batcher] = {}
+        self.cpu_reasons: set[str] = set()
         for tag, model in models.items():
-            card = model.card
-            session, used, why = make_session(model.onnx_path, settings.provider, settings.ort_threads)
-            reasons.update([why] if why else [])
-            self.sessions[tag], self.providers[tag], self.cards[tag] = session, used, card
-            if card.is_text:
-                text_model = TextModel.from_card(card, self._step_runner(tag))
-                text_model.step([text_model.new([0, 1, 2])])  # warm-up
-                self.text[tag] = TextScheduler(
-                    card.name,
-                    text_model,
-                    self.executor,
-                    max_running=settings.max_batch_size,
-                    max_waiting=settings.max_queue_rows,
-                    provider=used,
-                    budget=Budget(settings.ttft_budget_s, settings.generation_budget_s),
-                )
-                self.text[tag].calibrate(settings.max_prompt_chars)
-            else:
-                self._warm_up(tag, settings.max_batch_size)
-            metrics.model_info().labels(
-                model=card.name, version=card.version, opset=str(card.opset), provider=used
-            ).set(1)
-        for why in reasons:
-            log.warning("execution provider: CPU (CUDA not used: %s)", why)
+            self.add(tag, model)
         log.info("models ready: %s", ", ".join(f"{t} on {p}" for t, p in self.providers.items()))
-        self.batchers = {
-            tag: Batcher(
+
+    def add(self, tag: str, model: store.StoredModel) -> None:
+        """Load and warm up one version (blocking); it is served from the moment it is in the
+        tables, which this fills last."""
+        settings, card = self.settings, model.card
+        session, used, why = make_session(model.onnx_path, settings.provider, settings.ort_threads)
+        if why and why not in self.cpu_reasons:  # one line per reason, not per model
+            self.cpu_reasons.add(why)
+            log.warning("execution provider: CPU (CUDA not used: %s)", why)
+        if card.is_text:
+            text_model = TextModel.from_card(card, self._runner(session, card))
+            text_model.step([text_model.new([0, 1, 2])])  # warm-up
+            scheduler = TextScheduler(
+                card.name,
+                text_model,
+                self.executor,
+                max_running=settings.max_batch_size,
+                max_waiting=settings.max_queue_rows,
+                provider=used,
+                budget=Budget(settings.ttft_budget_s, settings.generation_budget_s),
+            )
+            scheduler.calibrate(settings.max_prompt_chars)
+        else:
+            for batch in (1, min(settings.max_batch_size, card.max_batch_size)):
+                session.run(None, {card.input.name: np.zeros((batch, *card.row_shape), dtype=card.input.dtype)})
+        self.sessions[tag], self.providers[tag], self.cards[tag] = session, used, card
+        if card.is_text:
+            self.text[tag] = scheduler
+        else:
+            self.batchers[tag] = Batcher(
                 functools.partial(self.run_batch, tag),
                 self.executor,
-                min(settings.max_batch_size, self.cards[tag].max_batch_size),
+                min(settings.max_batch_size, card.max_batch_size),
                 settings.max_latency_ms / 1000,
                 settings.max_queue_rows,
-                model=self.cards[tag].name,
+                model=card.name,
             )
-            for tag in models
-            if tag not in self.text
-        }
+        metrics.model_info().labels(model=card.name, version=card.version, opset=str(card.opset), provider=used).set(1)
 
-    def _step_runner(self, tag: str) -> StepRunner:
-        session, outputs = self.sessions[tag], self.cards[tag].output_names
+    def remove(self, tag: str) -> None:
+        """Forget one version (its requests must be done: see service.py's reload)."""
+        card = self.cards.pop(tag, None)
+        for table in (self.sessions, self.text, self.batchers):
+            table.pop(tag, None)
+        provider = self.providers.pop(tag, None)
+        if card is not None:
+            labels = {"model": card.name, "version": card.version, "opset": str(card.opset)}
+            metrics.model_info().labels(**labels, provider=provider).set(0)
+
+    @staticmethod
+    def _runner(session: Any, card: ModelCard) -> StepRunner:
+        outputs = card.output_names
 
         def run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             return dict(zip(outputs, session.run(outputs, feeds)))
 
         return run
-
-    def _warm_up(self, tag: str, max_batch_size: int) -> None:
-        card = self.cards[tag]
-        for batch in (1, min(max_batch_size, card.max_batch_size)):
-            x = np.zeros((batch, *card.row_shape), dtype=card.input.dtype)
-            self.sessions[tag].run(None, {card.input.name: x})
 
     def run_batch(self, tag: str, x: np.ndarray) -> list[np.ndarray]:
         """Every output of the served version `tag` for the batch `x`, in model-card order (blocking)."""

@@ -24,6 +24,7 @@ import gc
 import logging
 import signal
 import threading
+import time
 from typing import Any
 
 import bentoml
@@ -46,6 +47,7 @@ from .scheduler import TextScheduler
 from .settings import REQUEST_TIMEOUT_S, SETTINGS, Settings
 
 log = logging.getLogger("ee559.service")
+logging.getLogger("ee559").setLevel(logging.INFO)  # models ready, reloads, calibration: the operator's lines
 metrics.own_directory()  # a second server on this BENTOML_HOME must not wipe our metrics
 patches.apply()
 preflight(SETTINGS.provider)  # provider=cuda without CUDA: `bentoml serve` exits now instead of retrying workers
@@ -98,6 +100,52 @@ def _drain_on_sigterm(svc: Any, drain_s: float) -> None:
 
 # runner_connection: BentoML's client refreshes its connection pool every 100 requests (or 300 s)
 # by closing the old pool under in-flight requests, which fails them under load; we keep one pool.
+_refused: dict[str, float] = {}  # tag -> modification time of its store entry when it was refused
+
+
+def _reload_forever(svc: Any, every_s: float) -> None:
+    """EE559_RELOAD_S: the store is read again every `every_s`; what EE559_MODELS now selects is
+    served without a restart. New versions are checked (sha256) and warmed up before they are
+    added; the catalog, which requests read to pick a version, is then replaced in one
+    assignment; versions no longer selected are dropped REQUEST_TIMEOUT_S later, when every
+    request that picked them has finished. A model that fails its checks is refused with a log
+    line and the served set stays as it was (tried again only once its store entry changes). Runs
+    in a thread of each worker."""
+    while True:
+        time.sleep(every_s)
+        try:
+            _reload(svc)
+        except Exception:  # the served set stays as it was; the next round tries again
+            log.exception("reload: the model store could not be read again; still serving %s", list(svc.catalog.cards))
+
+
+def _reload(svc: Any) -> None:
+    engine = svc.engine
+    tags = store.select(SETTINGS.models)
+    if tags == list(svc.catalog.cards):
+        return
+    for tag in tags:
+        if tag not in engine.cards:
+            changed = store.modified(tag)
+            if _refused.get(tag) == changed:
+                return
+            try:
+                engine.add(tag, store.load(tag))
+            except (store.ModelStoreError, OSError, ValueError) as exc:
+                _refused[tag] = changed
+                log.error("reload: %s refused (%s); still serving %s", tag, exc, list(svc.catalog.cards))
+                return
+    svc.catalog = Catalog({tag: engine.cards[tag] for tag in tags})
+    log.info("reload: serving %s", ", ".join(tags))
+    gone = [tag for tag in engine.cards if tag not in tags]
+    if gone:
+        timer = threading.Timer(
+            REQUEST_TIMEOUT_S + 5, lambda: [engine.remove(t) for t in gone if t not in svc.catalog.cards]
+        )
+        timer.daemon = True
+        timer.start()
+
+
 @bentoml.service(
     name="ee559_inference",
     workers=1,
@@ -156,6 +204,11 @@ class EE559:
             self.engine = Engine(STORED, SETTINGS)  # loaded and warmed up before the worker reports ready
             self.catalog, self.text = Catalog(self.engine.cards), self.engine.text
         self.draining = False
+        if SETTINGS.reload_s > 0:
+            if self.engine is None:
+                log.warning("EE559_RELOAD_S is ignored with EE559_BATCHER=bentoml: restart to serve new models")
+            else:
+                threading.Thread(target=_reload_forever, args=(self, SETTINGS.reload_s), daemon=True).start()
         _drain_on_sigterm(self, SETTINGS.drain_s)
         _quiet_gc()  # runs at the worker's start-up, after BentoML built the app around us
 

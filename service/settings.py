@@ -96,6 +96,9 @@ class Settings:
     api_token_file: str = ""  # EE559_API_TOKEN_FILE: the generated token's file ($BENTOML_HOME/ee559_api_token)
     auth_probes: bool = False  # EE559_AUTH_PROBES=1: the probes and /metrics need the token too
     ort_threads: int = 1  # EE559_ORT_THREADS: intra-op threads per ONNX Runtime session
+    # EE559_RELOAD_S: every this many seconds each worker reads the store again and serves what
+    # EE559_MODELS now selects (a new export, a version dropped); 0: only at start (service.py).
+    reload_s: float = 0.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
@@ -124,6 +127,7 @@ class Settings:
             api_token_file=env.get("EE559_API_TOKEN_FILE", "").strip(),
             auth_probes=env.get("EE559_AUTH_PROBES") == "1",
             ort_threads=_int(env, "EE559_ORT_THREADS", cls.ort_threads),
+            reload_s=_float(env, "EE559_RELOAD_S", cls.reload_s),
         )
 
     def __post_init__(self) -> None:
