@@ -390,12 +390,16 @@ def test_sigterm_turns_readiness_503_finishes_in_flight_requests_and_exits_0(exp
             f"{url}/generate_text", json={"model": "gpt", "prompt": "Return ", "max_new_tokens": n}, timeout=60
         )
 
-    def readiness() -> int | None:
-        """/readyz's status, or None once nothing accepts the connection."""
+    def readiness() -> int | str:
+        """/readyz's status, or why there is none: once the worker stops serving, the arbiter's socket
+        (BentoML's circus arbiter holds the listening socket until it exits) may still take the
+        connection and never answer, or the connection is refused."""
         try:
-            return requests.get(f"{url}/readyz", timeout=1).status_code
+            return requests.get(f"{url}/readyz", timeout=2).status_code
         except requests.ConnectionError:
-            return None
+            return "refused"
+        except requests.Timeout:
+            return "no answer"
 
     try:
         wait_ready(url, proc)
@@ -435,13 +439,13 @@ def test_sigterm_turns_readiness_503_finishes_in_flight_requests_and_exits_0(exp
             during_drain.append((round(sent, 2), status))
             time.sleep(0.1)
 
-        seen = []  # readiness until the listener closes
+        seen = []  # readiness from the end of the drain window until the worker stops answering
         while time.monotonic() - signalled < drain + 5:
+            closed = time.monotonic() - signalled
             seen.append(readiness())
-            if seen[-1] is None:
+            if not isinstance(seen[-1], int):
                 break
             time.sleep(0.05)
-        closed = time.monotonic() - signalled
         in_flight_when_closed = t.is_alive()
 
         exited = None
@@ -453,15 +457,15 @@ def test_sigterm_turns_readiness_503_finishes_in_flight_requests_and_exits_0(exp
         t.join(30)
         done = result["done"] - signalled if "done" in result else None
         timeline = (
-            f"SIGTERM at 0: readiness 503 at {readiness_503} s, drain {drain} s, listener closed at {closed:.2f} s, "
+            f"SIGTERM at 0: readiness 503 at {readiness_503} s, drain {drain} s, not answered ({seen[-1]}) from {closed:.2f} s, "
             f"in-flight ({tokens} tokens) answered at {done} s, exit {proc.returncode} at {exited} s"
         )
         print(timeline)
 
         assert readiness_503 is not None and v2_ready == 503, timeline
         assert len(during_drain) >= 5 and all(s == 200 for _, s in during_drain), during_drain
-        assert seen[-1] is None and set(seen[:-1]) <= {503}, f"readiness after SIGTERM: {seen}"
-        assert drain - 0.2 <= closed <= drain + 5, timeline  # not at once, and not never
+        assert not isinstance(seen[-1], int) and set(seen[:-1]) <= {503}, f"readiness after SIGTERM: {seen}"
+        assert seen[0] == 503 and closed <= drain + 5, timeline  # still serving at the window's end, not forever
         assert in_flight_when_closed and result.get("status") == 200 and result.get("tokens") == tokens, timeline
         assert exited is not None and proc.returncode == 0, timeline  # not at a 30 s kill
         assert done is not None and done <= exited <= done + 5, timeline  # drain + in-flight, then out
