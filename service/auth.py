@@ -64,20 +64,25 @@ def token_file(settings: Settings) -> Path:
 
 def key_file_token(path: Path) -> tuple[str, bool]:
     """The token in `path`, generated there (mode 600) if the file is missing; True if this call
-    wrote it. Workers starting together agree: the file appears whole, by a hard link, once."""
+    wrote it. Workers starting together agree: the file appears whole (written, flushed to disk,
+    then hard-linked into place), once. A key file others can read is refused."""
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        draft = path.with_name(f".{path.name}.{os.getpid()}")
-        fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_urlsafe(32) + "\n")
+        draft = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
         try:
+            fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_urlsafe(32) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
             os.link(draft, path)
             return path.read_text().strip(), True
         except FileExistsError:  # another worker was first
             pass
         finally:
-            draft.unlink()
+            draft.unlink(missing_ok=True)
+    if path.stat().st_mode & 0o077:
+        raise ValueError(f"the API key file {path} can be read by others than its owner: chmod 600 it")
     token = path.read_text().strip()
     if not token:
         raise ValueError(f"the API key file {path} is empty: delete it to have a token generated")
@@ -92,6 +97,11 @@ def required_token(settings: Settings, address: str | None) -> str:
         return ""
     if settings.api_token:
         return settings.api_token
+    if address is None and settings.auth == "auto":
+        log.warning(
+            "could not tell where this server listens (not a BentoML worker?): serving without a token; "
+            "set EE559_AUTH=token or EE559_API_TOKEN where it is exposed"
+        )
     if settings.auth == "token" or exposed(address):
         path = token_file(settings)
         token, generated = key_file_token(path)

@@ -39,25 +39,41 @@ class Catalog:
 
     def for_task(self, name: object, task: str, version: object = None) -> ModelCard:
         """The card of the graph that serves `task` for the model `name` (a family or a graph), in
-        `version` if given (else the default one)."""
+        `version` if given (a version of that graph: versions are per graph), else the default."""
         served = ", ".join(sorted({c.family for c in self.default.values() if task in c.tasks}))
         if not isinstance(name, str) or not name:
             raise ClientError(400, "missing_field", f"field 'model' must name a model; served for /{task}: {served}")
-        family = [c for c in self.default.values() if name in (c.name, c.family)]
+        family = [c for c in self.cards.values() if name in (c.name, c.family)]
         if not family:
             raise ClientError(
                 404, "unknown_model", f"model {shown(name, 64)} is not served; served for /{task}: {served}"
             )
-        card = next((c for c in family if task in c.tasks), None)
+        if version is None:
+            candidates = [c for c in family if self.default[c.name] is c]
+        else:
+            versions = ", ".join(c.version for c in family if task in c.tasks) or "none"
+            if not isinstance(version, str):
+                raise ClientError(
+                    400, "bad_field", f"'version' must be a string; served versions for /{task}: {versions}"
+                )
+            candidates = [c for c in family if c.version == version]
+            if not candidates:
+                raise ClientError(
+                    404,
+                    "unknown_version",
+                    f"model {shown(name, 64)} has no version {shown(version, 64)}; "
+                    f"served versions for /{task}: {versions}",
+                )
+        card = next((c for c in candidates if task in c.tasks), None)
         if card is None:
-            tasks = sorted({t for c in family for t in c.tasks})
+            tasks = sorted({t for c in candidates for t in c.tasks})
             raise ClientError(
                 400,
                 "wrong_task",
-                f"model {shown(name, 64)} serves {', '.join('/' + t for t in tasks)}, "
-                f"not /{task}; models for /{task}: {served}",
+                f"model {shown(name, 64)}{'' if version is None else ' in that version'} serves "
+                f"{', '.join('/' + t for t in tasks)}, not /{task}; models for /{task}: {served}",
             )
-        return card if version is None else self.version(card.name, version)
+        return card
 
     def graph(self, name: str, version: object = None) -> ModelCard:
         """A served graph by its own name (and version, when given): the v2 protocol's address."""

@@ -70,7 +70,7 @@ class Batcher:
         item = _Pending(x, loop.create_future(), time.monotonic() + self.max_latency_s, time.perf_counter(), current())
         self.queue.append(item)
         self.queued_rows += len(x)
-        metrics.queued_rows().labels(model=self.model).set(self.queued_rows)
+        metrics.queued_rows().labels(model=self.model).inc(len(x))  # inc/dec: versions of a model add up
         if not self.busy:
             self.busy = True
             self.draining = loop.create_task(self._drain())
@@ -78,7 +78,7 @@ class Batcher:
 
     def _take(self) -> list[_Pending]:
         batch: list[_Pending] = []
-        rows, now = 0, time.monotonic()
+        rows, now, before = 0, time.monotonic(), self.queued_rows
         while self.queue and (not batch or rows + len(self.queue[0].x) <= self.max_batch_size):
             item = self.queue.popleft()
             self.queued_rows -= len(item.x)
@@ -93,7 +93,7 @@ class Batcher:
                 continue
             batch.append(item)
             rows += len(item.x)
-        metrics.queued_rows().labels(model=self.model).set(self.queued_rows)
+        metrics.queued_rows().labels(model=self.model).dec(before - self.queued_rows)
         return batch
 
     async def _drain(self) -> None:
@@ -144,10 +144,10 @@ class Batcher:
 class Engine:
     """Every served model's session, warmed up; `infer` queues rows into adaptive batches,
     `run_batch` executes one batch; text models generate through `text` (service/scheduler.py).
-    `models`: the stored models to serve, by name, as service.py read and checked them."""
+    `models`: the stored versions to serve, by tag, as service.py read and checked them."""
 
     def __init__(self, models: dict[str, store.StoredModel], settings: Settings) -> None:
-        """`models` by tag (name:version): the keys of every table here. Metrics are labelled by
+        """`models` by tag (name:version, as the store and card.tag spell it): the keys of every table here. Metrics are labelled by
         the model's name, and ee559_model_info says which versions are served."""
         self.settings = settings
         self.sessions: dict[str, Any] = {}

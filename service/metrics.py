@@ -1,5 +1,6 @@
 """Prometheus metrics, defined once. They live in BentoML's registry (multi-process aware), so
-/metrics shows them beside BentoML's own. Labels are model and provider, never request data."""
+/metrics shows them beside BentoML's own. Labels are fixed sets (model, version, provider, route
+template, outcome, reason), never request data."""
 
 from __future__ import annotations
 
@@ -18,31 +19,39 @@ def own_directory(environ: dict[str, str] | os._Environ[str] = os.environ, serve
 
     `bentoml serve` empties $BENTOML_HOME/prometheus_multiproc_dir as it starts, before it imports
     the service, and hands that path to its workers: a second server started on the same home
-    wiped the metrics of the first. Each worker moves to ee559_metrics/<pid of its server>
-    beside it (the workers of one server share it: /metrics adds them up; a restarted worker
-    finds its predecessors'), and directories of servers no longer running are removed. Outside a
-    BentoML worker (no PROMETHEUS_MULTIPROC_DIR) nothing changes."""
+    wiped the metrics of the first. Each worker moves to ee559_metrics/<server pid>-<its start
+    time> beside it (the workers of one server share it: /metrics adds them up; the start time
+    tells a restarted server from an old one with the same pid, as PID 1 in a container is). The
+    gauges of this server's workers that died (a worker killed and restarted) are dropped, so
+    in-flight counts do not stay inflated, and directories of servers no longer running are
+    removed. Outside a BentoML worker (no PROMETHEUS_MULTIPROC_DIR) nothing changes."""
+    from prometheus_client import multiprocess
+
     shared = environ.get("PROMETHEUS_MULTIPROC_DIR")
     if not shared:
         return None
     base = Path(shared).parent / "ee559_metrics"
-    mine = base / str(server or os.getppid())
+    pid = server or os.getppid()
+    mine = base / f"{pid}-{_started(pid)}"
     mine.mkdir(parents=True, exist_ok=True)
     environ["PROMETHEUS_MULTIPROC_DIR"] = str(mine)
     for other in base.iterdir():
-        if other != mine and other.name.isdigit() and not _running(int(other.name)):
+        owner, _, started = other.name.partition("-")
+        if other != mine and not (owner.isdigit() and _started(int(owner)) == started):
             shutil.rmtree(other, ignore_errors=True)
+    for worker in {f.stem.rpartition("_")[2] for f in mine.glob("*_*.db")}:
+        if worker.isdigit() and not _started(int(worker)):
+            multiprocess.mark_process_dead(int(worker), str(mine))
     return mine
 
 
-def _running(pid: int) -> bool:
+def _started(pid: int) -> str:
+    """When process `pid` started (clock ticks since boot, from /proc), "" if it is not running."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    return stat.rpartition(")")[2].split()[19]  # field 22; the name before it may hold spaces
 
 
 @cache

@@ -1,6 +1,7 @@
 """Which request it was and where its time went, on every answer and in the metrics.
 
-Every HTTP answer but the probes' and /metrics' carries:
+Every answer of the service but the probes' and /metrics' carries (not BentoML's own 504 at its
+timeout, sent from outside the middlewares a service may add):
 - `X-Request-ID`: the client's when it sent a sane one (1 to 128 of A-Z a-z 0-9 . _ : + / = -),
   else one generated here; a v2 answer's `id` defaults to it.
 - `Server-Timing: queue;dur=..., compute;dur=..., total;dur=...` in milliseconds: waiting for a
@@ -26,9 +27,10 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import metrics
+from .auth import OPEN_PATHS
 
 # Probes and /metrics: answered as they are, uncounted (as BentoML's metrics skip them).
-UNOBSERVED = frozenset(("/livez", "/readyz", "/healthz", "/metrics", "/v2/health/live", "/v2/health/ready"))
+UNOBSERVED = frozenset(OPEN_PATHS)
 # BentoML's own routes besides the probes, kept as labels.
 BENTOML_ROUTES = frozenset(("/", "/docs", "/docs.json", "/schema.json"))
 _SANE_ID = re.compile(rb"[A-Za-z0-9._:+/=-]{1,128}")

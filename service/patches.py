@@ -82,14 +82,22 @@ class _RouteLabels:
 
 
 _PATCHED: set[type] = set()
-_LABELLED = ("metrics_request_duration", "metrics_request_total", "metrics_request_in_progress")
+_LABELLED = (
+    "metrics_request_duration",
+    "metrics_request_total",
+    "metrics_request_in_progress",
+    "metrics_websocket_connections",  # a WebSocket handshake to any path is labelled too
+    "metrics_websocket_data_received",
+    "metrics_websocket_data_sent",
+)
 
 
 def _bounded(setup: Any) -> Any:
     def _setup(self: Any) -> None:
         setup(self)
         for name in _LABELLED:
-            setattr(self, name, _RouteLabels(getattr(self, name)))
+            if hasattr(self, name):  # the WebSocket ones are RunnerTrafficMetricsMiddleware's only
+                setattr(self, name, _RouteLabels(getattr(self, name)))
 
     return _setup
 

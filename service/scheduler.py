@@ -58,7 +58,7 @@ class TextRequest:
     last: float = 0.0
     first_token_s: float | None = None
     deadline: float = math.inf  # perf_counter time by which it ends, with the tokens it has
-    timing: RequestTiming | None = field(default_factory=current)  # its HTTP request's, for Server-Timing
+    timing: RequestTiming | None = None  # its HTTP request's, for Server-Timing
     finish_reason: str = ""  # "length" (max_new tokens) or "time_limit" (the deadline came first)
     cancelled: bool = False  # the client went away: dropped at the next step
     finished: bool = False  # out of the scheduler (done, cancelled or failed)
@@ -104,7 +104,7 @@ class StepCosts:
         a trend)."""
         if base <= 0:
             return load
-        ratio = min(max(seconds / base, 0.5), 50.0)
+        ratio = min(max(seconds / base, 0.1), 50.0)
         return load + (0.5 if ratio > load else 0.1) * (ratio - load)
 
 
@@ -194,9 +194,15 @@ class TextScheduler:
                 503, "overloaded", "the server is generating at capacity; retry after a second", retry_after=1
             )
         seq = self.model.new(tokens)
+        timing = current()
+        # The budget runs from the request's arrival at the service (its body took time already).
+        since = timing.start if timing is not None else time.perf_counter()
+        spent = time.perf_counter() - since
         if self.waiting or self.running:  # alone, a request is always admitted (its deadline still holds)
             first, last = self.forecast(seq.pending, max_new)
-            over = max(first - HEADROOM * self.budget.first_token_s, last - HEADROOM * self.budget.total_s)
+            over = max(
+                spent + first - HEADROOM * self.budget.first_token_s, spent + last - HEADROOM * self.budget.total_s
+            )
             if over > 0:
                 seconds = min(max(math.ceil(over), 1), 60)
                 raise ClientError(
@@ -208,8 +214,8 @@ class TextScheduler:
                     f"EE559_GENERATION_BUDGET_S); retry in {seconds} s or ask for fewer max_new_tokens",
                     retry_after=seconds,
                 )
-        gen = TextRequest(seq, max_new, temperature, top_k, np.random.default_rng(seed))
-        gen.deadline = gen.arrived + self.budget.total_s
+        gen = TextRequest(seq, max_new, temperature, top_k, np.random.default_rng(seed), timing=timing)
+        gen.deadline = since + self.budget.total_s
         self.waiting.append(gen)
         metrics.active_generations().labels(model=self.name).inc()
         if self.task is None or self.task.done():

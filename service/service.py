@@ -98,54 +98,73 @@ def _drain_on_sigterm(svc: Any, drain_s: float) -> None:
     signal.signal(signal.SIGTERM, on_term)
 
 
+class Reloader:
+    """EE559_RELOAD_S: the store is read again every `every_s` and what EE559_MODELS selects in
+    it is served without a restart (the selection itself is read once, at start). New versions are
+    checked (sha256) and warmed up before they are added; the catalog, which requests read to pick
+    a version, is then replaced in one assignment; a version no longer selected is unloaded
+    REQUEST_TIMEOUT_S + 5 s later, when every request that picked it has finished. A version that
+    fails to load is refused with one log line (tried again once its store entry changes) and its
+    name keeps the version it had. Everything happens in this one thread of each worker."""
+
+    def __init__(self, svc: Any, every_s: float) -> None:
+        self.svc, self.every_s = svc, every_s
+        self.refused: dict[str, float] = {}  # tag -> modification time of its store entry then
+        self.retiring: dict[str, float] = {}  # tag -> when to unload it (time.monotonic)
+
+    def forever(self) -> None:
+        failed = ""
+        while True:
+            time.sleep(self.every_s)
+            try:
+                self.once()
+                failed = ""
+            except store.ModelStoreError as exc:  # e.g. a pinned version deleted: said once
+                if str(exc) != failed:
+                    failed = str(exc)
+                    log.error("reload: %s; still serving %s", exc, list(self.svc.catalog.cards))
+            except Exception:  # the store could not be read: the served set stays, next round tries again
+                log.exception(
+                    "reload: the model store could not be read; still serving %s", list(self.svc.catalog.cards)
+                )
+
+    def once(self) -> None:
+        svc, engine = self.svc, self.svc.engine
+        served = dict(svc.catalog.cards)
+        tags: list[str] = []
+        for tag in store.select(svc.settings.models):
+            if tag in engine.cards or self._add(tag):
+                tags.append(tag)
+            else:  # refused: its name keeps what it served
+                name = tag.partition(":")[0]
+                tags += [t for t, c in served.items() if c.name == name and t not in tags]
+        if tags != list(served):
+            svc.catalog = Catalog({tag: engine.cards[tag] for tag in tags})
+            log.info("reload: serving %s", ", ".join(tags))
+        now = time.monotonic()
+        for tag in list(engine.cards):
+            if tag in tags:
+                self.retiring.pop(tag, None)
+            elif now >= self.retiring.setdefault(tag, now + REQUEST_TIMEOUT_S + 5):
+                engine.remove(tag)
+                del self.retiring[tag]
+                log.info("reload: %s unloaded", tag)
+
+    def _add(self, tag: str) -> bool:
+        changed = store.modified(tag)
+        if self.refused.get(tag) == changed:
+            return False
+        try:
+            self.svc.engine.add(tag, store.load(tag))
+        except Exception as exc:  # a checksum, an unreadable card, a graph ONNX Runtime cannot load
+            self.refused[tag] = changed
+            log.error("reload: %s refused (%s); still serving %s", tag, exc, list(self.svc.catalog.cards))
+            return False
+        return True
+
+
 # runner_connection: BentoML's client refreshes its connection pool every 100 requests (or 300 s)
 # by closing the old pool under in-flight requests, which fails them under load; we keep one pool.
-_refused: dict[str, float] = {}  # tag -> modification time of its store entry when it was refused
-
-
-def _reload_forever(svc: Any, every_s: float) -> None:
-    """EE559_RELOAD_S: the store is read again every `every_s`; what EE559_MODELS now selects is
-    served without a restart. New versions are checked (sha256) and warmed up before they are
-    added; the catalog, which requests read to pick a version, is then replaced in one
-    assignment; versions no longer selected are dropped REQUEST_TIMEOUT_S later, when every
-    request that picked them has finished. A model that fails its checks is refused with a log
-    line and the served set stays as it was (tried again only once its store entry changes). Runs
-    in a thread of each worker."""
-    while True:
-        time.sleep(every_s)
-        try:
-            _reload(svc)
-        except Exception:  # the served set stays as it was; the next round tries again
-            log.exception("reload: the model store could not be read again; still serving %s", list(svc.catalog.cards))
-
-
-def _reload(svc: Any) -> None:
-    engine = svc.engine
-    tags = store.select(SETTINGS.models)
-    if tags == list(svc.catalog.cards):
-        return
-    for tag in tags:
-        if tag not in engine.cards:
-            changed = store.modified(tag)
-            if _refused.get(tag) == changed:
-                return
-            try:
-                engine.add(tag, store.load(tag))
-            except (store.ModelStoreError, OSError, ValueError) as exc:
-                _refused[tag] = changed
-                log.error("reload: %s refused (%s); still serving %s", tag, exc, list(svc.catalog.cards))
-                return
-    svc.catalog = Catalog({tag: engine.cards[tag] for tag in tags})
-    log.info("reload: serving %s", ", ".join(tags))
-    gone = [tag for tag in engine.cards if tag not in tags]
-    if gone:
-        timer = threading.Timer(
-            REQUEST_TIMEOUT_S + 5, lambda: [engine.remove(t) for t in gone if t not in svc.catalog.cards]
-        )
-        timer.daemon = True
-        timer.start()
-
-
 @bentoml.service(
     name="ee559_inference",
     workers=1,
@@ -208,7 +227,7 @@ class EE559:
             if self.engine is None:
                 log.warning("EE559_RELOAD_S is ignored with EE559_BATCHER=bentoml: restart to serve new models")
             else:
-                threading.Thread(target=_reload_forever, args=(self, SETTINGS.reload_s), daemon=True).start()
+                threading.Thread(target=Reloader(self, SETTINGS.reload_s).forever, daemon=True).start()
         _drain_on_sigterm(self, SETTINGS.drain_s)
         _quiet_gc()  # runs at the worker's start-up, after BentoML built the app around us
 

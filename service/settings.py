@@ -123,7 +123,7 @@ class Settings:
             body_timeout_s=_float(env, "EE559_BODY_TIMEOUT_S", cls.body_timeout_s),
             decode_timeout_s=_float(env, "EE559_DECODE_TIMEOUT_S", cls.decode_timeout_s),
             auth=_choice(env, "EE559_AUTH", "auto", AUTH),
-            api_token=env.get("EE559_API_TOKEN", ""),
+            api_token=env.get("EE559_API_TOKEN", "").strip(),  # a Secret's file often ends in a newline
             api_token_file=env.get("EE559_API_TOKEN_FILE", "").strip(),
             auth_probes=env.get("EE559_AUTH_PROBES") == "1",
             ort_threads=_int(env, "EE559_ORT_THREADS", cls.ort_threads),
@@ -131,6 +131,10 @@ class Settings:
         )
 
     def __post_init__(self) -> None:
+        if 0 < self.reload_s < 1:
+            raise SettingsError(f"EE559_RELOAD_S={self.reload_s:g}: expected 0 (off) or at least 1 second")
+        if self.api_token and (not self.api_token.isprintable() or " " in self.api_token):
+            raise SettingsError("EE559_API_TOKEN holds whitespace or control characters: no client could send it")
         if self.auth == "off" and self.api_token:
             raise SettingsError("EE559_AUTH=off with EE559_API_TOKEN set: unset one of them")
         if not 0 < self.generation_budget_s <= REQUEST_TIMEOUT_S - 5:

@@ -100,7 +100,9 @@ async def model_metadata(request: Request) -> Response:
 
 async def model_ready(request: Request) -> Response:
     _card(request)
-    return Response(status_code=200 if await _svc().__is_ready__() else 503)
+    if await _svc().__is_ready__():
+        return Response(status_code=200)
+    return Response(status_code=503, headers={"Retry-After": "1"})
 
 
 def _split_body(request: Request, body: bytes) -> tuple[dict[str, Any], memoryview]:

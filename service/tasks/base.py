@@ -37,7 +37,7 @@ class Server(Protocol):
 
     catalog: Catalog
     settings: Settings
-    text: dict[str, TextScheduler]  # served text graph -> its scheduler in this worker
+    text: dict[str, TextScheduler]  # served text version (card.tag) -> its scheduler in this worker
 
     async def infer(self, card: ModelCard, x: np.ndarray) -> tuple[list[np.ndarray], str]: ...
 

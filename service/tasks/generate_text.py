@@ -151,6 +151,10 @@ class GenerateText(Task):
         collecting, gone = asyncio.ensure_future(collect()), asyncio.ensure_future(_disconnected(request))
         try:
             await asyncio.wait((collecting, gone), return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:  # the server's timeout or shutdown: generate for nobody no more
+            collecting.cancel()
+            scheduler.cancel(gen)
+            raise
         finally:
             gone.cancel()
         if not collecting.done():  # the client went away: stop generating for nobody

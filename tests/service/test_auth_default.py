@@ -127,3 +127,20 @@ def test_a_server_on_all_interfaces_needs_the_generated_token_and_off_opens_it(e
     finally:
         stop_server(proc)
     assert "EE559_AUTH=off" in (runs / "auth-off.log").read_text()
+
+
+def test_a_key_file_others_can_read_is_refused(tmp_path: Path):
+    key = tmp_path / "key"
+    key.write_text("s3cret-token\n")
+    key.chmod(0o644)
+    with pytest.raises(ValueError, match="chmod 600"):
+        required_token(Settings(api_token_file=str(key)), "0.0.0.0")
+    key.chmod(0o600)
+    assert required_token(Settings(api_token_file=str(key)), "0.0.0.0") == "s3cret-token"
+
+
+def test_a_token_from_a_secret_file_loses_its_newline_and_whitespace_inside_is_refused():
+    assert Settings.from_env({"EE559_API_TOKEN": "abc123\n"}).api_token == "abc123"
+    for bad in ("abc 123", "abc\t123"):
+        with pytest.raises(SettingsError, match="EE559_API_TOKEN"):
+            Settings.from_env({"EE559_API_TOKEN": bad})

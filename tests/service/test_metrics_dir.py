@@ -11,7 +11,7 @@ from pathlib import Path
 
 import requests
 
-from service.metrics import own_directory
+from service.metrics import _started, own_directory
 
 from ..conftest import new_home, start_server, stop_server, wait_ready
 
@@ -39,7 +39,8 @@ def test_a_second_server_on_the_same_home_keeps_the_first_ones_metrics(exported,
         wait_ready(second_url, second)
         assert _batches(first_url) >= before  # what the first server counted is still there
         assert _batches(second_url) == 0  # and the second counts its own
-        assert sorted(p.name for p in (home / "ee559_metrics").iterdir()) == sorted([str(first.pid), str(second.pid)])
+        owners = sorted(p.name.partition("-")[0] for p in (home / "ee559_metrics").iterdir())
+        assert owners == sorted([str(first.pid), str(second.pid)])
     finally:
         stop_server(first)
         if second is not None:
@@ -51,10 +52,28 @@ def test_directories_of_servers_that_are_gone_are_removed(tmp_path: Path):
     shared.mkdir()
     gone = subprocess.Popen(["true"])
     gone.wait()
-    (tmp_path / "ee559_metrics" / str(gone.pid)).mkdir(parents=True)
-    (tmp_path / "ee559_metrics" / str(os.getpid())).mkdir()  # a server still running
+    base = tmp_path / "ee559_metrics"
+    running = base / f"{os.getpid()}-{_started(os.getpid())}"  # a server still running
+    for name in (f"{gone.pid}-12345", f"{os.getpid()}-1", "stray"):  # gone; the same pid restarted; junk
+        (base / name).mkdir(parents=True)
+    running.mkdir()
     env = {"PROMETHEUS_MULTIPROC_DIR": str(shared)}
     mine = own_directory(env, server=os.getppid())
     assert env["PROMETHEUS_MULTIPROC_DIR"] == str(mine) and mine.is_dir()
-    assert sorted(p.name for p in (tmp_path / "ee559_metrics").iterdir()) == sorted([str(os.getpid()), mine.name])
+    assert sorted(p.name for p in base.iterdir()) == sorted([running.name, mine.name])
     assert own_directory({}) is None  # not a BentoML worker: nothing to do
+
+
+def test_gauges_of_dead_workers_are_dropped(tmp_path: Path):
+    """A worker killed mid-request left its in-flight gauge at 1: its restarted successor must not
+    show it (prometheus_client's multi-process gauges are files per pid)."""
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    shared = str(tmp_path / "prometheus_multiproc_dir")
+    mine = own_directory({"PROMETHEUS_MULTIPROC_DIR": shared}, server=os.getppid())
+    live = [mine / f"gauge_livesum_{dead.pid}.db", mine / f"gauge_livesum_{os.getpid()}.db"]
+    kept = [mine / f"counter_{dead.pid}.db", mine / f"histogram_{dead.pid}.db"]  # cumulative: they stay
+    for f in live + kept:
+        f.write_bytes(b"")
+    own_directory({"PROMETHEUS_MULTIPROC_DIR": shared}, server=os.getppid())  # the restarted worker
+    assert not live[0].exists() and live[1].exists() and all(f.exists() for f in kept)

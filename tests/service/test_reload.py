@@ -18,7 +18,7 @@ def test_a_new_export_is_swapped_in_under_load_without_a_failed_request(exported
     home, v1, v2 = _home_with_two_versions(tmp_path)
     # Start from v1 alone: the second export is removed from the store before the server starts.
     _store(home, f"import bentoml; bentoml.models.delete('mlp:{v2}')")
-    env = {"EE559_MODELS": "mlp", "EE559_WORKERS": "2", "EE559_RELOAD_S": "0.5"}
+    env = {"EE559_MODELS": "mlp", "EE559_WORKERS": "2", "EE559_RELOAD_S": "1"}
     log = runs / "reload.log"
     url, proc = start_server(env, log=log, home=home)
     answers: list[tuple[int, str]] = []

@@ -50,6 +50,17 @@ def test_an_unknown_or_malformed_version_is_a_client_error_naming_the_served_one
     assert err.value.status == status and "b2, a1" in err.value.message and len(err.value.message) < 300
 
 
+def test_a_version_is_checked_against_the_task_it_is_asked_for():
+    cards = [_card("lenet", "b2", ("classify", "explain")), _card("lenet", "a1", ("classify",))]
+    c = Catalog({card.tag: card for card in cards})
+    assert c.for_task("lenet", "explain").version == "b2"
+    with pytest.raises(ClientError) as err:
+        c.for_task("lenet", "explain", "a1")  # a1 has no explain outputs: not run, a 400
+    assert err.value.status == 400 and err.value.reason == "wrong_task"
+    default_lacks = Catalog({card.tag: card for card in reversed(cards)})  # a1 is the default now
+    assert default_lacks.for_task("lenet", "explain", "b2").version == "b2"
+
+
 def _store(home: Path, script: str) -> str:
     """Run `script` against the model store in `home` (BentoML reads its home once per process)."""
     env = {**os.environ, "BENTOML_HOME": str(home)}
