@@ -78,7 +78,7 @@ def _quiet_gc() -> None:
 
 def _drain_on_sigterm(svc: Any, drain_s: float) -> None:
     """SIGTERM: readiness answers 503 at once, and the worker goes on serving for `drain_s` (so load
-    balancers polling readiness stop sending traffic) before it closes its listener and finishes
+    balancers polling readiness stop sending traffic) before it stops answering new requests and finishes
     what is in flight. Our handler goes in front of uvicorn's (installed before the service is
     built), only in a server's main thread, where a Python handler is already there to hand it to."""
     if threading.current_thread() is not threading.main_thread():

@@ -74,7 +74,8 @@ class Settings:
     max_queue_rows: int = 512  # EE559_MAX_QUEUE: rows queued per worker and model; beyond: 503
     access_log: bool = False  # EE559_ACCESS_LOG=1: per-request INFO logs (they cost throughput)
     # EE559_DRAIN_SECONDS: after SIGTERM, readiness is 503 and the worker serves this long before
-    # closing its listener; BentoML's arbiter kills a worker 30 s after SIGTERM, stay well below.
+    # no longer answering new requests; BentoML's arbiter waits for its workers, so the bound is the
+    # orchestrator's grace period: keep the drain and the longest request under it.
     drain_s: float = 2.0
     max_new_tokens: int = 512  # EE559_MAX_NEW_TOKENS: per /generate_text request
     # EE559_TTFT_BUDGET_S, EE559_GENERATION_BUDGET_S: a generation is admitted only if its first
