@@ -84,7 +84,7 @@ def test_the_provisioned_folder_holds_the_dashboard():
         ("queue per model", "histogram_quantile(0.95, sum by (model, le) (rate(ee559_request_queue_seconds"),
         ("queue vs compute", "rate(ee559_request_queue_seconds_sum"),
         ("batch size", "ee559_inference_batch_size"),
-        ("provider", "by (instance, model, version, provider) (ee559_model_info)"),
+        ("provider", "by (instance, model, version, provider) (ee559_model_info == 1)"),
         ("tokens per second", "rate(ee559_generated_tokens_total"),
         ("time to first token", "ee559_time_to_first_token_seconds_bucket"),
         ("in flight", "ee559_requests_in_flight"),
