@@ -68,9 +68,9 @@ def _with_models(cls: type) -> type:
 
 
 def _quiet_gc() -> None:
-    """Full garbage collections paused the event loop for tens of milliseconds under load while
-    freeing almost nothing (request data is acyclic, refcounted): freezing the start-up heap and
-    collecting far less often keeps cycles reclaimed while making those pauses rare."""
+    """Full garbage collections pause the event loop under load while freeing almost nothing
+    (request data is acyclic, refcounted): freezing the start-up heap and collecting far less
+    often keeps cycles reclaimed while making those pauses rare."""
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 50, 100)
