@@ -688,9 +688,10 @@ PATH_PARAMS = {"model", "name", "version"}  # what path_values fills
 
 
 def mounted() -> set[tuple[str, str]]:
-    """(method, path) of every route the app mounts (HEAD is Starlette's echo of GET)."""
+    """(method, path) of every route the app mounts (HEAD is Starlette's echo of GET; a Mount, which
+    declares no methods, is fuzzed with GET at its path)."""
     routes = [*http_app.routes, *V2_ROUTES]
-    return {(method, route.path) for route in routes for method in route.methods if method != "HEAD"}
+    return {(m, route.path) for route in routes for m in getattr(route, "methods", None) or ["GET"] if m != "HEAD"}
 
 
 def _task_kinds(name: str) -> dict[str, Generator]:
@@ -743,13 +744,12 @@ def summary(request):
     statuses = Counter()
     for (_, _, status), n in SEEN.items():
         statuses[status] += n
-    report = request.config.pluginmanager.get_plugin("terminalreporter")
-    lines = [
-        f"fuzz: {sum(SEEN.values())} requests in {sum(ELAPSED.values()):.0f} s over {len(ELAPSED)} (route, body kind) cases",
-        "fuzz: statuses " + ", ".join(f"{s}: {n}" for s, n in sorted(statuses.items())),
-    ]
-    for line in lines:
-        report.write_line(line) if report else print(line)
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    with capture.global_and_fixture_disabled():
+        print(
+            f"\nfuzz: {sum(SEEN.values())} requests in {sum(ELAPSED.values()):.0f} s over {len(ELAPSED)} "
+            "(route, body kind) cases; statuses " + ", ".join(f"{s}: {n}" for s, n in sorted(statuses.items()))
+        )
     SEEN.clear()
     ELAPSED.clear()
 
