@@ -9,6 +9,9 @@ Measures, in one run and on one machine, for one exported model:
      (friendly JSON /classify, v2 JSON, v2 binary): req/s, p50, p99, errors, server and client CPU,
      and the ratios to Triton and to bare ORT;
   3. the service's cold start (process start to /readyz 200) and resident memory per process.
+With --baseline REF, the service as it was at git commit REF (a worktree of it, the same model
+store and interpreter) is measured in the same run, before this checkout's, and each row of ours
+gets its ratio to it: what a change costs or gains on the hot path. --no-fastapi skips that server.
 A run whose load generator was CPU-bound is printed as VOID rather than trusted.
 """
 
@@ -242,12 +245,12 @@ def cuda_compare(name: str, graph_fn, model, served, rate, sample) -> dict[str, 
     return out
 
 
-def serve_ours(model: str, port: int, log: Path) -> tuple[subprocess.Popen, float]:
+def serve_ours(model: str, port: int, log: Path, root: Path = ROOT) -> tuple[subprocess.Popen, float]:
     env = {**os.environ, "EE559_MODELS": model}
     t0 = time.monotonic()
     proc = subprocess.Popen(
         [sys.executable, "-m", "bentoml", "serve", "service.service:EE559", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=ROOT,
+        cwd=root,
         env=env,
         stdout=open(log, "wb"),
         stderr=subprocess.STDOUT,
@@ -271,6 +274,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fastapi-workers", type=int, default=1)
     p.add_argument("--repeat", type=int, default=2, help="runs per configuration (each is reported)")
     p.add_argument("--no-triton", action="store_true")
+    p.add_argument("--no-fastapi", action="store_true")
+    p.add_argument("--baseline", metavar="REF", help="also measure the service at this git commit, for ratios")
     args = p.parse_args(argv)
     if shutil.which("wrk") is None:
         print("bench: wrk is not installed (apt-get install wrk; `make bench` does it)", file=sys.stderr)
@@ -304,32 +309,33 @@ def main(argv: list[str] | None = None) -> int:
                 )
 
     # FastAPI + ORT
-    port = free_port()
-    fa = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "loadtests.baselines.fastapi_app:app",
-            "--port",
-            str(port),
-            "--workers",
-            str(args.fastapi_workers),
-            "--log-level",
-            "warning",
-            "--no-access-log",
-        ],
-        cwd=ROOT,
-        env={**os.environ, "EE559_BENCH_ONNX": str(served.onnx_path)},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        wait_http(f"http://127.0.0.1:{port}/docs", fa)
-        measure("fastapi", fa, f"http://127.0.0.1:{port}/classify", [("", "fastapi JSON")])
-    finally:
-        stop(fa)
+    if not args.no_fastapi:
+        port = free_port()
+        fa = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "loadtests.baselines.fastapi_app:app",
+                "--port",
+                str(port),
+                "--workers",
+                str(args.fastapi_workers),
+                "--log-level",
+                "warning",
+                "--no-access-log",
+            ],
+            cwd=ROOT,
+            env={**os.environ, "EE559_BENCH_ONNX": str(served.onnx_path)},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        try:
+            wait_http(f"http://127.0.0.1:{port}/docs", fa)
+            measure("fastapi", fa, f"http://127.0.0.1:{port}/classify", [("", "fastapi JSON")])
+        finally:
+            stop(fa)
 
     # Triton via PyTriton
     if not args.no_triton and TRITON_PY.exists():
@@ -360,21 +366,30 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print("  triton: skipped (no .venv-triton; `make bench` creates it)", flush=True)
 
+    ours_endpoints = [
+        ("/classify", "friendly JSON"),
+        (f"/v2/models/{args.model}/infer", "v2 JSON"),
+        (f"/v2/models/{args.model}/infer", "v2 binary"),
+    ]
+    if args.baseline:
+        tree_dir = workdir / "baseline"
+        subprocess.run(["git", "worktree", "add", "--detach", str(tree_dir), args.baseline], cwd=ROOT, check=True)
+        try:
+            port = free_port()
+            base, _ = serve_ours(args.model, port, workdir / "baseline.log", root=tree_dir)
+            try:
+                measure("baseline", base, f"http://127.0.0.1:{port}", ours_endpoints)
+            finally:
+                stop(base)
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(tree_dir)], cwd=ROOT, check=False)
+
     # This project's service
     port = free_port()
     ours, cold = serve_ours(args.model, port, workdir / "serve.log")
     try:
         rss = {p.name() + f"[{p.pid}]": p.memory_info().rss / 2**20 for p in tree(ours)}
-        measure(
-            "ee559",
-            ours,
-            f"http://127.0.0.1:{port}",
-            [
-                ("/classify", "friendly JSON"),
-                (f"/v2/models/{args.model}/infer", "v2 JSON"),
-                (f"/v2/models/{args.model}/infer", "v2 binary"),
-            ],
-        )
+        measure("ee559", ours, f"http://127.0.0.1:{port}", ours_endpoints)
     finally:
         stop(ours)
 
@@ -385,22 +400,29 @@ def main(argv: list[str] | None = None) -> int:
 def report(static: dict[str, float], runs: list[Run], cold: float, rss: dict[str, float], args) -> None:
     bare = static["bare ORT batch 1 (calls/s)"]
     triton = {(r.endpoint, r.connections): r for r in runs if r.target == "triton"}
+    baseline: dict[tuple[str, int], list[float]] = {}
+    for r in runs:
+        if r.target == "baseline" and not r.void:
+            baseline.setdefault((r.endpoint, r.connections), []).append(r.rps)
     twin = {"friendly JSON": "v2 JSON", "v2 JSON": "v2 JSON", "v2 binary": "v2 binary", "fastapi JSON": "v2 JSON"}
     print("\n## In-process (one thread)")
     for k, v in static.items():
         print(f"- {k}: {v:,.1f}{'x' if '/' in k and 'calls/s' not in k else ''}")
     print("\n## HTTP (wrk -t1; ratios measured in this run)")
     print(
-        "| target | endpoint | conns | req/s | p50 ms | p99 ms | errors | server CPU | client CPU | vs Triton | vs bare ORT |"
+        "| target | endpoint | conns | req/s | p50 ms | p99 ms | errors | server CPU | client CPU | vs Triton | "
+        "vs bare ORT | vs baseline |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in runs:
         t = triton.get((twin[r.endpoint], r.connections))
         vs_t = f"{r.rps / t.rps:.2f}x" if t and t.rps and r.target != "triton" else "-"
         flag = " VOID (client CPU-bound)" if r.void else ""
+        base = baseline.get((r.endpoint, r.connections))
+        vs_b = f"{r.rps / (sum(base) / len(base)):.2f}x" if base and r.target == "ee559" else "-"
         print(
             f"| {r.target} | {r.endpoint}{flag} | {r.connections} | {r.rps:,.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | "
-            f"{r.errors} | {r.server_cpu:.2f} | {r.client_cpu:.2f} | {vs_t} | {r.rps / bare:.2f}x |"
+            f"{r.errors} | {r.server_cpu:.2f} | {r.client_cpu:.2f} | {vs_t} | {r.rps / bare:.2f}x | {vs_b} |"
         )
     print(f"\n- cold start (process start to /readyz 200): {cold:.1f} s")
     print("- resident memory: " + ", ".join(f"{k} {v:.0f} MiB" for k, v in rss.items()))
@@ -408,6 +430,9 @@ def report(static: dict[str, float], runs: list[Run], cold: float, rss: dict[str
         f"\nreproduce: make bench BENCH_ARGS='--model {args.model} --duration {args.duration:g} "
         f"--connections {args.connections} --repeat {args.repeat}"
         + (" --device cuda" if args.device == "cuda" else "")
+        + (f" --baseline {args.baseline}" if args.baseline else "")
+        + (" --no-fastapi" if args.no_fastapi else "")
+        + (" --no-triton" if args.no_triton else "")
         + "'"
     )
 
