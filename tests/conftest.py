@@ -3,10 +3,12 @@ model trained (full preset: seconds on digits) and exported once, and a real `be
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -53,7 +55,7 @@ def processes() -> dict[int, dict[str, str]]:
     return table
 
 
-__all__ = ["free_port", "new_home", "processes", "start_server", "stop_server", "wait_ready"]
+__all__ = ["free_port", "new_home", "processes", "serving", "start_server", "stop_server", "wait_ready"]
 
 
 def wait_ready(url: str, proc: subprocess.Popen | None, timeout: float = 90) -> None:
@@ -81,6 +83,21 @@ def start_server(
     return f"http://127.0.0.1:{port}", proc
 
 
+@contextlib.contextmanager
+def serving(env_extra: dict[str, str], log: Path, timeout: float = 90, **kw) -> Iterator[str]:
+    """A started and ready server (start_server's arguments) for the `with` block; its log's tail
+    printed if anything fails."""
+    url, proc = start_server(env_extra, log=log, **kw)
+    try:
+        wait_ready(url, proc, timeout)
+        yield url
+    except BaseException:
+        print(log.read_text()[-5000:])
+        raise
+    finally:
+        stop_server(proc)
+
+
 def new_home() -> Path:
     """A BENTOML_HOME of its own, whose model store is the session's."""
     home = Path(tempfile.mkdtemp(prefix="home-", dir=_SESSION_DIR))
@@ -104,12 +121,5 @@ def server(exported, runs: Path):
     log = runs / "serve.log"
     # Text generation is fast (`make textbench`, 2026-11-26, commit 17b9498: 5,007 tokens/s for the GPT
     # and 11,716 for the LSTM at batch 1): long generations let the tests watch one run.
-    url, proc = start_server({"EE559_BODY_TIMEOUT_S": "3", "EE559_MAX_NEW_TOKENS": "20000"}, log=log)
-    try:
-        wait_ready(url, proc)
+    with serving({"EE559_BODY_TIMEOUT_S": "3", "EE559_MAX_NEW_TOKENS": "20000"}, log) as url:
         yield url
-    except Exception:
-        print(log.read_text()[-5000:])
-        raise
-    finally:
-        stop_server(proc)

@@ -18,7 +18,7 @@ import pytest
 import requests
 import yaml
 
-from ..conftest import ROOT, free_port, start_server, stop_server, wait_ready
+from ..conftest import ROOT, free_port, serving, stop_server
 from . import ops
 
 pytestmark = pytest.mark.skipif(ops.promtool() is None, reason=ops.NO_PROMTOOL)
@@ -102,15 +102,8 @@ def ops_server(two_models, runs: Path):
         "EE559_TTFT_BUDGET_S": "1",
         "EE559_GENERATION_BUDGET_S": "1",
     }
-    url, proc = start_server(env, log=log)
-    try:
-        wait_ready(url, proc, timeout=180)
+    with serving(env, log, timeout=180) as url:
         yield url
-    except Exception:
-        print(log.read_text()[-5000:])
-        raise
-    finally:
-        stop_server(proc)
 
 
 @pytest.fixture(scope="module")
