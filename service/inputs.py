@@ -254,12 +254,14 @@ def array_from_npy(data: bytes, shape: tuple[int, int, int]) -> np.ndarray:
     return checked_array(arr, shape)
 
 
+_DIMENSION = re.compile(r"[0-9]{1,9}")
+
+
 def array_from_raw(data: bytes, header: str | None, shape: tuple[int, int, int]) -> np.ndarray:
     """Raw little-endian float32 bytes with the shape in X-Tensor-Shape (e.g. "1,28,28")."""
-    try:
-        dims = tuple(int(d) for d in (header or "").split(","))
-    except ValueError:
-        dims = ()
+    parts = [d.strip(" ") for d in (header or "").split(",")]
+    # ASCII digits only: int() would also take "2_8", "+28" and full-width or other Unicode digits
+    dims = tuple(int(d) for d in parts) if all(_DIMENSION.fullmatch(d) for d in parts) else ()
     if not dims or any(d <= 0 for d in dims) or len(dims) > 4:
         raise ClientError(
             400, "bad_header", f'{RAW} bodies need an X-Tensor-Shape header such as "{",".join(map(str, shape))}"'

@@ -124,6 +124,15 @@ def test_raw_tensor_shapes_whose_product_overflows_are_refused(header: str):
     assert info.value.status == 400
 
 
+@pytest.mark.parametrize("header", ["1,2_8,28", "+1,28,28", "1,２８,28", "1,28,28.0", "1,,28", "0x1,28,28", "1;28;28"])
+def test_raw_tensor_shapes_are_ascii_digits_only(header: str):
+    body = np.zeros((1, 28, 28), "<f4").tobytes()
+    with pytest.raises(ClientError) as info:
+        array_from_raw(body, header, (1, 28, 28))
+    assert info.value.status == 400 and "X-Tensor-Shape" in info.value.message
+    assert array_from_raw(body, " 1, 28,28 ", (1, 28, 28)).shape == (1, 28, 28)  # spaces around commas are fine
+
+
 def _png(width: int, height: int) -> bytes:
     buf = io.BytesIO()
     Image.new("L", (width, height), 255).save(buf, format="PNG")
