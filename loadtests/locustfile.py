@@ -18,23 +18,29 @@ from typing import Any
 
 from locust import FastHttpUser, HttpUser, constant_throughput, events, task
 from locust.exception import StopUser
+from locust.runners import MasterRunner, WorkerRunner
 
 from loadtests.slo import MET, verdict
-from loadtests.tasks import ACCURACY, prompts, served_cards, weighted_tasks
+from loadtests.tasks import ACCURACY, auth_headers, prompts, served_cards, weighted_tasks
 
 log = logging.getLogger("ee559.locust")
 TEXT: dict[str, list[str]] = {}  # text model -> held-out prompts, filled at start-up
+WORKER_REQUESTS: dict[str, int] = {}  # on a master: worker id -> requests it reported
 
 
 @events.test_start.add_listener
 def _discover(environment: Any, **_kw: Any) -> None:
-    """Ask the server what it serves, before any user starts: on every node, once the host is
-    known (a worker learns it from the master, the web UI from its form)."""
+    """Ask the server what it serves, before any user starts: on every node that runs users, once
+    the host is known (a worker learns it from the master, the web UI from its form)."""
     if not environment.host:
         raise RuntimeError("give the server's address: --host http://HOST:PORT")
+    if isinstance(environment.runner, MasterRunner):  # runs no users
+        WORKER_REQUESTS.clear()
+        return
     cards = served_cards(environment.host)
     TEXT.clear()
     CourseModelUser.tasks = weighted_tasks(cards)
+    CourseModelUser.default_headers = auth_headers()  # read by each user's client as it is made
     TEXT.update({c.family: prompts(c) for c in cards if c.is_text})
     log.info("load for %d served graphs: %s", len(cards), ", ".join(c.name for c in cards))
 
@@ -73,6 +79,9 @@ class StreamingTextUser(HttpUser):
 
     weight = 1  # against CourseModelUser's 3: a quarter of the users stream text
     counter = itertools.count()
+
+    def on_start(self) -> None:
+        self.client.headers.update(auth_headers())
 
     def wait_time(self) -> float:
         return paced_wait(self)
@@ -114,13 +123,18 @@ class StreamingTextUser(HttpUser):
             resp.success() if done and tokens == 64 else resp.failure(f"stream ended after {tokens} tokens")
 
 
+@events.worker_report.add_listener
+def _count_worker_requests(client_id: str, data: dict, **_kw: Any) -> None:
+    """The master's share of each worker in its totals (the reports it adds up)."""
+    WORKER_REQUESTS[client_id] = WORKER_REQUESTS.get(client_id, 0) + data["stats_total"]["num_requests"]
+
+
 @events.quitting.add_listener
 def _slo_gate(environment, **_kw) -> None:
+    """Logs the share of right answers, then sets the exit code from the SLOs: on a single node or
+    the master, whose stats are every worker's; a worker's stats go to the master as it runs."""
     opts = environment.parsed_options
     total = environment.stats.total
-    if opts is None or total.num_requests == 0:
-        return
-    p95 = total.get_response_time_percentile(0.95)
     for model, s in ACCURACY.items():
         if s["answered"]:
             log.info(
@@ -132,6 +146,12 @@ def _slo_gate(environment, **_kw) -> None:
                 s["examples"],
             )
     runner = environment.runner
+    if isinstance(runner, WorkerRunner) or opts is None or total.num_requests == 0:
+        return
+    if isinstance(runner, MasterRunner):
+        shares = ", ".join(f"{w} {n}" for w, n in sorted(WORKER_REQUESTS.items()))
+        log.info("%d workers sent the %d requests of this report: %s", len(WORKER_REQUESTS), total.num_requests, shares)
+    p95 = total.get_response_time_percentile(0.95)
     cpu_bound = runner is not None and (
         runner.cpu_warning_emitted or getattr(runner, "worker_cpu_warning_emitted", False)
     )

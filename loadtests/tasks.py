@@ -19,11 +19,15 @@ from core.card import ModelCard
 from core.images import png_bytes
 
 
-def fetch(url: str) -> Any:
-    """GET a JSON document of the service (with EE559_API_TOKEN as the bearer token, if set)."""
+def auth_headers() -> dict[str, str]:
+    """EE559_API_TOKEN as the bearer token, if set (a server beyond loopback requires one)."""
     token = os.environ.get("EE559_API_TOKEN")
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=30) as r:
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def fetch(url: str) -> Any:
+    """GET a JSON document of the service (with the bearer token, if set)."""
+    with urllib.request.urlopen(urllib.request.Request(url, headers=auth_headers()), timeout=30) as r:
         return json.loads(r.read())
 
 
