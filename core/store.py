@@ -15,7 +15,6 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from .card import CARD_FILE, CardError, ModelCard
 
@@ -51,26 +50,28 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def _versions() -> dict[str, list[str]]:
+    """name -> versions of every exported model in the store, newest first."""
+    import bentoml
+
+    ours = [m for m in bentoml.models.list() if m.info.labels.get("project") == PROJECT_LABEL]
+    versions: dict[str, list[str]] = {}
+    for m in sorted(ours, key=lambda m: m.info.creation_time, reverse=True):
+        versions.setdefault(m.tag.name, []).append(str(m.tag.version))
+    return versions
+
+
 def discover(names: tuple[str, ...] | None = None) -> dict[str, str]:
     """name -> concrete tag of the newest exported model of that name in the store; `names`
     (None: every one) must all be there."""
-    import bentoml
-
-    newest: dict[str, Any] = {}
-    for m in bentoml.models.list():
-        if m.info.labels.get("project") != PROJECT_LABEL:
-            continue
-        name = m.tag.name
-        if name not in newest or m.info.creation_time > newest[name].info.creation_time:
-            newest[name] = m
+    versions = _versions()
     if names is not None:
-        missing = [n for n in names if n not in newest]
+        missing = [n for n in names if n not in versions]
         if missing:
             raise ModelStoreError(
                 f"{', '.join(missing)}: not in the model store ({home()}); export first: python -m export all"
             )
-        newest = {n: newest[n] for n in names}
-    return {name: str(m.tag) for name, m in sorted(newest.items())}
+    return {name: f"{name}:{versions[name][0]}" for name in sorted(versions if names is None else names)}
 
 
 def select(entries: tuple[str, ...] | None = None) -> list[str]:
@@ -78,14 +79,9 @@ def select(entries: tuple[str, ...] | None = None) -> list[str]:
     `name:version` that version (several versions of a name may be served side by side; the
     first listed is the one requests get when they name no version). None: the newest of every
     stored model."""
-    import bentoml
-
     if entries is None:
         return list(discover().values())
-    ours = [m for m in bentoml.models.list() if m.info.labels.get("project") == PROJECT_LABEL]
-    versions: dict[str, list[str]] = {}
-    for m in sorted(ours, key=lambda m: m.info.creation_time, reverse=True):
-        versions.setdefault(m.tag.name, []).append(str(m.tag.version))
+    versions = _versions()
     tags: list[str] = []
     for entry in entries:
         name, _, version = entry.partition(":")
