@@ -297,19 +297,13 @@ def _degenerate_uploads() -> list[bytes]:
     hundred KB of PNG each), and over it with a degenerate shape (one row of ten million pixels,
     a 5000x5000 JPEG), which must be refused from the header without being decoded."""
     rows = np.random.default_rng(0).integers(0, 256, (4096, 64), dtype=np.uint8)
-    at_limit = png_of(np.tile(rows, (1, 64)))
-    one_row = png_of(np.zeros((1, 10_000_000), np.uint8))
+    at_limit = png_bytes(np.tile(rows, (1, 64))[None] / np.float32(255))
+    one_row = png_bytes(np.zeros((1, 1, 10_000_000), np.float32))
     buf = io.BytesIO()
     Image.new("L", (5000, 5000)).save(buf, format="JPEG")
     uploads = [at_limit] * 10 + [one_row] * 3 + [buf.getvalue()] * 3
     assert max(len(u) for u in uploads) < 4 * 1024 * 1024
     return uploads
-
-
-def png_of(pixels: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(pixels, mode="L").save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def test_an_upload_flood_against_one_worker_leaves_liveness_and_other_requests_answering(exported, runs):

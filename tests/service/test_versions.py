@@ -12,10 +12,12 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import requests
 
 from core.card import ModelCard, TensorSpec
+from core.images import png_bytes
 from service.catalog import Catalog
 from service.errors import ClientError
 
@@ -126,7 +128,10 @@ def test_two_versions_side_by_side_then_roll_back(exported, runs: Path, tmp_path
         assert _classify(url).json()["version"] == v1
         assert _classify(url, version=v2).json()["version"] == v2
         query = requests.post(
-            f"{url}/classify?model=mlp&version={v2}", data=_png(), headers={"Content-Type": "image/png"}, timeout=10
+            f"{url}/classify?model=mlp&version={v2}",
+            data=png_bytes(np.zeros((1, 28, 28))),
+            headers={"Content-Type": "image/png"},
+            timeout=10,
         )
         assert query.status_code == 200 and query.json()["version"] == v2
         listed = requests.get(f"{url}/models", timeout=10).json()["models"]
@@ -161,16 +166,6 @@ def test_two_versions_side_by_side_then_roll_back(exported, runs: Path, tmp_path
         assert _classify(url).json()["version"] == v1
     finally:
         stop_server(proc)
-
-
-def _png() -> bytes:
-    import io
-
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.new("L", (28, 28)).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def test_cards_keep_their_tag():
