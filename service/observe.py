@@ -20,6 +20,7 @@ import asyncio
 import re
 import time
 import uuid
+from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
 
@@ -100,10 +101,14 @@ def server_timing(timing: RequestTiming, now: float) -> bytes:
 
 
 class Observe:
-    """ASGI middleware: the request id, Server-Timing and the request metrics."""
+    """ASGI middleware: the request id, Server-Timing and the request metrics; `access` (if given)
+    is called once per request, after its answer, with (method, route, status, timing, seconds)."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(
+        self, app: ASGIApp, access: Callable[[str, str, int, RequestTiming, float], None] | None = None
+    ) -> None:
         self.app = app
+        self.access = access
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in UNOBSERVED:
@@ -135,6 +140,9 @@ class Observe:
             raise
         finally:
             in_flight.dec()
+            elapsed = time.perf_counter() - timing.start
             metrics.requests().labels(route=route, model=timing.model, outcome=outcome).inc()
-            metrics.request_seconds().labels(route=route).observe(time.perf_counter() - timing.start)
+            metrics.request_seconds().labels(route=route).observe(elapsed)
+            if self.access is not None:
+                self.access(scope["method"], route, status, timing, elapsed)
             CURRENT.reset(token)

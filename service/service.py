@@ -35,7 +35,7 @@ from core import store
 from core.card import ModelCard
 from core.session import preflight
 
-from . import metrics, patches
+from . import logs, metrics, patches
 from .app import http_app
 from .auth import TokenAuth
 from .catalog import Catalog
@@ -48,6 +48,7 @@ from .settings import REQUEST_TIMEOUT_S, SETTINGS, Settings
 
 log = logging.getLogger("ee559.service")
 logging.getLogger("ee559").setLevel(logging.INFO)  # models ready, reloads, calibration: the operator's lines
+logs.configure(SETTINGS.log_format)  # in a worker, after BentoML configured its handlers
 metrics.own_directory()  # a second server on this BENTOML_HOME must not wipe our metrics
 patches.apply()
 preflight(SETTINGS.provider)  # provider=cuda without CUDA: `bentoml serve` exits now instead of retrying workers
@@ -170,7 +171,7 @@ class Reloader:
     workers=1,
     traffic={"timeout": REQUEST_TIMEOUT_S},
     runner_connection={"max_requests": 2**62, "max_age": 10.0**9},
-    logging={"access": {"enabled": SETTINGS.access_log}},
+    logging={"access": {"enabled": False}},
 )
 class Inference:
     """EE559_BATCHER=bentoml: the tensor models' sessions in their own service, batched by BentoML's
@@ -201,7 +202,7 @@ class Inference:
     name="ee559",
     workers=SETTINGS.workers,
     traffic={"timeout": REQUEST_TIMEOUT_S},
-    logging={"access": {"enabled": SETTINGS.access_log}},
+    logging={"access": {"enabled": False}},  # ours (EE559_ACCESS_LOG, service/logs.py) has the request id
 )
 @_with_models
 class EE559:
@@ -266,7 +267,7 @@ class EE559:
 
 
 # Request ids, Server-Timing and request metrics on every answer, 401s included (outermost of ours).
-EE559.add_asgi_middleware(Observe)  # type: ignore[attr-defined]  # a bentoml Service
+EE559.add_asgi_middleware(Observe, access=logs.access if SETTINGS.access_log else None)  # type: ignore[attr-defined]
 # The playground's page and files (/, /ui, /docs) in front of the token check: public, they hold no data.
 EE559.add_asgi_middleware(Playground)  # type: ignore[attr-defined]
 # Built in each worker with its app: the worker's listening socket decides whether a token is needed.

@@ -15,6 +15,7 @@ from core.session import PROVIDERS
 
 BATCHERS = ("ee559", "bentoml")
 AUTH = ("auto", "token", "off")  # service/auth.py
+LOG_FORMATS = ("text", "json")  # service/logs.py
 # BentoML's traffic timeout of both services: a request with no answer started by then gets a 504.
 REQUEST_TIMEOUT_S = 30
 
@@ -72,7 +73,8 @@ class Settings:
     # 503, and a tight value turns load into errors.
     max_latency_ms: int = 2000
     max_queue_rows: int = 512  # EE559_MAX_QUEUE: rows queued per worker and model; beyond: 503
-    access_log: bool = False  # EE559_ACCESS_LOG=1: per-request INFO logs (they cost throughput)
+    access_log: bool = False  # EE559_ACCESS_LOG=1: a line per request (service/logs.py; costs throughput)
+    log_format: str = "text"  # EE559_LOG_FORMAT: text (BentoML's) | json (JSON lines with the request id)
     # EE559_DRAIN_SECONDS: after SIGTERM, readiness is 503 and the worker serves this long before
     # no longer answering new requests; BentoML's arbiter waits for its workers, so the bound is the
     # orchestrator's grace period: keep the drain and the longest request under it.
@@ -115,6 +117,7 @@ class Settings:
             max_latency_ms=_int(env, "EE559_MAX_LATENCY_MS", cls.max_latency_ms),
             max_queue_rows=_int(env, "EE559_MAX_QUEUE", cls.max_queue_rows),
             access_log=env.get("EE559_ACCESS_LOG", "0") == "1",
+            log_format=_choice(env, "EE559_LOG_FORMAT", "text", LOG_FORMATS),
             drain_s=_float(env, "EE559_DRAIN_SECONDS", cls.drain_s),
             max_new_tokens=_int(env, "EE559_MAX_NEW_TOKENS", cls.max_new_tokens),
             ttft_budget_s=_float(env, "EE559_TTFT_BUDGET_S", cls.ttft_budget_s),
