@@ -132,6 +132,9 @@ class TextScheduler:
         self.costs = StepCosts()
         self.waiting: deque[TextRequest] = deque()
         self.running: list[TextRequest] = []
+        # Out of the queue and in its prompt step, not yet in the batch: still work ahead of a new
+        # request (a request arriving meanwhile must not find the scheduler idle).
+        self.admitting: TextRequest | None = None
         self.task: asyncio.Task | None = None
 
     def calibrate(self, max_prompt: int) -> None:
@@ -176,8 +179,9 @@ class TextScheduler:
         """Seconds from now to the first token and to the last of a request arriving now: the work
         admitted ahead of it replayed over the batch's slots (first come, first served)."""
         costs = self.costs
-        step = costs.step(min(self.max_running, len(self.running) + len(self.waiting) + 1))
-        slots = [g.remaining * step for g in self.running]
+        ahead = [*self.running, self.admitting] if self.admitting is not None else self.running
+        step = costs.step(min(self.max_running, len(ahead) + len(self.waiting) + 1))
+        slots = [g.remaining * step for g in ahead]
         slots += [0.0] * (self.max_running - len(slots))
         heapq.heapify(slots)
         prompts = 0.0  # prompt steps stall the whole batch, in front of this request's first token
@@ -198,7 +202,7 @@ class TextScheduler:
         # The budget runs from the request's arrival at the service (its body took time already).
         since = timing.start if timing is not None else time.perf_counter()
         spent = time.perf_counter() - since
-        if self.waiting or self.running:  # alone, a request is always admitted (its deadline still holds)
+        if self.waiting or self.running or self.admitting:  # alone, a request is always admitted (its deadline holds)
             first, last = self.forecast(seq.pending, max_new)
             over = max(
                 spent + first - HEADROOM * self.budget.first_token_s, spent + last - HEADROOM * self.budget.total_s
@@ -244,7 +248,6 @@ class TextScheduler:
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
-        admitting: list[TextRequest] = []  # the one between the queue and the running batch
         turn: tuple[float, int] | None = None  # when the last decode step started, and its batch size
         prompts = 0.0  # seconds of prompt steps since then
         try:
@@ -255,7 +258,7 @@ class TextScheduler:
                     if gen.cancelled:
                         self._finish(gen)
                         continue
-                    admitting, start = [gen], time.perf_counter()
+                    self.admitting, start = gen, time.perf_counter()
                     metrics.queue_seconds().labels(model=self.name).observe(start - gen.arrived)
                     if gen.timing is not None:
                         gen.timing.queue = start - gen.arrived
@@ -264,7 +267,7 @@ class TextScheduler:
                     self.costs.observe_prompt(len(gen.seq.tokens) - gen.seq.start, seconds)
                     prompts += seconds
                     self._emit(gen, logits[0])
-                    admitting = []
+                    self.admitting = None
                 for gen in [g for g in self.running if g.cancelled]:
                     self._finish(gen)
                 if self.running:
@@ -281,10 +284,12 @@ class TextScheduler:
                         self._emit(gen, row)
         except Exception as exc:
             log.exception("text generation failed")
+            admitting = [self.admitting] if self.admitting is not None else []
             for gen in [*admitting, *self.waiting, *self.running]:
                 gen.queue.put_nowait(exc)
                 self._finish(gen)
             self.waiting.clear()
+            self.admitting = None
 
     def _end_overdue(self, now: float) -> None:
         """Requests that outlived their budget end now: a running one at its deadline with the

@@ -80,6 +80,25 @@ def test_a_request_over_budget_is_shed_at_once_with_retry_after_and_an_idle_one_
     assert "EE559_TTFT_BUDGET_S" in err.message and "retry in 4 s" in err.message
 
 
+def test_a_request_arriving_during_anothers_prompt_step_is_forecast_behind_it():
+    """Between the queue and the batch (its prompt step) a generation is still work ahead: a burst
+    arriving then must not find the scheduler idle and all be admitted alone."""
+
+    async def main():
+        s = _toy(max_running=1, budget=Budget(first_token_s=1.0, total_s=2.0), delay=0.2)
+        s.costs = StepCosts(step_fixed=0.01, prompt_fixed=0.01)
+        first = s.submit([0], 1000, 1.0, 1, 0)
+        await asyncio.sleep(0.05)  # the loop took it from the queue and runs its prompt (0.2 s)
+        assert not s.waiting and not s.running and s.admitting is first
+        with pytest.raises(ClientError) as shed:
+            s.submit([0], 10, 1.0, 1, 0)  # the only slot is first's for 10 s
+        s.cancel(first)
+        return shed.value
+
+    err = asyncio.run(asyncio.wait_for(main(), 10))
+    assert err.status == 503 and err.reason == "over_budget"
+
+
 @pytest.mark.parametrize("remaining", [50, 150])
 def test_the_total_budget_sheds_long_requests_that_would_start_in_time(remaining: int):
     s = _toy(max_running=2, budget=Budget(first_token_s=1.0, total_s=2.0))
