@@ -5,12 +5,14 @@ the Prometheus adapter's query with its templates filled in."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,7 +35,16 @@ def prometheus() -> str | None:
     return shutil.which("prometheus")
 
 
-NO_PROMTOOL = "promtool is not installed (Debian's prometheus package: `make ops-test` installs it as root)"
+NO_PROMTOOL = "promtool/prometheus are not installed (Debian's prometheus package: `make test` installs it as root)"
+
+
+def require_prometheus() -> None:
+    """Skip where Debian's prometheus package is missing, or fail where it must be there (CI sets
+    EE559_REQUIRE_OPS_TOOLS=1: its `make test` installed the package, so a skip would hide a gap)."""
+    if promtool() is None or prometheus() is None:
+        if os.environ.get("EE559_REQUIRE_OPS_TOOLS") == "1":
+            pytest.fail(NO_PROMTOOL + "; EE559_REQUIRE_OPS_TOOLS=1 requires it")
+        pytest.skip(NO_PROMTOOL)
 
 
 def rules() -> list[dict[str, Any]]:

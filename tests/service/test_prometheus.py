@@ -2,7 +2,7 @@
 their unit tests, and a real Prometheus scraping a real `bentoml serve` answers every query of the
 rules, the Grafana dashboard and the Prometheus adapter, with the values the traffic sent implies.
 
-Needs Debian's prometheus package (promtool and prometheus); `make ops-test` installs it."""
+Needs Debian's prometheus package (promtool and prometheus); `make test` installs it (as root)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,12 @@ import yaml
 from ..conftest import ROOT, free_port, serving, stop_server
 from . import ops
 
-pytestmark = pytest.mark.skipif(ops.promtool() is None, reason=ops.NO_PROMTOOL)
+
+
+@pytest.fixture(autouse=True)
+def _prometheus_installed() -> None:
+    ops.require_prometheus()
+
 
 MODELS = ("lenet", "char_lstm")  # a batched tensor model and a text model: every panel gets data
 DIGIT = [[0.0] * 28 for _ in range(28)]
@@ -110,8 +115,7 @@ def ops_server(two_models, runs: Path):
 def prom(ops_server: str, tmp_path_factory: pytest.TempPathFactory):
     """Debian's Prometheus on loopback, scraping the server every second and evaluating the
     project's rules every second; yields its base URL."""
-    if ops.prometheus() is None:
-        pytest.skip(ops.NO_PROMTOOL)
+    ops.require_prometheus()
     folder = tmp_path_factory.mktemp("prometheus")
     config = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
@@ -194,7 +198,6 @@ def _generate(server: str, max_new_tokens: int) -> tuple[int, int]:
     return r.status_code, r.json().get("tokens", 0) if r.status_code == 200 else 0
 
 
-@pytest.mark.slow
 def test_a_real_prometheus_sees_what_was_sent_and_answers_every_query(ops_server: str, prom: str):
     server = ops_server
     sent: dict[tuple[str, str], int] = {}
