@@ -110,3 +110,34 @@ def test_metrics_split_queue_and_compute_and_take_no_request_data(server):
     assert re.search(r'^ee559_requests_total\{model="",outcome="4xx",route="other"\} ', text, re.M)
     assert re.search(r"^ee559_requests_in_flight ", text, re.M)
     assert re.search(r'^ee559_queue_rows\{model="lenet"\} ', text, re.M)
+
+
+def _mounted() -> list[tuple[str, str]]:
+    """(method, path) of every mounted route, templates filled in with a served model, and
+    BentoML's and the playground's own pages."""
+    fill = {"{name}": "lenet", "{model}": "lenet", "{version}": "no-such-version"}
+    out = []
+    for route in http_app.routes:
+        path = str(getattr(route, "path", ""))
+        for key, value in fill.items():
+            path = path.replace(key, value)
+        method = sorted(m for m in getattr(route, "methods", ()) or ("GET",) if m != "HEAD")[0]
+        out.append((method, path))
+    return out + [("GET", p) for p in ("/", "/ui", "/docs", "/docs.json", "/schema.json")]
+
+
+def test_every_route_answers_with_a_request_id_and_server_timing(server):
+    """Whatever the answer (200, 400 for the empty body, 404 for the unknown version), every route
+    but the probes says which request it was and where its time went."""
+    checked = 0
+    for method, path in _mounted():
+        if path in observe.UNOBSERVED:
+            continue
+        sent = f"every-route-{checked}"
+        r = requests.request(
+            method, f"{server}{path}", json={} if method == "POST" else None, headers={"X-Request-ID": sent}
+        )
+        assert r.headers.get("X-Request-ID") == sent, (method, path, r.status_code)
+        assert set(_timings(r.headers.get("Server-Timing", ""))) == {"queue", "compute", "total"}, (method, path)
+        checked += 1
+    assert checked >= 20

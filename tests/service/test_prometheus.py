@@ -22,7 +22,6 @@ from ..conftest import ROOT, free_port, serving, stop_server
 from . import ops
 
 
-
 @pytest.fixture(autouse=True)
 def _prometheus_installed() -> None:
     ops.require_prometheus()
