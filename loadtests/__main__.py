@@ -4,8 +4,9 @@
 python -m loadtests --worker [--master-host HOST] [--master-port 5557]
 
 Headless Locust run against a running service: writes CSV and HTML reports under
-runs/loadtest/<time>/ and exits 1 when an SLO is broken, 2 when the run is void because Locust
-itself went above 90% CPU (its latencies would measure the load generator).
+runs/loadtest/<time>/, and latency.png: p50/p95/p99 latency and requests/s over the run, second by
+second (Locust's percentiles over its last 10 s); exits 1 when an SLO is broken, 2 when the run
+is void because Locust itself went above 90% CPU (its latencies would measure the load generator).
 
 Distributed: `--master` runs no users; it waits for --expect-workers workers, tells them the host,
 users, run time and SLOs, aggregates their stats into the one report and applies the SLO gate once.
@@ -17,6 +18,7 @@ worker processes beside it, for more cores of one machine.
 from __future__ import annotations
 
 import argparse
+import csv
 import subprocess
 import sys
 import time
@@ -94,6 +96,7 @@ def headless_cmd(args: argparse.Namespace, out: Path, master: tuple[str, int, in
         "--only-summary",
         "--csv",
         str(out / "report"),
+        "--csv-full-history",  # the history's percentiles over Locust's last 10 s, not since the start
         "--html",
         str(out / "report.html"),
         "--slo-p95-ms",
@@ -135,8 +138,41 @@ def main(argv: list[str] | None = None) -> int:
                 w.terminate()
                 w.wait()
         print(f"workers' exit codes: {[w.returncode for w in workers]}", flush=True)
-    print(f"reports: {out}/report_stats.csv, {out}/report.html; exit code {rc}", flush=True)
+    picture = plot_history(out / "report_stats_history.csv", out / "latency.png", args.host)
+    print(f"reports: {out}/report_stats.csv, {out}/report.html, {picture}; exit code {rc}", flush=True)
     return rc
+
+
+def plot_history(history: Path, path: Path, host: str) -> Path | None:
+    """Latency percentiles and throughput over the run, from Locust's history (all requests)."""
+    from core.plots import PALETTE, Line, chart, save
+
+    if not history.exists():
+        return None
+    rows = [r for r in csv.DictReader(open(history)) if r["Name"] == "Aggregated" and r["50%"] not in ("N/A", "")]
+    while rows and all(float(rows[0][f"{q}%"]) == 0 for q in ("50", "95", "99")):
+        rows.pop(0)  # Locust's window before its first answers
+    if not rows:
+        return None
+    t0 = int(rows[0]["Timestamp"])
+
+    def series(column: str) -> list[tuple[float, float]]:
+        return [(int(r["Timestamp"]) - t0, float(r[column])) for r in rows]
+
+    latency = [Line(f"p{q}", series(f"{q}%"), PALETTE[i]) for i, q in enumerate(("50", "95", "99"))]
+    rate = [
+        Line("requests/s", series("Requests/s"), PALETTE[0]),
+        Line("failures/s", series("Failures/s"), PALETTE[3]),
+        Line("users", series("User Count"), PALETTE[7], dashed=True),
+    ]
+    return save(
+        [
+            chart(latency, f"latency over the run ({host}, last 10 s)", "seconds", "ms"),
+            chart(rate, "throughput over the run", "seconds", "per second / users"),
+        ],
+        path,
+        columns=2,
+    )
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ Measures, in one run and on one machine, for one exported model:
      (friendly JSON /classify, v2 JSON, v2 binary): req/s, p50, p99, errors, server and client CPU,
      and the ratios to Triton and to bare ORT;
   3. the service's cold start (process start to /readyz 200) and resident memory per process.
+Writes the HTTP runs as a picture too (--plot, default runs/bench/throughput-latency.png): per
+endpoint, req/s against p50 and p99 latency over the connection counts, one line per server.
 With --baseline REF, the service as it was at git commit REF (a worktree of it, the same model
 store and interpreter) is measured in the same run, before this checkout's, and each row of ours
 gets its ratio to it: what a change costs or gains on the hot path. --no-fastapi skips that server.
@@ -276,6 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-triton", action="store_true")
     p.add_argument("--no-fastapi", action="store_true")
     p.add_argument("--baseline", metavar="REF", help="also measure the service at this git commit, for ratios")
+    p.add_argument("--plot", type=Path, help="the picture's path (default runs/bench/throughput-latency.png)")
     args = p.parse_args(argv)
     if shutil.which("wrk") is None:
         print("bench: wrk is not installed (apt-get install wrk; `make bench` does it)", file=sys.stderr)
@@ -394,7 +397,54 @@ def main(argv: list[str] | None = None) -> int:
         stop(ours)
 
     report(static, runs, cold, rss, args)
+    from core.paths import runs_dir
+
+    picture = plot(runs, args.plot or runs_dir() / "bench" / "throughput-latency.png", args.model)
+    print(f"picture: {picture}")
     return 0
+
+
+# The panels of the picture: each of our endpoints with the servers that answer the same request.
+PANELS = {
+    "friendly JSON": ("friendly JSON", "fastapi JSON"),
+    "v2 JSON": ("v2 JSON",),
+    "v2 binary": ("v2 binary",),
+}
+
+
+def plot(runs: list[Run], path: Path, model: str) -> Path:
+    """Per endpoint, req/s (x) against p50 (solid) and p99 (dashed) latency (y, log), a point per
+    connection count (the median of its repeats), one colour per server; VOID runs left out."""
+    from core.plots import PALETTE, Line, chart, save
+
+    targets = list(dict.fromkeys(r.target for r in runs))
+    colour = {t: PALETTE[i % len(PALETTE)] for i, t in enumerate(targets)}
+    panels = []
+    for panel, endpoints in PANELS.items():
+        lines = []
+        for target in targets:
+            mine = [r for r in runs if r.target == target and r.endpoint in endpoints and not r.void]
+            if target == "triton" and panel == "friendly JSON":  # the reference for JSON bodies
+                mine = [r for r in runs if r.target == target and r.endpoint == "v2 JSON" and not r.void]
+            conns = sorted({r.connections for r in mine})
+            if not conns:
+                continue
+            med = {c: _median_run([r for r in mine if r.connections == c]) for c in conns}
+            name = f"{target} ({mine[0].endpoint})" if panel == "friendly JSON" else target
+            marks = [f"c={c}" for c in conns]
+            lines.append(
+                Line(f"{name} p50", [(med[c].rps, med[c].p50_ms) for c in conns], colour[target], False, marks)
+            )
+            lines.append(Line(f"{name} p99", [(med[c].rps, med[c].p99_ms) for c in conns], colour[target], True))
+        panels.append(
+            chart(lines, f"{model}, {panel}: latency against throughput", "requests/s", "ms (log)", log_y=True)
+        )
+    return save(panels, path, columns=3)
+
+
+def _median_run(runs: list[Run]) -> Run:
+    """The repeat with the median req/s (its own p50 and p99, not a mix of runs)."""
+    return sorted(runs, key=lambda r: r.rps)[len(runs) // 2]
 
 
 def report(static: dict[str, float], runs: list[Run], cold: float, rss: dict[str, float], args) -> None:

@@ -7,6 +7,8 @@ import csv
 import os
 from pathlib import Path
 
+from PIL import Image
+
 from loadtests.__main__ import main
 
 from ..blocked_imports import blocking_env
@@ -50,6 +52,8 @@ def test_short_run_without_torch_meets_slo_and_writes_reports(server, tmp_path: 
     ):
         assert any(n.startswith(route + " ") for n in names), (route, names)
     assert (tmp_path / "report.html").stat().st_size > 1000
+    with Image.open(tmp_path / "latency.png") as picture:  # latency and throughput over the run
+        assert picture.size == (1280, 420)
 
 
 def test_broken_slo_exits_nonzero(server, tmp_path: Path):
