@@ -40,7 +40,7 @@ def _answer(task: Task) -> dict[str, Any]:
         JSON: {
             "schema": obj(
                 {"model": STR, "version": STR, "provider": STR, **task.answer_schema},
-                ("model", "version", "provider", *task.answer_schema),
+                ("model", "version", "provider", *(k for k in task.answer_schema if k not in task.optional_answer)),
             )
         }
     }

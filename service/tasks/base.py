@@ -51,6 +51,7 @@ class Task:
     required: ClassVar[tuple[str, ...]] = ()  # required fields besides 'model' (and 'image')
     request_schema: ClassVar[dict[str, Any]] = {}  # JSON schema of each field but 'model' and 'image'
     answer_schema: ClassVar[dict[str, Any]] = {}  # JSON schema of the answer's fields (in the envelope)
+    optional_answer: ClassVar[tuple[str, ...]] = ()  # answer fields present only with some options
     takes_image: ClassVar[bool] = True
     example: ClassVar[str] = ""  # a JSON request, for the 415 of a task without an image
 

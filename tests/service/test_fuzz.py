@@ -192,8 +192,24 @@ def utf8_header(value: str) -> str | bytes:
 # -- request fields (JSON, form fields, query strings) -----------------------------------------
 
 
+@st.composite
+def interpolations(draw) -> dict[str, Any]:
+    """/generate's `interpolate` object: two seeds and a number of steps, now and then a part odd,
+    missing or unknown."""
+    seed_ = mostly(st.integers(0, 2**32 - 1), ODD_JSON | st.sampled_from([-1, 2**32]))
+    out = {"from_seed": draw(seed_), "to_seed": draw(seed_)}
+    if draw(st.booleans()):
+        out["steps"] = draw(mostly(st.integers(2, 12), ODD_JSON | st.sampled_from([0, 1, 65, 101, 10**6])))
+    if draw(st.integers(0, 9)) == 0:
+        out.pop(draw(st.sampled_from(["from_seed", "to_seed"])))
+    if draw(st.integers(0, 9)) == 0:
+        out[draw(st.sampled_from(["steps_", "n", "seed"]) | st.text(max_size=6))] = draw(ODD_JSON)
+    return out
+
+
 def good_values(name: str, served: Served, task: str) -> SearchStrategy[Any]:
     return {
+        "interpolate": interpolations(),
         "model": st.sampled_from(served.names_for(task) or ["lenet"]),
         "top_k": st.integers(1, 12),
         "format": st.sampled_from(["json", "png"]),
@@ -555,6 +571,8 @@ def odd_request(draw, served: Served, task: str, path: str) -> FuzzRequest:
 def task_json(draw, served: Served, task: str, path: str) -> FuzzRequest:
     """The fields of a task that takes a JSON object only (samples, text generation)."""
     fields = draw(request_fields(served, task, as_text=False))
+    if "interpolate" in fields and draw(st.integers(0, 3)):  # mostly alone: with n or seed it is a 400
+        fields = {k: v for k, v in fields.items() if k not in ("n", "seed")}
     if "prompt" in fields and draw(st.integers(0, 9)) == 0:
         fields["prompt"] = draw(st.sampled_from(["x" * 100_000, "\ud7ff", "é" * 3000, "\x00", "a\nb"]))
     return FuzzRequest("POST", path, {"Content-Type": "application/json"}, json_body(fields))
@@ -731,6 +749,14 @@ def test_every_mounted_route_has_a_generator():
     for _, path in mounted():
         assert set(re.findall(r"\{(\w+)\}", path)) <= PATH_PARAMS, path
     assert {("POST", "/classify"), ("POST", "/v2/models/{model}/infer")} <= set(GENERATORS)
+
+
+def test_every_field_a_task_accepts_has_valid_values_to_draw():
+    """A field added to a task (e.g. /generate's interpolate) is fuzzed with values that reach the
+    model, not only with odd ones."""
+    served = Served({}, Path("unused"))
+    missing = [f"/{t}: {f}" for t, task in TASKS.items() for f in task.accepted if good_values(f, served, t).is_empty]
+    assert not missing, f"fields without valid values in good_values(): {missing}"
 
 
 # -- running them ------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ batching, and every bad input answered with a 4xx while the server keeps serving
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import re
 from concurrent.futures import ThreadPoolExecutor
@@ -212,6 +213,40 @@ def test_generate_is_deterministic_for_a_seed(server, name: str):
     png = generate(server, model=name, n=16, seed=5, format="png")
     assert png.status_code == 200 and png.headers["content-type"] == "image/png" and png.headers["x-seed"] == "5"
     assert Image.open(io.BytesIO(png.content)).size == (2 * (4 * 30 + 2),) * 2  # 4x4 grid, 2-pixel gaps, 2x
+
+
+@pytest.mark.parametrize("name", [n for n, e in REGISTRY.items() if "generate" in e.tasks])
+def test_generate_interpolates_between_the_codes_of_two_seeds(server, name: str):
+    """`interpolate`: a row that starts at the first sample of one seed, ends at the first sample of
+    the other and changes a little at each step; bad objects get a 400 naming the field."""
+    walk = generate(server, model=name, interpolate={"from_seed": 3, "to_seed": 7, "steps": 6})
+    assert walk.status_code == 200, walk.text
+    assert walk.json()["interpolate"] == {"from_seed": 3, "to_seed": 7, "steps": 6} and walk.json()["n"] == 6
+    row = np.asarray(walk.json()["images"])
+    first, last = (np.asarray(generate(server, model=name, n=1, seed=s).json()["images"][0]) for s in (3, 7))
+    assert row.shape == (6, 28, 28)
+    assert np.abs(row[0] - first).max() <= 2e-4 and np.abs(row[-1] - last).max() <= 2e-4
+    ends = np.abs(first - last).mean()
+    steps = [np.abs(a - b).mean() for a, b in itertools.pairwise(row)]
+    assert ends > 0.02 and max(steps) < ends, (ends, steps)  # a walk, not a jump from one end to the other
+    assert all(np.abs(row[i] - row[0]).mean() > 1e-3 for i in range(1, 6)), "the row never leaves its start"
+    default = generate(server, model=name, interpolate={"from_seed": 3, "to_seed": 7})
+    assert default.status_code == 200 and default.json()["n"] == 8
+    png = generate(server, model=name, interpolate={"from_seed": 3, "to_seed": 7, "steps": 4}, format="png")
+    assert png.status_code == 200 and png.headers["content-type"] == "image/png" and png.headers["x-seed"] == "3"
+    for bad, says in (
+        ([3, 7], "'interpolate' must be an object"),
+        ({"from_seed": 3}, "'interpolate' lacks to_seed"),
+        ({"from_seed": 3, "to_seed": 7, "steps": 1}, "'interpolate.steps' must be an integer from 2 to"),
+        ({"from_seed": 3, "to_seed": 7, "steps": 10**9}, "'interpolate.steps' must be an integer from 2 to"),
+        ({"from_seed": -1, "to_seed": 7}, "'interpolate.from_seed' must be an integer from 0 to 4294967295"),
+        ({"from_seed": 3, "to_seed": 7, "x" * 5000: 1}, "unknown field(s) 'xxxx"),
+    ):
+        r = generate(server, model=name, interpolate=bad)
+        assert r.status_code == 400 and says in r.json()["error"], (bad, r.text[:300])
+        assert len(r.content) < 500, "the error quotes the input at length"
+    both = generate(server, model=name, n=4, interpolate={"from_seed": 3, "to_seed": 7})
+    assert both.status_code == 400 and "without 'n'" in both.json()["error"]
 
 
 @pytest.mark.parametrize("name", [n for n, e in REGISTRY.items() if e.judge and "generate" in e.tasks])
