@@ -105,6 +105,9 @@ class ModelCard:
     # A few held-out inputs the model never saw in training, with their targets (class index, mask,
     # ...): what a load generator or a first-time user sends without the dataset at hand.
     examples: dict[str, list[Any]] = field(default_factory=dict)
+    # Files stored beside the graph, by key (e.g. "loss_curve": the training run's loss per epoch,
+    # a PNG): {"file": name in the model's directory, "sha256": ..., "media_type": ...}.
+    artifacts: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.family:

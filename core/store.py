@@ -141,9 +141,27 @@ def newest_card(name: str) -> ModelCard | None:
     return read_card(Path(model.path) / CARD_FILE)
 
 
-def save(card: ModelCard, onnx_file: Path) -> str:
-    """Put the ONNX file and its card into the store; the tag. The same graph exported again (same
-    bytes, same version) keeps its entry, with the new card (a newer exporter may record more)."""
+def describe_artifact(path: Path, file: str, media_type: str) -> dict[str, str]:
+    """The card's entry for a file stored beside the graph under the name `file`."""
+    if Path(file).name != file or file in (CARD_FILE, "model.yaml"):
+        raise ValueError(f"an artifact is a plain file name of its own, got {file!r}")
+    return {"file": file, "sha256": sha256_file(path), "media_type": media_type}
+
+
+def _copy_artifacts(card: ModelCard, sources: dict[str, Path], folder: Path) -> None:
+    missing = sorted(set(card.artifacts) ^ set(sources))
+    if missing:
+        raise ModelStoreError(f"{card.tag}: artifacts named by the card and given to save differ: {missing}")
+    for key, entry in card.artifacts.items():
+        if sha256_file(sources[key]) != entry["sha256"]:
+            raise ModelStoreError(f"{card.tag}: {sources[key]} is not the {key} its card describes")
+        shutil.copyfile(sources[key], folder / entry["file"])
+
+
+def save(card: ModelCard, onnx_file: Path, artifacts: dict[str, Path] | None = None) -> str:
+    """Put the ONNX file, its card and the card's artifacts (key -> source file) into the store;
+    the tag. The same graph exported again (same bytes, same version) keeps its entry, with the new
+    card and artifacts (a newer exporter may record more)."""
     import bentoml
 
     tag = f"{card.name}:{card.version}"
@@ -152,6 +170,7 @@ def save(card: ModelCard, onnx_file: Path) -> str:
     except bentoml.exceptions.NotFound:
         pass
     else:
+        _copy_artifacts(card, artifacts or {}, Path(existing.path))
         (Path(existing.path) / CARD_FILE).write_text(json.dumps(card.to_json(), indent=2))
         return str(existing.tag)
     labels = {"project": PROJECT_LABEL, "tasks": ",".join(card.tasks)}
@@ -162,8 +181,27 @@ def save(card: ModelCard, onnx_file: Path) -> str:
     }
     with bentoml.models.create(tag, labels=labels, metadata=metadata, module="ee559.onnx") as m:
         shutil.copyfile(onnx_file, Path(m.path) / card.file)
+        _copy_artifacts(card, artifacts or {}, Path(m.path))
         (Path(m.path) / CARD_FILE).write_text(json.dumps(card.to_json(), indent=2))
     return tag
+
+
+def read_artifact(card: ModelCard, key: str) -> bytes | None:
+    """The stored file `key` of the served version `card` (None when its card names none), refused
+    when it lies outside the model's directory or is not the file the card describes."""
+    import bentoml
+
+    entry = card.artifacts.get(key)
+    if entry is None:
+        return None
+    folder = Path(bentoml.models.get(card.tag).path).resolve()
+    path = (folder / entry["file"]).resolve()
+    if path.parent != folder:
+        raise ModelStoreError(f"{card.tag}: the card's {key} points outside the model directory")
+    data = path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+        raise ModelStoreError(f"{card.tag}: {path} is not the {key} its card describes (sha256)")
+    return data
 
 
 def check_external_data(onnx_file: Path) -> None:
@@ -199,10 +237,12 @@ __all__ = [
     "ModelStoreError",
     "StoredModel",
     "check_external_data",
+    "describe_artifact",
     "discover",
     "home",
     "load",
     "newest_card",
+    "read_artifact",
     "read_card",
     "save",
     "sha256_file",

@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from core import store
     from training.data import load_dataset
-    from training.train import latest_checkpoint, load_checkpoint
+    from training.train import LOSS_CURVE, latest_checkpoint, load_checkpoint
 
     from .onnx_export import ONNX_FILE, ParityError, build_card, export_onnx, export_sample, parity_inputs, validate
     from .text_parity import greedy_parity
@@ -59,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
             (card := store.newest_card(g.name))
             and card.checkpoint.get("sha256") == digest
             and (card.examples or card.sampling)  # cards from before examples were recorded are redone
+            and (card.artifacts or not (ckpt_path.parent / LOSS_CURVE).exists())  # and those without the curve
             for g in entry.graphs
         ):
             print(f"{name}: {', '.join(g.name for g in entry.graphs)} in the model store for {ckpt_path}; skipping")
@@ -66,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
         model, ckpt = load_checkpoint(ckpt_path, entry)
         splits = load_dataset(ckpt["dataset"], ckpt["seed"], args.data_dir)
         stamp = time.strftime("%Y%m%d-%H%M%S")
+        # The training run's pictures, carried into the store beside each of its graphs.
+        curve = ckpt_path.parent / LOSS_CURVE
+        artifacts = {"loss_curve": curve} if curve.exists() else {}
         for graph in entry.graphs:
             graph = replace(graph, spec=graph.spec.resolve(ckpt["config"]))
             folder = runs / "export" / graph.name / stamp
@@ -86,8 +90,12 @@ def main(argv: list[str] | None = None) -> int:
             card = build_card(entry, graph, ckpt, ckpt_path, onnx_path, parity, (splits.test.x, splits.test.y))
             if decoding:
                 card.parity["greedy_decoding"] = decoding
+            card = replace(
+                card,
+                artifacts={k: store.describe_artifact(p, f"{k}.png", "image/png") for k, p in artifacts.items()},
+            )
             (folder / store.CARD_FILE).write_text(json.dumps(card.to_json(), indent=2))
-            tag = store.save(card, onnx_path)
+            tag = store.save(card, onnx_path, artifacts)
             worst = max(o["max_abs_error"] for r in parity for o in r["outputs"].values())
             sizes = ", ".join(str(r["batch_size"]) for r in parity)
             print(

@@ -3,7 +3,8 @@ read raw (size limits, content types and error messages are ours):
 
 - one POST route per serving task (service/tasks/);
 - the Open Inference Protocol (KServe v2 / Triton HTTP) with the binary tensor data extension (v2.py);
-- GET /models and /models/{name}: the served model cards, for clients and load generators;
+- GET /models and /models/{name}: the served model cards, for clients and load generators, and
+  /models/{name}/loss_curve.png, the training curve carried beside the graph;
 - GET /docs.json, the OpenAPI document of all of them (openapi.py).
 
 A ClientError raised anywhere in a route is answered here, by one handler (answers.py).
@@ -13,11 +14,14 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
+import anyio
 import bentoml
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+
+from core import store
 
 from .answers import client_error_handler, json_response
 from .errors import ClientError
@@ -54,6 +58,22 @@ async def model_card(request: Request) -> Response:
     return json_response(card.public(with_examples=True))
 
 
+async def loss_curve(request: Request) -> Response:
+    """GET /models/{name}/loss_curve.png[?version=v]: the training run's loss per epoch, drawn by
+    training and carried by the export into the model store beside the graph."""
+    svc = bentoml.get_current_service()
+    card = svc.catalog.graph(request.path_params["name"], request.query_params.get("version"))
+    data = await anyio.to_thread.run_sync(store.read_artifact, card, "loss_curve")  # file reads off the loop
+    if data is None:
+        raise ClientError(
+            404,
+            "no_loss_curve",
+            f"model {card.name!r} version {card.version} carries no loss curve (exported before the export "
+            f"carried training curves, or its run drew none); re-export it: python -m export {card.family}",
+        )
+    return Response(data, media_type="image/png")
+
+
 async def openapi_document(request: Request) -> Response:
     """GET /docs.json: BentoML's document (probes, metrics) with our routes (service/openapi.py).
     Our mounted routes are matched before BentoML's own /docs.json."""
@@ -66,6 +86,7 @@ http_app = Starlette(
         Route("/docs.json", openapi_document, methods=["GET"]),
         Route("/models", models, methods=["GET"]),
         Route("/models/{name}", model_card, methods=["GET"]),
+        Route("/models/{name}/loss_curve.png", loss_curve, methods=["GET"]),
         *(Route(f"/{name}", task_route(task), methods=["POST"]) for name, task in TASKS.items()),
         *V2_ROUTES,
     ],

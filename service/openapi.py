@@ -18,7 +18,7 @@ ERROR = obj({"error": STR}, ("error",))
 ERRORS = {
     "400": "the request is malformed or a field is out of range (the message says what is accepted)",
     "401": "missing or wrong bearer token (only when EE559_API_TOKEN is set)",
-    "404": "no such model",
+    "404": "no such model (or version, or file of it)",
     "408": "the body did not arrive within EE559_BODY_TIMEOUT_S",
     "413": "the body is over EE559_MAX_BODY_BYTES",
     "415": "content type or content encoding not accepted",
@@ -259,6 +259,21 @@ MODEL_CARDS = {
                     },
                 },
                 **_errors("401", "404"),
+            },
+        }
+    },
+    "/models/{name}/loss_curve.png": {
+        "get": {
+            "summary": "The loss per epoch of the training run a served graph was exported from (a PNG)",
+            "operationId": "loss_curve",
+            "tags": ["models"],
+            "parameters": [
+                {"name": "name", "in": "path", "required": True, "schema": STR},
+                {"name": "version", "in": "query", "required": False, "schema": VERSION_FIELD},
+            ],
+            "responses": {
+                "200": {"description": "the curve", "content": {"image/png": {"schema": BINARY}}},
+                **_errors("400", "401", "404"),
             },
         }
     },

@@ -172,3 +172,23 @@ def test_stored_cards_read_back_as_written(exported):
             x = np.asarray(card.examples["inputs"])
             assert x.shape[1:] == card.row_shape and len(x) == len(card.examples["targets"]) == 16, name
         assert "path" not in card.public()["checkpoint"] and "examples" not in card.public()
+
+
+def test_every_exported_graph_carries_the_loss_curve_of_its_training_run(exported):
+    """Export carries training's loss picture (training.train.LOSS_CURVE) into the model store beside
+    each graph of the run, described by the card (its sha256), for GET /models/{name}/loss_curve.png."""
+    import hashlib
+    import io
+
+    from PIL import Image
+
+    from core import store
+    from training.train import LOSS_CURVE
+
+    for name, tag in store.discover(tuple(served_graphs())).items():
+        card = store.load(tag).card
+        assert set(card.artifacts) == {"loss_curve"}, name
+        data = store.read_artifact(card, "loss_curve")
+        assert data is not None and Image.open(io.BytesIO(data)).format == "PNG", name
+        run = Path(card.checkpoint["path"]).parent
+        assert hashlib.sha256(data).hexdigest() == store.sha256_file(run / LOSS_CURVE), f"{name}: not its run's curve"

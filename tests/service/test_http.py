@@ -3,11 +3,15 @@ batching, and every bad input answered with a 4xx while the server keeps serving
 
 from __future__ import annotations
 
+import hashlib
 import io
 import itertools
 import json
+import os
 import re
+import shutil
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -188,6 +192,45 @@ def test_reconstruct_is_close_to_the_input(server, name: str):
         f"{server}/reconstruct", json={"model": name, "image": split.x[0].tolist(), "format": "png"}, timeout=30
     )
     assert png.status_code == 200 and png.headers["content-type"] == "image/png"
+
+
+def test_every_served_graph_serves_the_loss_curve_of_its_training_run(server):
+    """GET /models/{name}/loss_curve.png: the PNG the card describes, for the default version or the
+    one named; 404s that say what is served."""
+    listing = requests.get(f"{server}/models", timeout=10).json()["models"]
+    assert listing
+    for card in listing:
+        r = requests.get(
+            f"{server}/models/{card['name']}/loss_curve.png", params={"version": card["version"]}, timeout=10
+        )
+        assert r.status_code == 200 and r.headers["content-type"] == "image/png", (card["name"], r.text[:200])
+        assert hashlib.sha256(r.content).hexdigest() == card["artifacts"]["loss_curve"]["sha256"]
+        assert Image.open(io.BytesIO(r.content)).size[0] > 100
+        assert requests.get(f"{server}/models/{card['name']}/loss_curve.png", timeout=10).content == r.content
+    r = requests.get(f"{server}/models/resnet152/loss_curve.png", timeout=10)
+    assert r.status_code == 404 and "'resnet152' is not served" in r.json()["error"]
+    r = requests.get(f"{server}/models/lenet/loss_curve.png", params={"version": "x" * 3000}, timeout=10)
+    assert r.status_code == 404 and "has no version" in r.json()["error"] and len(r.content) < 500
+
+
+def test_a_version_exported_without_a_loss_curve_answers_404_saying_so(exported, tmp_path):
+    """A store whose lenet entry predates the export carrying curves (its card names none): the
+    route says so and how to fix it, and the other models still serve theirs."""
+    home = tmp_path / "home"
+    shutil.copytree(Path(os.environ["BENTOML_HOME"]) / "models", home / "models", symlinks=True)
+    for card_file in (home / "models" / "lenet").glob("*/model_card.json"):
+        data = json.loads(card_file.read_text())
+        data.pop("artifacts", None)
+        card_file.write_text(json.dumps(data))
+    url, proc = start_server({"EE559_WORKERS": "1"}, log=tmp_path / "serve.log", home=home)
+    try:
+        wait_ready(url, proc)
+        r = requests.get(f"{url}/models/lenet/loss_curve.png", timeout=10)
+        assert r.status_code == 404 and "carries no loss curve" in r.json()["error"]
+        assert "python -m export lenet" in r.json()["error"]
+        assert requests.get(f"{url}/models/mlp/loss_curve.png", timeout=10).status_code == 200
+    finally:
+        stop_server(proc)
 
 
 def generate(url: str, **body) -> requests.Response:
