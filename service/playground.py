@@ -25,9 +25,10 @@ TYPES = {
     ".png": "image/png",
 }
 # Only this origin: scripts from files (no inline script, no eval), styles from files, pictures are
-# drawn on canvases from the answers' arrays, requests go to this server alone.
+# drawn on canvases from the answers' arrays or fetched from this server (with the token) and shown
+# from blob: URLs the page makes of them, requests go to this server alone.
 CSP = (
-    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' blob:; connect-src 'self'; "
     "font-src 'self'; object-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
 HEADERS = [

@@ -2,7 +2,7 @@
 // model rendering its card (GET /models/{name}), and the API (/docs.json). Text from the server
 // is always set as textContent, never parsed as HTML.
 
-import { ApiError, callsFor, events, getJSON, postForm, postJSON, setToken, status } from "./api.js";
+import { ApiError, callsFor, events, getJSON, getRaw, postForm, postJSON, setToken, status, tritonScript } from "./api.js";
 import { PALETTE, Pad, drawArray, drawGrid, heat, noisy, overlay } from "./images.js";
 
 const state = { cards: [], docs: null, provider: null, examples: new Map() };
@@ -222,7 +222,8 @@ function imageView(task, spec) {
       if (spec.transform) pixels = spec.transform(pixels);
       const extra = spec.extra ? spec.extra() : {};
       const input = spec.json ? { pixels } : pad.input(shape());
-      const answer = input.file ? await postForm(`/${task}`, { model, ...extra }, input.file) : await postJSON(`/${task}`, { model, ...extra, image: pixels });
+      const python = tritonScript(card(), { pixels, upload: Boolean(input.file) });
+      const answer = input.file ? await postForm(`/${task}`, { model, ...extra }, input.file, { python }) : await postJSON(`/${task}`, { model, ...extra, image: pixels }, { python });
       reproduce.pre.textContent = answer.curl;
       noteProvider(answer);
       await spec.render(answer, pixels, model);
@@ -265,15 +266,26 @@ function imageView(task, spec) {
   );
 }
 
-// -- generate: a grid of samples for a seed ---------------------------------------------------
+// -- generate: a grid of samples for a seed, and a walk between the latent codes of two seeds ----
+function drawRow(canvas, images) {
+  const size = canvas.height;
+  canvas.width = size * images.length;
+  const ctx = canvas.getContext("2d");
+  ctx.fillStyle = "#111";
+  ctx.fillRect(0, 0, canvas.width, canvas.height);
+  images.forEach((img, i) => drawArray(canvas, img, i * size + 1, 1, size - 2, size - 2));
+}
+
 function generateView() {
   const reproduce = curlBlock();
   const seed = el("input", { id: "generate-seed", type: "number", min: "0", value: "0" });
   const n = el("input", { id: "generate-n", type: "number", min: "1", max: "100", value: "16" });
   const grid = canvas("generate-grid", 336);
+  const card = () => servedFor("generate").get(select.value);
   const run = () =>
     act("generate", async () => {
-      const answer = await postJSON("/generate", { model: select.value, n: Number(n.value), seed: Number(seed.value) });
+      const body = { model: select.value, n: Number(n.value), seed: Number(seed.value) };
+      const answer = await postJSON("/generate", body, { python: tritonScript(card(), { seed: body.seed, n: body.n }) });
       reproduce.pre.textContent = answer.curl;
       noteProvider(answer);
       drawGrid(grid, answer.images);
@@ -283,12 +295,31 @@ function generateView() {
     seed.value = String(Math.floor(Math.random() * 2 ** 31));
     run();
   };
+  const fromSeed = el("input", { id: "interpolate-from", type: "number", min: "0", value: "3" });
+  const toSeed = el("input", { id: "interpolate-to", type: "number", min: "0", value: "7" });
+  const steps = el("input", { id: "interpolate-steps", type: "number", min: "2", max: "16", value: "8" });
+  const row = el("canvas", { id: "interpolate-row", width: "84", height: "84", class: "picture" });
+  const caption = el("p", { id: "interpolate-caption", class: "caption" });
+  const walk = () =>
+    act("interpolate", async () => {
+      const interpolate = { from_seed: Number(fromSeed.value), to_seed: Number(toSeed.value), steps: Number(steps.value) };
+      const answer = await postJSON("/generate", { model: select.value, interpolate }, { python: tritonScript(card(), { interpolate }) });
+      reproduce.pre.textContent = answer.curl;
+      noteProvider(answer);
+      drawRow(row, answer.images);
+      row.dataset.drawn = String(answer.images.length);
+      caption.textContent = `${answer.n} images from the first sample of seed ${interpolate.from_seed} to the first of seed ${interpolate.to_seed}, along the great circle between their latent codes`;
+    });
   return el(
     "section",
     { class: "task", id: "view-generate" },
     el("h2", { text: "Generate: samples drawn from a seed (the same seed, the same images)" }),
     el("p", { class: "row" }, el("label", {}, "model ", select), el("label", {}, "n ", n), el("label", {}, "seed ", seed), el("button", { type: "button", onclick: run, text: "Generate" }), el("button", { id: "generate-new-seed", type: "button", onclick: fresh, text: "New seed" })),
     grid,
+    el("h3", { text: "A walk through the latent space, from one seed to another" }),
+    el("p", { class: "row" }, el("label", {}, "from seed ", fromSeed), el("label", {}, "to seed ", toSeed), el("label", {}, "steps ", steps), el("button", { id: "interpolate-run", type: "button", onclick: walk, text: "Interpolate" })),
+    el("div", { class: "strip" }, row),
+    caption,
     reproduce.node,
   );
 }
@@ -372,6 +403,7 @@ function modelView(name) {
     const calls = callsFor(card.family).filter((c) => card.tasks.includes(c.task));
     const parity = (card.parity.batches || []).flatMap((b) => Object.entries(b.outputs).map(([out, p]) => [String(b.batch_size), out, p.max_abs_error.toExponential(2), p.tolerance.toExponential(0), p.top1_agreement === undefined ? "" : String(p.top1_agreement)]));
     const examples = el("div", { class: "neighbours" });
+    const curve = el("div", { id: "model-curve", class: "curve" }, el("p", { class: "caption", text: "loading…" }));
     if (!card.generation && card.inputs[0].shape.length === 4) {
       (card.examples.inputs || []).slice(0, 8).forEach((x, i) => {
         const c = canvas(`example-${i}`, 56);
@@ -394,13 +426,36 @@ function modelView(name) {
       table(parity, ["batch", "output", "max |error|", "tolerance", "top-1 agreement"]),
       examples.childElementCount ? el("h3", { text: "Held-out examples (the model never saw them)" }) : null,
       examples,
+      el("h3", { text: "Training curve" }),
+      curve,
       el("h3", { text: "Libraries" }),
       table(Object.entries(card.libraries).map(([k, v]) => [k, v])),
-      el("h3", { text: "What the page just did with it, as curl" }),
-      ...(calls.length ? calls.map((c) => el("pre", { class: "curl", text: c.curl })) : [el("p", { text: `Nothing yet: try ${card.tasks.map((t) => `/${t}`).join(" or ")} in its tab, then come back.` })]),
+      el("h3", { text: "What the page just did with it, as curl and as Python (tritonclient, through /v2)" }),
+      ...(calls.length ? calls.flatMap(reproduction) : [el("p", { id: "model-nothing-yet", text: `Nothing yet: try ${card.tasks.map((t) => `/${t}`).join(" or ")} in its tab, then come back.` })]),
     );
+    await showCurve(curve, card);
   });
   return section;
+}
+
+// The loss per epoch of the run the graph was exported from, as the server stores it. Fetched with
+// the token (an <img> alone could not send it) and shown from a blob: URL of this page.
+async function showCurve(box, card) {
+  try {
+    const res = await getRaw(`/models/${encodeURIComponent(card.name)}/loss_curve.png?version=${encodeURIComponent(card.version)}`);
+    const img = el("img", { id: "model-loss-curve", alt: `${card.name}: loss per epoch of its training run`, src: URL.createObjectURL(await res.blob()) });
+    box.replaceChildren(img);
+  } catch (err) {
+    if (!(err instanceof ApiError)) throw err;
+    box.replaceChildren(el("p", { class: "caption", text: err.status === 404 ? err.message : `${err.status}: ${err.message}` }));
+  }
+}
+
+function reproduction(call) {
+  const python = call.python
+    ? el("pre", { class: "curl python", text: call.python })
+    : el("p", { class: "caption", text: "Text is generated step by step by /generate_text: the v2 route describes the text graphs but does not generate with them." });
+  return [el("h4", { text: `/${call.task}` }), el("pre", { class: "curl", text: call.curl }), python];
 }
 
 // -- the API, from /docs.json (its paths only: the document's description is BentoML's) ------------
@@ -456,6 +511,80 @@ async function pollReady() {
   }
 }
 
+// -- live latency and request rate, from the server's own /metrics ----------------------------------
+// Snapshots of the request-duration histogram (its buckets summed over routes) and of the request
+// counter; the strip shows the quantiles and the rate of the requests between the oldest snapshot
+// of the last minute and the newest, as Prometheus's histogram_quantile and rate would.
+const WINDOW_MS = 60000;
+const snapshots = [];
+
+export function parseMetrics(text) {
+  const buckets = new Map();
+  let total = 0;
+  for (const line of text.split("\n")) {
+    const bucket = /^ee559_request_duration_seconds_bucket\{(.*)\} (\S+)$/.exec(line);
+    if (bucket) {
+      const le = /(?:^|,)le="([^"]+)"/.exec(bucket[1]);
+      if (le) buckets.set(le[1], (buckets.get(le[1]) || 0) + Number(bucket[2]));
+      continue;
+    }
+    const count = /^ee559_requests_total(?:\{.*\})? (\S+)$/.exec(line);
+    if (count) total += Number(count[1]);
+  }
+  return { buckets: [...buckets].map(([le, n]) => [Number(le), n]).sort((a, b) => a[0] - b[0]), total };
+}
+
+// The q-quantile of the requests counted in cumulative buckets [[upper bound, count]], linear
+// within the bucket that holds it (Prometheus's histogram_quantile); null without requests.
+export function quantile(q, buckets) {
+  const all = buckets.length ? buckets[buckets.length - 1][1] : 0;
+  if (all <= 0) return null;
+  const rank = q * all;
+  let below = 0;
+  let lower = 0;
+  for (const [upper, n] of buckets) {
+    if (n >= rank) {
+      if (!Number.isFinite(upper)) return lower; // past the last finite bound: at least that
+      return lower + ((upper - lower) * (rank - below)) / Math.max(n - below, 1e-12);
+    }
+    below = n;
+    lower = upper;
+  }
+  return lower;
+}
+
+function ms(seconds) {
+  if (seconds === null) return "–";
+  const v = 1000 * seconds;
+  return `${v < 10 ? v.toFixed(2) : v < 100 ? v.toFixed(1) : v.toFixed(0)} ms`;
+}
+
+async function pollMetrics() {
+  const latency = document.getElementById("status-latency");
+  const rate = document.getElementById("status-rate");
+  let now;
+  try {
+    const res = await getRaw("/metrics");
+    now = { at: performance.now(), ...parseMetrics(await res.text()) };
+  } catch {
+    snapshots.length = 0; // e.g. a 401 with EE559_AUTH_PROBES=1 and no token yet
+    latency.textContent = "p50 n/a p99 n/a";
+    rate.textContent = "n/a req/s";
+    return;
+  }
+  const last = snapshots[snapshots.length - 1];
+  if (last && now.total < last.total) snapshots.length = 0; // the server restarted: counters reset
+  snapshots.push(now);
+  while (snapshots.length > 2 && now.at - snapshots[1].at >= WINDOW_MS) snapshots.shift();
+  const first = snapshots[0];
+  if (first === now) return;
+  const before = new Map(first.buckets);
+  const delta = now.buckets.map(([le, n]) => [le, n - (before.get(le) || 0)]);
+  latency.textContent = `p50 ${ms(quantile(0.5, delta))} p99 ${ms(quantile(0.99, delta))}`;
+  rate.textContent = `${((1000 * (now.total - first.total)) / (now.at - first.at)).toFixed(2)} req/s`;
+  latency.dataset.requests = String(delta.length ? delta[delta.length - 1][1] : 0);
+}
+
 function route() {
   const hash = window.location.hash.replace(/^#\/?/, "");
   const fallback = window.location.pathname === "/docs" ? "api" : servedTasks()[0] || "models";
@@ -497,6 +626,8 @@ function main() {
   load();
   pollReady();
   setInterval(pollReady, 5000);
+  pollMetrics();
+  setInterval(pollMetrics, 3000);
 }
 
 main();

@@ -1,9 +1,11 @@
 """The playground page (service/playground.py, service/playground/): served at /, /ui and /docs with a
 Content-Security-Policy of its own origin, referencing no other host; and, in headless Chromium
 against a real `bentoml serve` with token authentication on (slow: `make browser-test`, which
-installs Debian's chromium and chromium-driver), a digit drawn stroke by stroke, a shape uploaded
-for its class activation map, text streamed character by character, 4xx messages shown, and not one
-request to another host."""
+installs Debian's chromium and chromium-driver), a digit drawn stroke by stroke, the live latency
+strip, the VAE's latent interpolation, a model page with its training curve and the curl and
+tritonclient calls of what the page did (the tritonclient script run against the server), a shape
+uploaded for its class activation map, text streamed character by character, 4xx messages shown,
+and not one request to another host."""
 
 from __future__ import annotations
 
@@ -12,6 +14,8 @@ import json
 import os
 import re
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -195,6 +199,30 @@ def _shape_png(server: str, tmp: Path) -> tuple[Path, str]:
     return path, card["labels"][card["examples"]["targets"][0]]
 
 
+_LATENCY = re.compile(r"p50 (\d+(?:\.\d+)?) ms p99 (\d+(?:\.\d+)?) ms")
+_CURVE_LOADED = "const i = document.getElementById('model-loss-curve'); return !!i && i.complete && i.naturalWidth > 0"
+_SNIPPETS = """return {curl: [...document.querySelectorAll('#view-model pre.curl:not(.python)')].map((p) => p.textContent),
+    python: [...document.querySelectorAll('#view-model pre.python')].map((p) => p.textContent)};"""
+
+
+def _run_tritonclient(script: str, tmp: Path) -> dict[str, list]:
+    """The page's tritonclient script, run as a user would (the token from the environment): its
+    outputs by name."""
+    assert "httpclient.InferenceServerClient(" in script and "set_data_from_numpy(x)" in script
+    assert 'headers={"Authorization": "Bearer " + os.environ["EE559_API_TOKEN"]}' in script and TOKEN not in script
+    path = tmp / "snippet.py"
+    path.write_text(script)
+    run = subprocess.run(
+        [sys.executable, str(path)],
+        env={**os.environ, "EE559_API_TOKEN": TOKEN},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    return json.loads(run.stdout)
+
+
 def _requested_urls(driver) -> list[str]:
     urls = []
     for entry in driver.get_log("performance"):
@@ -227,6 +255,57 @@ def test_playground_in_a_real_browser(browser, token_server, shots: Path, tmp_pa
     assert len(driver.find_elements("css selector", "#classify-bars .bar")) == 5
     assert "curl -s -X POST " + url + "/classify" in _text(driver, "view-classify")
     driver.save_screenshot(str(shots / "playground-classify.png"))
+    urls += _requested_urls(driver)
+
+    # The status strip: latency quantiles and request rate from /metrics, after that traffic.
+    _wait(driver, lambda d: _LATENCY.fullmatch(_text(d, "status-latency")), timeout=15, what="p50/p99 in the strip")
+    rate = re.fullmatch(r"(\d+\.\d+) req/s", _text(driver, "status-rate"))
+    assert rate and float(rate[1]) > 0, _text(driver, "status-rate")
+    latency = _LATENCY.fullmatch(_text(driver, "status-latency"))
+    assert latency and 0 < float(latency[1]) <= float(latency[2]) < 1000, _text(driver, "status-latency")
+
+    # Generate: the VAE's walk between the latent codes of two seeds, a row of distinct images.
+    driver.find_element("id", "tab-generate").click()
+    driver.find_element("css selector", "#generate-model option[value='vae']").click()
+    steps = driver.find_element("id", "interpolate-steps")
+    steps.clear()
+    steps.send_keys("6")
+    driver.find_element("id", "interpolate-run").click()
+    _wait(driver, lambda d: d.execute_script("return document.getElementById('interpolate-row').dataset.drawn") == "6")
+    cells = driver.execute_script(
+        """const c = document.getElementById('interpolate-row'), s = c.height, ctx = c.getContext('2d');
+        return Array.from({length: Math.round(c.width / s)}, (_, i) => Array.from(ctx.getImageData(i * s, 0, s, s).data.filter((_, k) => k % 4 === 0)));"""
+    )
+    cells = np.asarray(cells, dtype=np.float64)
+    assert len(cells) == 6 and all(cell.std() > 10 for cell in cells), "a blank image in the row"
+    gaps = [np.abs(a - b).mean() for a, b in itertools.pairwise(cells)]
+    assert min(gaps) > 0 and max(gaps) < np.abs(cells[0] - cells[-1]).mean(), gaps  # a walk, step by step
+    driver.save_screenshot(str(shots / "playground-interpolate.png"))
+    urls += _requested_urls(driver)
+
+    # The model pages: the training curve the export carried, and the calls the page made, as curl
+    # and as a tritonclient script that runs here and gives what the page was answered.
+    driver.execute_script("window.location.hash = '#/models/lenet'")  # not a reload: the token stays
+    _wait(driver, lambda d: d.execute_script(_CURVE_LOADED), what="the loss curve image")
+    assert driver.execute_script("return document.getElementById('model-loss-curve').src").startswith("blob:")
+    snippets = driver.execute_script(_SNIPPETS)
+    assert any(f"curl -s -X POST {url}/classify" in c for c in snippets["curl"]), snippets["curl"]
+    outputs = _run_tritonclient(snippets["python"][0], tmp_path)
+    assert int(np.argmax(outputs["logits"][0])) == 7  # the label the page showed for the drawn 7
+    driver.execute_script("document.getElementById('model-loss-curve').scrollIntoView()")
+    driver.save_screenshot(str(shots / "playground-card.png"))
+    driver.execute_script("window.location.hash = '#/models/vae_decoder'")
+    _wait(driver, lambda d: d.execute_script(_CURVE_LOADED), what="the VAE's loss curve image")
+    snippets = driver.execute_script(_SNIPPETS)
+    walk = {"from_seed": 3, "to_seed": 7, "steps": 6}
+    assert any(
+        json.dumps({"model": "vae", "interpolate": walk}, separators=(",", ":")) in c for c in snippets["curl"]
+    ), snippets["curl"]
+    outputs = _run_tritonclient(snippets["python"][0], tmp_path)
+    answer = requests.post(
+        f"{url}/generate", json={"model": "vae", "interpolate": walk}, headers={"Authorization": f"Bearer {TOKEN}"}
+    ).json()
+    np.testing.assert_allclose(np.asarray(outputs["image"])[:, 0], answer["images"], atol=2e-3)
     urls += _requested_urls(driver)
 
     # Explain: a held-out shape uploaded; its class activation map drawn over it, hot and cold.
@@ -282,6 +361,7 @@ def test_playground_in_a_real_browser(browser, token_server, shots: Path, tmp_pa
 
     origin = urlsplit(url)
     assert urls, "no request captured"
+    urls = [u.removeprefix("blob:") for u in urls]  # blob: URLs the page made, named by its own origin
     foreign = [u for u in urls if urlsplit(u).netloc != origin.netloc or urlsplit(u).scheme != origin.scheme]
     assert not foreign, f"requests to another origin: {foreign}"
     severe = [e for e in driver.get_log("browser") if e["level"] == "SEVERE" and e["source"] != "network"]
