@@ -229,7 +229,13 @@ def _preprocessing(spec: ExportSpec, cfg: dict[str, Any]) -> dict[str, Any] | No
         "channels": image.shape[1],
         "pixel_range": [0.0, 1.0],
         "ink": "bright on dark (MNIST convention)",
-        "invert_light_background": True,
+        # core/images.py decode_image: what an upload goes through before the graph
+        "uploads": (
+            "grayscale; bright ink on black whatever the polarity (ink_on_dark); the digit's box scaled to 20x20 "
+            "and its centre of mass at the centre (mnist_frame)"
+            if image.shape[1] == 1
+            else "RGB, resized"
+        ),
         "normalisation": f"in graph: (x - {cfg.get('mean')}) / {cfg.get('std')}" if "mean" in cfg else "none",
     }
 
