@@ -9,6 +9,8 @@ with neither torch, BentoML nor ONNX Runtime installed.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -75,6 +77,107 @@ class Generation:
         return asdict(self)
 
 
+# Out-of-distribution scores of a classifier's logits z at temperature T, and on which side of the
+# threshold an input is flagged: energy -T*logsumexp(z/T) is high (above) far from the training
+# data; the maximum of softmax(z/T) is low (below).
+OOD_SCORES = {"energy": "above", "max_softmax": "below"}
+
+
+def _logsumexp(z: Sequence[float]) -> float:
+    m = max(z)
+    return m + math.log(sum(math.exp(v - m) for v in z))
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """A classifier's confidence calibration and out-of-distribution rule, fitted at export on its
+    validation split (export/calibration.py); the graph's logits stay as they are.
+
+    `temperature`: probabilities are softmax(logits / temperature). An input is flagged out of
+    distribution when its logits' score (`ood_score`, one of OOD_SCORES) is on that score's side
+    of `ood_threshold`, or when its pixels are atypical: the mean squared z-score of its pixels
+    against the validation inputs' per-pixel mean and scale (`pixel_mean`, `pixel_scale`, one
+    row flattened) is above `pixel_threshold`. Logits alone miss inputs that a model maps to
+    ordinary logits (noise, for the MLP); pixels alone miss letters framed as digits are.
+    `report`: what was measured (ECE before and after on the test split, shares flagged, sample
+    sizes), for people; readers of the rule use the fields."""
+
+    temperature: float
+    ood_score: str
+    ood_threshold: float
+    pixel_mean: tuple[float, ...] = ()
+    pixel_scale: tuple[float, ...] = ()
+    pixel_threshold: float = math.inf
+    report: dict[str, Any] = field(default_factory=dict)
+
+    def score(self, logits: Sequence[float]) -> float:
+        """The out-of-distribution score of one row of logits."""
+        z = [float(v) / self.temperature for v in logits]
+        if self.ood_score == "energy":
+            return -self.temperature * _logsumexp(z)
+        return math.exp(max(z) - _logsumexp(z))
+
+    def pixel_score(self, pixels: Sequence[float]) -> float:
+        """How atypical one input's pixels are (flattened, the graph's input row): 0 without a
+        pixel model."""
+        if not self.pixel_mean:
+            return 0.0
+        return sum(((float(x) - m) / s) ** 2 for x, m, s in zip(pixels, self.pixel_mean, self.pixel_scale)) / len(
+            self.pixel_mean
+        )
+
+    def flags(self, score: float, pixel_score: float = 0.0) -> bool:
+        """Whether an input with these scores is out of distribution."""
+        above = OOD_SCORES[self.ood_score] == "above"
+        odd = score > self.ood_threshold if above else score < self.ood_threshold
+        return odd or pixel_score > self.pixel_threshold
+
+    @classmethod
+    def from_json(cls, data: Any) -> Calibration:
+        ood = data.get("ood") if isinstance(data, dict) else None
+        t = data.get("temperature") if isinstance(data, dict) else None
+        if not isinstance(t, (int, float)) or not math.isfinite(t) or t <= 0:
+            raise CardError(f"'calibration' needs a finite 'temperature' > 0, got {str(t)[:40]}")
+        if not isinstance(ood, dict) or ood.get("score") not in OOD_SCORES:
+            raise CardError(f"'calibration.ood' needs a 'score' of {', '.join(OOD_SCORES)}, got {str(ood)[:80]}")
+        threshold = ood.get("threshold")
+        if not isinstance(threshold, (int, float)) or not math.isfinite(threshold):
+            raise CardError(f"'calibration.ood' needs a finite 'threshold', got {str(threshold)[:40]}")
+        pixels = ood.get("pixels") or {}
+        mean, scale = pixels.get("mean", []), pixels.get("scale", [])
+        if len(mean) != len(scale) or any(not isinstance(s, (int, float)) or s <= 0 for s in scale):
+            raise CardError("'calibration.ood.pixels' needs 'mean' and 'scale' (> 0) of one length")
+        report = {k: v for k, v in data.items() if k not in ("temperature", "ood")}
+        measured = {k: v for k, v in ood.items() if k not in ("score", "threshold", "flag", "pixels")}
+        if measured:
+            report["ood"] = measured
+        return cls(
+            float(t),
+            ood["score"],
+            float(threshold),
+            tuple(mean),
+            tuple(scale),
+            float(pixels.get("threshold", math.inf)),
+            report,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        ood: dict[str, Any] = {
+            "score": self.ood_score,
+            "threshold": self.ood_threshold,
+            "flag": OOD_SCORES[self.ood_score],
+        }
+        if self.pixel_mean:
+            ood["pixels"] = {
+                "score": "mean squared z-score of the pixels",
+                "threshold": self.pixel_threshold,
+                "flag": "above",
+                "mean": list(self.pixel_mean),
+                "scale": list(self.pixel_scale),
+            }
+        return {"temperature": self.temperature, **self.report, "ood": {**ood, **self.report.get("ood", {})}}
+
+
 @dataclass(frozen=True)
 class ModelCard:
     """One exported graph, served under `name`; `family` is the registered model clients name in
@@ -108,6 +211,8 @@ class ModelCard:
     # Files stored beside the graph, by key (e.g. "loss_curve": the training run's loss per epoch,
     # a PNG): {"file": name in the model's directory, "sha256": ..., "media_type": ...}.
     artifacts: dict[str, dict[str, str]] = field(default_factory=dict)
+    # Classifiers exported since 2026-11-26: temperature and out-of-distribution rule (None before).
+    calibration: Calibration | None = None
 
     def __post_init__(self) -> None:
         if not self.family:
@@ -131,6 +236,11 @@ class ModelCard:
     @property
     def is_text(self) -> bool:
         return self.generation is not None
+
+    @property
+    def temperature(self) -> float:
+        """The classifier's softmax temperature: 1 for a card without calibration."""
+        return self.calibration.temperature if self.calibration else 1.0
 
     # -- JSON ----------------------------------------------------------------------------------
     @classmethod
@@ -163,6 +273,7 @@ class ModelCard:
             inputs=tuple(TensorSpec.from_json(t) for t in data["inputs"]),
             outputs=tuple(TensorSpec.from_json(t) for t in data["outputs"]),
             generation=Generation.from_json(data["generation"]) if data.get("generation") else None,
+            calibration=Calibration.from_json(data["calibration"]) if data.get("calibration") else None,
         )
         if not values["inputs"] or not values["outputs"]:
             raise CardError(f"model card {data['name']!r} has no inputs or no outputs")
@@ -176,6 +287,7 @@ class ModelCard:
             inputs=[t.to_json() for t in self.inputs],
             outputs=[t.to_json() for t in self.outputs],
             generation=self.generation.to_json() if self.generation else None,
+            calibration=self.calibration.to_json() if self.calibration else None,
         )
         return data
 

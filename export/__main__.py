@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     from training.data import load_dataset
     from training.train import LOSS_CURVE, latest_checkpoint, load_checkpoint
 
+    from .calibration import calibrate, graph_logits, summary
     from .onnx_export import ONNX_FILE, ParityError, build_card, export_onnx, export_sample, parity_inputs, validate
     from .text_parity import greedy_parity
 
@@ -60,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
             and card.checkpoint.get("sha256") == digest
             and (card.examples or card.sampling)  # cards from before examples were recorded are redone
             and (card.artifacts or not (ckpt_path.parent / LOSS_CURVE).exists())  # and those without the curve
+            and (card.calibration or "classify" not in g.tasks)  # and classifiers' without calibration
             for g in entry.graphs
         ):
             print(f"{name}: {', '.join(g.name for g in entry.graphs)} in the model store for {ckpt_path}; skipping")
@@ -94,6 +96,12 @@ def main(argv: list[str] | None = None) -> int:
                 card,
                 artifacts={k: store.describe_artifact(p, f"{k}.png", "image/png") for k, p in artifacts.items()},
             )
+            if "classify" in graph.tasks:  # temperature and out-of-distribution rule, from validation
+                logits = graph_logits(onnx_path, graph.spec.inputs[0].name, graph.spec.max_batch_size)
+                val, test = (splits.val.x, splits.val.y), (splits.test.x, splits.test.y)
+                card = replace(
+                    card, calibration=calibrate(logits, splits.train.x, val, test, card.row_shape, ckpt["seed"])
+                )
             (folder / store.CARD_FILE).write_text(json.dumps(card.to_json(), indent=2))
             tag = store.save(card, onnx_path, artifacts)
             worst = max(o["max_abs_error"] for r in parity for o in r["outputs"].values())
@@ -108,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 + f"; saved {tag} ({folder / ONNX_FILE})"
             )
+            if card.calibration:
+                print(summary(graph.name, card.calibration))
     return 0
 
 
