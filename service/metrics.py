@@ -84,6 +84,16 @@ def rejected_requests():
 
 
 @cache
+def flagged_answers():
+    return bentoml.metrics.Counter(
+        name=f"{PREFIX}_flagged_answers_total",
+        documentation="/classify answers flagged out of distribution (the card's calibration rule), by model: "
+        "a drift signal when its share of answers rises.",
+        labelnames=["model"],
+    )
+
+
+@cache
 def model_info():
     return bentoml.metrics.Gauge(
         name=f"{PREFIX}_model_info",

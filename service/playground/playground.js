@@ -92,11 +92,22 @@ const IMAGE_TASKS = {
     title: "Classify: draw a digit (or a shape), upload a photo",
     live: true,
     setup(out) {
-      out.append(el("output", { id: "classify-label", class: "big", text: "–" }), el("div", { id: "classify-bars", class: "bars" }));
+      out.append(
+        el("output", { id: "classify-label", class: "big", text: "–" }),
+        el("p", { id: "classify-ood", class: "caption" }),
+        el("div", { id: "classify-bars", class: "bars" }),
+      );
     },
     extra: () => ({ top_k: 5 }),
     render(answer) {
       document.getElementById("classify-label").textContent = answer.label;
+      // The card's out-of-distribution rule (absent for models exported without calibration).
+      document.getElementById("classify-ood").textContent =
+        answer.out_of_distribution === undefined
+          ? ""
+          : answer.out_of_distribution
+            ? "Out of distribution: this does not look like the model's training data; the label is a guess."
+            : "In distribution.";
       const bars = document.getElementById("classify-bars");
       bars.replaceChildren(
         ...answer.top_k.map((t) => {

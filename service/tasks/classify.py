@@ -8,13 +8,19 @@ import numpy as np
 
 from core.card import ModelCard
 
+from .. import metrics
 from ..errors import check_fields, int_field
-from ..schema import INT, NUM, STR, arr, obj
+from ..schema import BOOL, INT, NUM, STR, arr, obj
 from .base import Options, Outputs, Task, softmax
 
 
 class Classify(Task):
-    """Image classification: label, probabilities and top-k."""
+    """Image classification: label, calibrated probabilities, top-k and an out-of-distribution flag.
+
+    Probabilities are softmax(logits / T) with the temperature of the card's calibration section
+    (T = 1 for a card without one); the v2 routes keep serving the graph's raw logits. Where the
+    card has an out-of-distribution rule, the answer says whether the input is flagged and gives
+    both scores the rule reads; flagged answers are counted per model (a drift signal)."""
 
     name = "classify"
     accepted = ("model", "top_k")
@@ -26,7 +32,24 @@ class Classify(Task):
         "top_k": arr(
             obj({"label": STR, "class_index": INT, "probability": NUM}, ("label", "class_index", "probability"))
         ),
+        "out_of_distribution": {
+            **BOOL,
+            "description": "whether the input looks unlike the model's training data (the card's "
+            "calibration.ood rule: its logits' score or its pixels' score beyond the threshold fitted on "
+            "validation); present when the card has a calibration section",
+        },
+        "ood_score": {
+            **NUM,
+            "description": "the logits' out-of-distribution score named by the card's calibration.ood.score "
+            "(energy: flagged above the threshold; max_softmax: below)",
+        },
+        "pixel_score": {
+            **NUM,
+            "description": "mean squared z-score of the input's pixels against the training inputs "
+            "(calibration.ood.pixels; flagged above its threshold)",
+        },
     }
+    optional_answer = ("out_of_distribution", "ood_score", "pixel_score")
 
     def options(self, card: ModelCard, fields: dict[str, Any]) -> Options:
         check_fields(fields, self.accepted)
@@ -34,10 +57,10 @@ class Classify(Task):
         return {"top_k": int_field(fields, "top_k", 1, n, min(3, n))}
 
     def answer(self, card: ModelCard, outputs: Outputs, pixels: np.ndarray | None, options: Options) -> dict[str, Any]:
-        probs = softmax(outputs["logits"])
+        probs = softmax(outputs["logits"] / card.temperature)
         order = np.argsort(-probs)[: options["top_k"]]
         best = int(order[0])
-        return {
+        answer: dict[str, Any] = {
             "label": card.labels[best],
             "class_index": best,
             "probabilities": [round(float(p), 6) for p in probs],
@@ -46,3 +69,12 @@ class Classify(Task):
                 for i in order
             ],
         }
+        cal = card.calibration
+        if cal is not None:
+            score = cal.score(outputs["logits"].tolist())
+            pixel_score = cal.pixel_score(pixels.ravel().tolist()) if pixels is not None else 0.0
+            flagged = cal.flags(score, pixel_score)
+            if flagged:
+                metrics.flagged_answers().labels(model=card.name).inc()
+            answer.update(out_of_distribution=flagged, ood_score=round(score, 6), pixel_score=round(pixel_score, 6))
+        return answer

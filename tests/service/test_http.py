@@ -18,6 +18,7 @@ import pytest
 import requests
 from PIL import Image
 
+from core.card import ModelCard
 from core.images import png_bytes
 from core.session import _cuda_driver_present
 from training.data import load_dataset
@@ -686,3 +687,54 @@ def test_bentoml_batcher_mode_serves_the_same_answers(exported, runs, held_out, 
         assert 'runner_name="ee559_inference"' in text  # the dependency service answered
     finally:
         stop_server(proc)
+
+
+def _counter(url: str, name: str, model: str) -> float:
+    text = requests.get(f"{url}/metrics", timeout=5).text
+    found = re.search(rf'{name}\{{model="{re.escape(model)}"\}} (\S+)', text)
+    return float(found.group(1)) if found else 0.0  # absent before the first increment
+
+
+def _v2_logits(url: str, card: ModelCard, x: np.ndarray) -> np.ndarray:
+    r = requests.post(
+        f"{url}/v2/models/{card.name}/infer",
+        json={
+            "inputs": [
+                {"name": card.input.name, "datatype": "FP32", "shape": [1, *x.shape], "data": x.ravel().tolist()}
+            ],
+            "outputs": [{"name": "logits"}],
+        },
+        timeout=30,
+    )
+    assert r.status_code == 200, r.text
+    return np.asarray(r.json()["outputs"][0]["data"], dtype=np.float64)
+
+
+@pytest.mark.parametrize("name", [n for n, e in REGISTRY.items() if "classify" in e.tasks])
+def test_classify_flags_noise_and_not_held_out_examples(server, exported, name: str):
+    """Calibrated probabilities (softmax(logits / T), the v2 route's logits unchanged), the card's
+    out-of-distribution rule applied to each answer, and flagged answers counted per model."""
+    card = ModelCard.from_json(json.loads(exported[name].read_text()))
+    cal = card.calibration
+    assert cal is not None, f"{name}: exported without calibration"
+    before = _counter(server, "ee559_flagged_answers_total", name)
+    noise = np.random.default_rng(0).uniform(0, 1, (20, *card.row_shape)).astype(np.float32)
+    examples = np.asarray(card.examples["inputs"], dtype=np.float32)
+    flags = {}
+    for kind, images in (("noise", noise), ("held-out", examples)):
+        flags[kind] = []
+        for x in images:
+            body = classify(server, name, x.tolist()).json()
+            logits = _v2_logits(server, card, x)
+            z = logits / cal.temperature
+            want = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
+            assert np.allclose(body["probabilities"], want, atol=2e-6), (body["probabilities"], want)
+            score, pixel_score = cal.score(logits.tolist()), cal.pixel_score(x.ravel().tolist())
+            assert body["ood_score"] == pytest.approx(score, abs=1e-4)
+            assert body["pixel_score"] == pytest.approx(pixel_score, rel=1e-4, abs=1e-4)
+            assert body["out_of_distribution"] is cal.flags(score, pixel_score)
+            flags[kind].append(body["out_of_distribution"])
+    assert sum(flags["noise"]) >= 18, f"{name}: {sum(flags['noise'])}/20 noise images flagged"
+    assert sum(flags["held-out"]) <= 3, f"{name}: {sum(flags['held-out'])}/{len(examples)} held-out examples flagged"
+    flagged = sum(flags["noise"]) + sum(flags["held-out"])
+    assert _counter(server, "ee559_flagged_answers_total", name) - before == flagged
