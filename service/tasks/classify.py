@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from core.card import ModelCard
+from core.card import Calibration, ModelCard
 
 from .. import metrics
 from ..errors import check_fields, int_field
@@ -72,7 +72,7 @@ class Classify(Task):
         cal = card.calibration
         if cal is not None:
             score = cal.score(outputs["logits"].tolist())
-            pixel_score = cal.pixel_score(pixels.ravel().tolist()) if pixels is not None else 0.0
+            pixel_score = _pixel_score(cal, pixels) if pixels is not None else 0.0
             flagged = cal.flags(score, pixel_score)
             # The series exists from the model's first answer: a share of 0 flagged is a reading too.
             counter = metrics.flagged_answers().labels(model=card.name)
@@ -80,3 +80,22 @@ class Classify(Task):
                 counter.inc()
             answer.update(out_of_distribution=flagged, ood_score=round(score, 6), pixel_score=round(pixel_score, 6))
         return answer
+
+
+# id(card's calibration) -> (that calibration, mean, scale); holding it keeps its id from being reused.
+_PIXEL_MODELS: dict[int, tuple[Calibration, np.ndarray, np.ndarray]] = {}
+
+
+def _pixel_score(cal: Calibration, pixels: np.ndarray) -> float:
+    """Calibration.pixel_score with numpy: the card's per-pixel mean and scale as arrays, built
+    once per card (a few microseconds per answer instead of a Python loop over every pixel)."""
+    if not cal.pixel_mean:
+        return 0.0
+    model = _PIXEL_MODELS.get(id(cal))
+    if model is None or model[0] is not cal:
+        model = cal, np.asarray(cal.pixel_mean, np.float32), np.asarray(cal.pixel_scale, np.float32)
+        if len(_PIXEL_MODELS) > 256:  # cards come and go with reloads
+            _PIXEL_MODELS.clear()
+        _PIXEL_MODELS[id(cal)] = model
+    z = (pixels.reshape(-1).astype(np.float32, copy=False) - model[1]) / model[2]
+    return float(np.dot(z, z)) / z.size

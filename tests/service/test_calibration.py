@@ -63,3 +63,18 @@ def test_answer_schema_documents_the_flag_as_optional():
         assert f in schema["properties"] and f not in schema["required"]
         assert schema["properties"][f]["description"]
     assert schema["properties"]["out_of_distribution"]["type"] == "boolean"
+
+
+def test_the_served_pixel_score_equals_the_cards_own():
+    """service/tasks/classify.py computes the card's pixel score with numpy, once per card."""
+    import numpy as np
+
+    from core.card import Calibration
+    from service.tasks.classify import _pixel_score
+
+    rng = np.random.default_rng(0)
+    mean, scale = rng.random(784), rng.random(784) + 0.1
+    cal = Calibration(1.0, "energy", 0.0, tuple(mean.tolist()), tuple(scale.tolist()), 5.0)
+    x = rng.random((1, 28, 28)).astype(np.float32)
+    assert _pixel_score(cal, x) == pytest.approx(cal.pixel_score(x.ravel().tolist()), rel=1e-5)
+    assert _pixel_score(cal, x) == pytest.approx(_pixel_score(cal, x))  # from the cache
