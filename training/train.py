@@ -6,20 +6,24 @@ import copy
 import json
 import math
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
 
 from core.images import latent_noise
 
+from .augment import AUGMENTATIONS
 from .data import Split, Splits, load_dataset
 from .plots import loss_curve_png
 from .registry import CourseModel, TrainConfig
 from .runtime import DEFAULT_SEED, pick_device, runs_dir, seed_everything
+from .stats import BLOCK, bootstrap, described, wilson
 
 CHECKPOINT = "checkpoint.pt"
 LOSS_CURVE = "loss.png"
@@ -53,8 +57,11 @@ def train_epoch(
         dynamic_ncols=True,
         disable=None,
     )
+    augment = AUGMENTATIONS[tc.augment] if tc.augment else None
     for x, y in bar:
         x, y = x.to(device), y.to(device)
+        if augment is not None:
+            x = augment(x, gen)
         loss = model.loss(x, y) if hasattr(model, "loss") else nn.functional.cross_entropy(model(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -70,42 +77,82 @@ def train_epoch(
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, split: Split, device: torch.device, batch_size: int = 512) -> dict[str, float]:
+def evaluate(
+    model: nn.Module, split: Split, device: torch.device, batch_size: int = 512, intervals: bool = False
+) -> dict[str, float]:
     """Loss and accuracy per example, or per pixel for dense targets (then also mean IoU); models
-    with their own objective report their own averages (evaluate_batch)."""
+    with their own objective report their own averages (evaluate_batch). With `intervals`, also
+    each figure's 95% interval (`<name>_ci95_lo`, `<name>_ci95_hi`, training/stats.py) and the
+    number of examples (`examples`): the batches are then blocks of stats.BLOCK examples."""
     model.eval()
-    if hasattr(model, "evaluate_batch"):
-        sums: dict[str, float] = {}
-        for x, y in batches(split, batch_size):
-            for k, v in model.evaluate_batch(x.to(device), y.to(device)).items():
-                sums[k] = sums.get(k, 0.0) + v
-        return {k: v / max(len(split), 1) for k, v in sums.items()}
-    loss, correct, inter, union = 0.0, 0, None, None
-    for x, y in batches(split, batch_size):
-        logits = model(x.to(device))
-        loss += nn.functional.cross_entropy(logits, y.to(device), reduction="sum").item()
-        pred = logits.argmax(1).cpu()
-        correct += (pred == y).sum().item()
+    size = BLOCK if intervals else batch_size
+    blocks: list[dict[str, Any]] = []
+    for x, y in batches(split, size):
+        x, y = x.to(device), y.to(device)
+        if hasattr(model, "evaluate_batch"):
+            blocks.append({**model.evaluate_batch(x, y), "count": len(y)})
+            continue
+        logits = model(x)
+        pred = logits.argmax(1)
+        block: dict[str, Any] = {
+            "loss": nn.functional.cross_entropy(logits, y, reduction="sum").item(),
+            "correct": (pred == y).sum().item(),
+            "count": y.numel(),
+        }
         if y.dim() > 1:
             k = logits.shape[1]
             p1, y1 = nn.functional.one_hot(pred, k).bool(), nn.functional.one_hot(y, k).bool()
-            i, u = (p1 & y1).flatten(0, -2).sum(0), (p1 | y1).flatten(0, -2).sum(0)
-            inter, union = (i, u) if inter is None else (inter + i, union + u)
-    n = max(split.y.size, 1)
-    out = {"loss": loss / n, "accuracy": correct / n}
-    if inter is not None:
-        present = union > 0
-        out["mean_iou"] = float((inter[present].float() / union[present].float()).mean())
+            block["inter"] = (p1 & y1).flatten(0, -2).sum(0).cpu().numpy()
+            block["union"] = (p1 | y1).flatten(0, -2).sum(0).cpu().numpy()
+        blocks.append(block)
+    stats = _statistics(blocks)
+    total = {k: sum(np.asarray(b[k], dtype=np.float64) for b in blocks) for k in blocks[0]} if blocks else {}
+    out = {name: fn(total) for name, fn in stats.items()} if blocks else {"loss": 0.0}
+    if intervals and blocks:
+        for name, fn in stats.items():
+            if name == "accuracy" and "inter" not in total:  # independent examples: Wilson
+                lo, hi = wilson(float(total["correct"]), float(total["count"]))
+            else:
+                lo, hi = bootstrap(blocks, fn)
+            out[f"{name}_ci95_lo"], out[f"{name}_ci95_hi"] = lo, hi
+        out["examples"] = float(len(split))
     return out
 
 
+def _statistics(blocks: list[dict[str, Any]]) -> dict[str, Callable[[Mapping[str, Any]], float]]:
+    """Each reported figure as a function of summed block fields."""
+    if not blocks:
+        return {}
+    fields = set(blocks[0]) - {"count"}
+    if "correct" not in fields:  # evaluate_batch: sums over examples, reported as means
+        return {k: (lambda t, k=k: float(t[k] / max(t["count"], 1))) for k in sorted(fields)}
+    stats: dict[str, Callable[[Mapping[str, Any]], float]] = {
+        "loss": lambda t: float(t["loss"] / max(t["count"], 1)),
+        "accuracy": lambda t: float(t["correct"] / max(t["count"], 1)),
+    }
+    if "inter" in fields:
+
+        def mean_iou(t: Mapping[str, Any]) -> float:
+            present = np.asarray(t["union"]) > 0
+            return float((np.asarray(t["inter"])[present] / np.asarray(t["union"])[present]).mean())
+
+        stats["mean_iou"] = mean_iou
+    return stats
+
+
 def fit(
-    entry: CourseModel, splits: Splits, tc: TrainConfig, seed: int = DEFAULT_SEED, device: str = "auto"
+    entry: CourseModel,
+    splits: Splits,
+    tc: TrainConfig,
+    seed: int = DEFAULT_SEED,
+    device: str = "auto",
+    config: dict[str, Any] | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """Train `entry`'s model; keep the weights of the best validation epoch."""
+    """Train `entry`'s model (its config with `config`'s overrides); keep the weights of the best
+    validation epoch."""
     gen = seed_everything(seed)
     dev = pick_device(device)
-    model = entry.build({"num_classes": splits.num_classes}).to(dev)
+    model = entry.build({**(config or {}), "num_classes": splits.num_classes}).to(dev)
     train = (
         splits.train
         if tc.limit_train is None
@@ -142,7 +189,7 @@ def fit(
             best_score, best_state = score, copy.deepcopy(model.state_dict())
     if best_state is not None:
         model.load_state_dict(best_state)
-    test = evaluate(model, splits.test, dev)
+    test = evaluate(model, splits.test, dev, intervals=True)  # reported only: the epoch was chosen on validation
     metrics = {
         **{f"test_{k}": v for k, v in test.items()},
         "best_val_score": best_score,
@@ -150,6 +197,36 @@ def fit(
         "history": history,
     }
     return model.cpu(), metrics
+
+
+def canvas_upload(digit: np.ndarray, scale: int = 12, margin: int = 40) -> bytes:
+    """A (28, 28) ink-bright digit as a person's upload: enlarged `scale` times (bilinear), dark ink
+    on white paper, off-centre on a larger canvas, PNG-encoded."""
+    from PIL import Image
+
+    from core.images import png_bytes
+
+    side = digit.shape[0] * scale
+    big = np.asarray(Image.fromarray(digit.astype(np.float32), mode="F").resize((side, side)), dtype=np.float32)
+    paper = np.zeros((side + 2 * margin, side + 3 * margin), np.float32)
+    paper[margin : margin + side, 2 * margin : 2 * margin + side] = big
+    return png_bytes(1.0 - np.clip(paper, 0, 1)[None])
+
+
+@torch.no_grad()
+def canvas_accuracy(model: nn.Module, split: Split) -> dict[str, float]:
+    """Accuracy on the test digits sent as large dark-on-light PNG canvases through the service's
+    own upload path (core/images.py decode_image), with its Wilson interval."""
+    from core.images import decode_image
+
+    x = np.stack([decode_image(canvas_upload(d[0]), d.shape[-2:]) for d in split.x])
+    correct = int((model.eval()(torch.from_numpy(x)).argmax(1).numpy() == split.y).sum())
+    lo, hi = wilson(correct, len(split))
+    return {
+        "test_canvas_accuracy": correct / max(len(split), 1),
+        "test_canvas_accuracy_ci95_lo": lo,
+        "test_canvas_accuracy_ci95_hi": hi,
+    }
 
 
 @torch.no_grad()
@@ -169,9 +246,12 @@ def sample_quality(
     noise = torch.from_numpy(latent_noise(n, graph.spec.inputs[0].shape[1], seed))
     images = getattr(model.eval(), graph.spec.method)(noise)
     conf, cls = judge(images).softmax(1).max(1)
+    lo, hi = bootstrap([{"conf": float(c), "count": 1.0} for c in conf], lambda t: float(t["conf"] / t["count"]))
     return {
         "test_judge_classes": float(len(cls.unique())),
         "test_judge_mean_confidence": float(conf.mean()),
+        "test_judge_mean_confidence_ci95_lo": lo,
+        "test_judge_mean_confidence_ci95_hi": hi,
         "judge_samples": float(n),
     }
 
@@ -247,8 +327,11 @@ def train_model(
     model, metrics = fit(entry, splits, tc, seed, device)
     if entry.judge:
         metrics.update(sample_quality(entry, model, out))
+    if "classify" in entry.tasks and splits.test.x.shape[1:] == (1, 28, 28):  # digits: also as uploads
+        metrics.update(canvas_accuracy(model, splits.test))
     shown = {
         "test_accuracy": "test accuracy",
+        "test_canvas_accuracy": "as dark-on-light PNG canvases",
         "test_mean_iou": "mean IoU",
         "test_psnr_noisy_db": "PSNR noisy (dB)",
         "test_psnr_denoised_db": "PSNR denoised (dB)",
@@ -258,8 +341,16 @@ def train_model(
         "test_judge_classes": f"classes among 100 samples ({entry.judge})",
         "test_judge_mean_confidence": f"mean {entry.judge} confidence",
     }
-    figures = ", ".join(f"{label} {metrics[k]:.4f}" for k, label in shown.items() if k in metrics)
-    print(f"{entry.name}: {figures} ({len(splits.test)} held-out examples)", flush=True)
+    figures = ", ".join(
+        f"{label} {described(metrics[k], metrics.get(k + '_ci95_lo'), metrics.get(k + '_ci95_hi'))}"
+        for k, label in shown.items()
+        if k in metrics
+    )
+    print(
+        f"{entry.name}: {figures} (n = {len(splits.test)} held-out examples; [95% interval]: Wilson for an "
+        f"accuracy over examples, else a bootstrap over blocks of {BLOCK} examples; judge: over its samples)",
+        flush=True,
+    )
     run_dir = model_runs(entry.name, out) / time.strftime("%Y%m%d-%H%M%S")
     while run_dir.exists():  # two runs within one second
         run_dir = run_dir.with_name(run_dir.name + "x")

