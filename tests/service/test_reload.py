@@ -43,7 +43,8 @@ def test_a_new_export_is_swapped_in_under_load_without_a_failed_request(exported
         _store(  # export v2 while the server is under load
             home,
             "import dataclasses; from core import store\n"
-            f"m = store.load('mlp:{v1}')\nstore.save(dataclasses.replace(m.card, version='{v2}'), m.onnx_path)\n",
+            f"m = store.load('mlp:{v1}')\na = {{k: m.onnx_path.parent / e['file'] for k, e in m.card.artifacts.items()}}\n"
+            f"store.save(dataclasses.replace(m.card, version='{v2}'), m.onnx_path, a)\n",
         )
         deadline = time.monotonic() + 30
         while not tail_is(v2) and time.monotonic() < deadline:
@@ -54,7 +55,8 @@ def test_a_new_export_is_swapped_in_under_load_without_a_failed_request(exported
             home,
             "import dataclasses; from core import store\n"
             f"m = store.load('mlp:{v1}')\n"
-            f"store.save(dataclasses.replace(m.card, version='v3{v1[2:]}', sha256='0' * 64), m.onnx_path)\n",
+            f"a = {{k: m.onnx_path.parent / e['file'] for k, e in m.card.artifacts.items()}}\n"
+            f"store.save(dataclasses.replace(m.card, version='v3{v1[2:]}', sha256='0' * 64), m.onnx_path, a)\n",
         )
         time.sleep(3)
         stop.set()

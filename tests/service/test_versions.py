@@ -81,7 +81,8 @@ def _home_with_two_versions(tmp_path: Path) -> tuple[Path, str, str]:
         home,
         "import dataclasses; from pathlib import Path; from core import store\n"
         f"m = store.load('mlp:{v1}')\n"
-        f"store.save(dataclasses.replace(m.card, version='{v2}'), m.onnx_path)\n",
+        f"a = {{k: m.onnx_path.parent / e['file'] for k, e in m.card.artifacts.items()}}\n"
+        f"store.save(dataclasses.replace(m.card, version='{v2}'), m.onnx_path, a)\n",
     )
     return home, v1, v2
 

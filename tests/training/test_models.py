@@ -93,7 +93,7 @@ def test_training_cli(tmp_path: Path, capsys):
 
 # The test suite trains the ci preset (a third of the full epochs): its bars are lower than the
 # README's full-run figures (lenet >= 98.0%, mlp >= 96.5% on the same 500 held-out real digits).
-CI_ACCURACY = {"lenet": 0.97, "mlp": 0.945}
+CI_ACCURACY = {"lenet": 0.96, "mlp": 0.93}
 
 
 @pytest.mark.parametrize("name", CI_ACCURACY)
