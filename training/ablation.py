@@ -35,6 +35,7 @@ class Outcome:
     history: list[dict[str, float]]  # fit's: epoch, train_loss, val_loss, val_accuracy
     test_accuracy: float  # of the best validation epoch's weights
     train_seconds: float
+    test_ci95: tuple[float, float] = (0.0, 1.0)  # Wilson's 95% interval of test_accuracy (training/stats.py)
 
     @property
     def best(self) -> dict[str, float]:
@@ -74,15 +75,22 @@ def run_ablation(
         print(f"{entry.name} ablation: {variant} {overrides or ''}", flush=True)
         _, metrics = fit(entry, splits, tc, seed, device, config=overrides)
         outcomes.append(
-            Outcome(variant, overrides, metrics["history"], metrics["test_accuracy"], metrics["train_seconds"])
+            Outcome(
+                variant,
+                overrides,
+                metrics["history"],
+                metrics["test_accuracy"],
+                metrics["train_seconds"],
+                (metrics["test_accuracy_ci95_lo"], metrics["test_accuracy_ci95_hi"]),
+            )
         )
     run_dir = ablation_dir(entry.name, out) / time.strftime("%Y%m%d-%H%M%S")
     while run_dir.exists():  # two runs within one second
         run_dir = run_dir.with_name(run_dir.name + "x")
     run_dir.mkdir(parents=True)
     caption = (
-        f"{entry.name}, {splits.source}: {len(splits.val)} validation images; {tc.epochs} epochs "
-        f"({preset} preset), seed {seed}"
+        f"{entry.name}, {splits.source}: {len(splits.val)} validation images, {len(splits.test)} test images "
+        f"(test accuracy with its 95% Wilson interval); {tc.epochs} epochs ({preset} preset), seed {seed}"
     )
     (run_dir / TABLE).write_text(table(outcomes, caption))
     plot(outcomes, run_dir / PLOT, entry.name)
@@ -103,7 +111,8 @@ def table(outcomes: list[Outcome], caption: str) -> str:
         last, best = o.history[-1], o.best
         rows.append(
             f"| {o.variant} | {last['val_accuracy']:.2%} | {best['val_accuracy']:.2%} ({best['epoch']:.0f}) "
-            f"| {last['train_loss']:.4f} | {last['val_loss']:.4f} | {o.test_accuracy:.2%} | {o.train_seconds:.1f} |"
+            f"| {last['train_loss']:.4f} | {last['val_loss']:.4f} | {o.test_accuracy:.2%} "
+            f"[{o.test_ci95[0]:.1%}, {o.test_ci95[1]:.1%}] | {o.train_seconds:.1f} |"
         )
     return "\n".join([*rows, "", caption, ""])
 
