@@ -11,8 +11,7 @@ checkpoint or exported: the served model stays the full one.
 from __future__ import annotations
 
 import json
-import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ from core.plots import PALETTE, Line, chart, save
 from .data import load_dataset
 from .registry import CourseModel
 from .runtime import DEFAULT_SEED, runs_dir
-from .train import fit
+from .train import fit, new_run_dir, preset_config
 
 TABLE = "ablation.md"
 PLOT = "ablation.png"
@@ -60,9 +59,7 @@ def run_ablation(
     the table (ablation.md), the curves (ablation.png) and every epoch's figures (ablation.json)."""
     if not entry.ablations:
         raise ValueError(f"{entry.name} has no ablation variants (CourseModel.ablations)")
-    tc = entry.presets[preset]
-    if epochs is not None:
-        tc = replace(tc, epochs=epochs)
+    tc = preset_config(entry, preset, epochs)
     splits = load_dataset(dataset or entry.dataset, seed)
     print(
         f"{entry.name} ablation: {len(entry.ablations)} variants, {tc.epochs} epochs each ({preset} preset), "
@@ -84,9 +81,7 @@ def run_ablation(
                 (metrics["test_accuracy_ci95_lo"], metrics["test_accuracy_ci95_hi"]),
             )
         )
-    run_dir = ablation_dir(entry.name, out) / time.strftime("%Y%m%d-%H%M%S")
-    while run_dir.exists():  # two runs within one second
-        run_dir = run_dir.with_name(run_dir.name + "x")
+    run_dir = new_run_dir(ablation_dir(entry.name, out))
     run_dir.mkdir(parents=True)
     caption = (
         f"{entry.name}, {splits.source}: {len(splits.val)} validation images, {len(splits.test)} test images "

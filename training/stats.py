@@ -39,7 +39,7 @@ def bootstrap(
     """The 2.5th and 97.5th percentiles of `statistic` over resamples (with replacement) of the
     blocks; `statistic` takes the blocks' summed fields."""
     if len(blocks) < 2:
-        value = statistic(_sum(blocks))
+        value = statistic(summed(blocks))
         return value, value
     keys = list(blocks[0])
     table = {k: np.stack([np.asarray(b[k], dtype=np.float64) for b in blocks]) for k in keys}
@@ -52,7 +52,8 @@ def bootstrap(
     return float(lo), float(hi)
 
 
-def _sum(blocks: Sequence[Mapping[str, np.ndarray | float]]) -> dict[str, np.ndarray | float]:
+def summed(blocks: Sequence[Mapping[str, np.ndarray | float]]) -> dict[str, np.ndarray | float]:
+    """Each field summed over the blocks (float64)."""
     return {k: sum(np.asarray(b[k], dtype=np.float64) for b in blocks) for k in (blocks[0] if blocks else {})}
 
 

@@ -23,7 +23,7 @@ from .data import Split, Splits, load_dataset
 from .plots import loss_curve_png
 from .registry import CourseModel, TrainConfig
 from .runtime import DEFAULT_SEED, pick_device, runs_dir, seed_everything
-from .stats import BLOCK, bootstrap, described, wilson
+from .stats import BLOCK, bootstrap, described, summed, wilson
 
 CHECKPOINT = "checkpoint.pt"
 LOSS_CURVE = "loss.png"
@@ -106,7 +106,7 @@ def evaluate(
             block["union"] = (p1 | y1).flatten(0, -2).sum(0).cpu().numpy()
         blocks.append(block)
     stats = _statistics(blocks)
-    total = {k: sum(np.asarray(b[k], dtype=np.float64) for b in blocks) for k in blocks[0]} if blocks else {}
+    total = summed(blocks)
     out = {name: fn(total) for name, fn in stats.items()} if blocks else {"loss": 0.0}
     if intervals and blocks:
         for name, fn in stats.items():
@@ -303,6 +303,21 @@ def latest_checkpoint(name: str, root: Path | None = None) -> Path | None:
     return runs[-1] if runs else None
 
 
+def preset_config(entry: CourseModel, preset: str, epochs: int | None = None) -> TrainConfig:
+    """The entry's preset, with `epochs` instead of its own when given."""
+    tc = entry.presets[preset]
+    return tc if epochs is None else replace(tc, epochs=epochs)
+
+
+def new_run_dir(parent: Path) -> Path:
+    """A folder under `parent` named by the time (not yet created): a second run within the same
+    second gets an `x` appended."""
+    run_dir = parent / time.strftime("%Y%m%d-%H%M%S")
+    while run_dir.exists():
+        run_dir = run_dir.with_name(run_dir.name + "x")
+    return run_dir
+
+
 def train_model(
     entry: CourseModel,
     dataset: str | None = None,
@@ -315,9 +330,7 @@ def train_model(
 ) -> Path:
     """Train one registered model end to end and write its checkpoint; return the checkpoint path."""
     dataset = dataset or entry.dataset
-    tc = entry.presets[preset]
-    if epochs is not None:
-        tc = replace(tc, epochs=epochs)
+    tc = preset_config(entry, preset, epochs)
     splits = load_dataset(dataset, seed, data_dir)
     print(
         f"{entry.name}: {len(splits.train)} train / {len(splits.val)} val / {len(splits.test)} test "
@@ -351,7 +364,5 @@ def train_model(
         f"accuracy over examples, else a bootstrap over blocks of {BLOCK} examples; judge: over its samples)",
         flush=True,
     )
-    run_dir = model_runs(entry.name, out) / time.strftime("%Y%m%d-%H%M%S")
-    while run_dir.exists():  # two runs within one second
-        run_dir = run_dir.with_name(run_dir.name + "x")
+    run_dir = new_run_dir(model_runs(entry.name, out))
     return save_checkpoint(run_dir, entry, model, tc, dataset, splits.source, splits.labels, seed, metrics)
