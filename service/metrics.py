@@ -1,17 +1,20 @@
 """Prometheus metrics, defined once. They live in BentoML's registry (multi-process aware), so
 /metrics shows them beside BentoML's own. Labels are fixed sets (model, version, provider, route
-template, outcome, reason), never request data."""
+template, outcome, reason; a GPU's index and product name), never request data."""
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from functools import cache
 from pathlib import Path
+from typing import Any, Literal
 
 import bentoml
 
 PREFIX = "ee559"
+log = logging.getLogger("ee559.metrics")
 
 
 def own_directory(environ: dict[str, str] | os._Environ[str] = os.environ, server: int | None = None) -> Path | None:
@@ -219,3 +222,101 @@ def queued_rows():
         labelnames=["model"],
         multiprocess_mode="livesum",
     )
+
+
+# GPU metrics, from NVML (nvidia-ml-py's `pynvml`, imported only where this runs). The values are
+# the device's, whichever process reads them: the worker answering a scrape writes them just
+# before /metrics is rendered (GpuMetrics), and "mostrecent" shows that reading, once per device,
+# where a sum or max over the workers' copies would count one GPU several times or show a stale
+# worker's reading.
+@cache
+def gpu_memory_used_bytes():
+    return bentoml.metrics.Gauge(
+        name=f"{PREFIX}_gpu_memory_used_bytes",
+        documentation="GPU memory in use on the device, by every process on it (NVML), per GPU.",
+        labelnames=["gpu", "name"],
+        multiprocess_mode="mostrecent",
+    )
+
+
+@cache
+def gpu_memory_total_bytes():
+    return bentoml.metrics.Gauge(
+        name=f"{PREFIX}_gpu_memory_total_bytes",
+        documentation="GPU memory on the device (NVML), per GPU.",
+        labelnames=["gpu", "name"],
+        multiprocess_mode="mostrecent",
+    )
+
+
+@cache
+def gpu_utilization_ratio():
+    return bentoml.metrics.Gauge(
+        name=f"{PREFIX}_gpu_utilization_ratio",
+        documentation="Share of NVML's last sample period (1/6 s to 1 s) in which a kernel ran on the GPU, per GPU.",
+        labelnames=["gpu", "name"],
+        multiprocess_mode="mostrecent",
+    )
+
+
+class Gpus:
+    """This machine's GPUs as NVML sees them; `open()` gives None (and logs one line) where there
+    is no NVML or no GPU, and then no GPU series is ever written."""
+
+    def __init__(self, nvml: Any, devices: list[tuple[str, str, Any]]) -> None:
+        self.nvml = nvml
+        self.devices = devices  # (index, product name, NVML handle)
+        self.failed = False
+
+    @classmethod
+    def open(cls) -> Gpus | None:
+        try:
+            import pynvml
+        except ImportError:
+            log.info("GPU metrics off: nvidia-ml-py (pynvml) is not installed")
+            return None
+        try:
+            pynvml.nvmlInit()
+            devices = []
+            for i in range(pynvml.nvmlDeviceGetCount()):
+                handle = pynvml.nvmlDeviceGetHandleByIndex(i)
+                name = pynvml.nvmlDeviceGetName(handle)
+                devices.append((str(i), name.decode() if isinstance(name, bytes) else str(name), handle))
+        except pynvml.NVMLError as exc:  # no driver (NVMLError_LibraryNotFound), no device, ...
+            log.info("GPU metrics off: NVML is not available here (%s)", exc)
+            return None
+        if not devices:
+            log.info("GPU metrics off: NVML sees no GPU")
+            return None
+        log.info("GPU metrics on: %s", ", ".join(f"GPU {i} {name}" for i, name, _ in devices))
+        return cls(pynvml, devices)
+
+    def refresh(self) -> None:
+        """Read every device's memory and utilisation into the gauges. A failed read (a GPU lost)
+        is logged once and leaves the last values; /metrics is answered all the same."""
+        try:
+            for index, name, handle in self.devices:
+                memory = self.nvml.nvmlDeviceGetMemoryInfo(handle)
+                busy = self.nvml.nvmlDeviceGetUtilizationRates(handle)
+                gpu_memory_used_bytes().labels(gpu=index, name=name).set(memory.used)
+                gpu_memory_total_bytes().labels(gpu=index, name=name).set(memory.total)
+                gpu_utilization_ratio().labels(gpu=index, name=name).set(busy.gpu / 100)
+            self.failed = False
+        except self.nvml.NVMLError as exc:
+            if not self.failed:
+                log.error("GPU metrics: NVML could not be read (%s); showing the last values", exc)
+            self.failed = True
+
+
+class GpuMetrics:
+    """ASGI middleware: the GPU gauges read from NVML just before this worker answers GET /metrics
+    (NVML reads take microseconds); every other request passes untouched. Built in each worker."""
+
+    def __init__(self, app: Any, gpus: Gpus | Literal["open"] | None = "open") -> None:
+        self.app = app
+        self.gpus = Gpus.open() if gpus == "open" else gpus
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if self.gpus is not None and scope["type"] == "http" and scope.get("path") == "/metrics":
+            self.gpus.refresh()
+        await self.app(scope, receive, send)

@@ -272,3 +272,5 @@ EE559.add_asgi_middleware(Observe, access=logs.access if SETTINGS.access_log els
 EE559.add_asgi_middleware(Playground)  # type: ignore[attr-defined]
 # Built in each worker with its app: the worker's listening socket decides whether a token is needed.
 EE559.add_asgi_middleware(TokenAuth, settings=SETTINGS)  # type: ignore[attr-defined]
+# GPU memory and utilisation (NVML) read as this worker answers /metrics; nothing where there is no GPU.
+EE559.add_asgi_middleware(metrics.GpuMetrics)  # type: ignore[attr-defined]

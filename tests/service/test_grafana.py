@@ -89,6 +89,8 @@ def test_the_provisioned_folder_holds_the_dashboard():
         ("time to first token", "ee559_time_to_first_token_seconds_bucket"),
         ("in flight", "ee559_requests_in_flight"),
         ("GPU", "DCGM_FI_DEV_GPU_UTIL"),
+        ("GPU memory, from the service", "ee559_gpu_memory_used_bytes"),
+        ("GPU utilisation, from the service", "ee559_gpu_utilization_ratio"),
     ],
 )
 def test_the_dashboard_shows(topic: str, needle: str):
