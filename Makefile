@@ -24,7 +24,8 @@ run: export
 
 install: $(VENV)/.installed
 
-# requirements-dev.txt is the full lock: every pin of the other locks is in it, at the same version.
+# requirements-dev.txt is the full lock: every pin of the other locks is in it, at the same version,
+# but the CPU image's ONNX Runtime (onnxruntime) and the GPU image's CUDA wheels (nvidia-*).
 $(VENV)/.installed: requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
@@ -40,7 +41,7 @@ $(VENV)/.installed: requirements-dev.txt
 # of the locks) but not pip's `constraint` setting, which is passed on here. Where pip's
 # configuration offers torch's CPU wheel (2.13.0+cpu), pip-compile picks it; the lock keeps
 # torch==2.13.0, which pip satisfies with that wheel here and with PyPI's elsewhere.
-LOCKS := requirements-serve requirements-loadtest requirements requirements-dev
+LOCKS := requirements-serve-cpu requirements-serve-gpu requirements-loadtest requirements requirements-dev
 PIP_COMPILE = CUSTOM_COMPILE_COMMAND="make lock" $(VENV)/bin/pip-compile --quiet --strip-extras \
 	--no-emit-index-url --no-emit-find-links $(LOCK_ARGS) \
 	$(addprefix --constraint ,$(shell $(PY) -m pip config list 2>/dev/null | sed -n "s/^[^.]*\.constraint='\(.*\)'$$/\1/p"))
@@ -133,8 +134,15 @@ audit: install
 	test -x .venv-audit/bin/pip-audit || (python3.11 -m venv .venv-audit && .venv-audit/bin/pip install --quiet pip-audit==2.9.0)
 	.venv-audit/bin/pip-audit --path $(VENV)/lib/python3.11/site-packages --desc on
 
+# The Bentos: the CPU image's (bentofile.yaml, ONNX Runtime's CPU build) and the GPU image's
+# (bentofile-gpu.yaml, onnxruntime-gpu with CUDA 13 and cuDNN 9 from NVIDIA's pip wheels);
+# `bentoml containerize ee559:latest` or `ee559-gpu:latest` makes each image.
+.PHONY: build-gpu
 build: export
-	$(VENV)/bin/bentoml build
+	$(VENV)/bin/bentoml build -f bentofile.yaml
+
+build-gpu: export
+	$(VENV)/bin/bentoml build -f bentofile-gpu.yaml
 
 clean:
 	rm -rf runs
