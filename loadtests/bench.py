@@ -1,9 +1,9 @@
-"""python -m loadtests.bench [--model lenet] [--duration 5] [--connections 1,8,32] [--device cpu|cuda]
+"""python -m loadtests.bench [--model lenet] [--duration 5] [--connections 1,8,32]
+python -m loadtests.bench --device cuda|cpu [--quick] ...   (the device micro-benchmark, below)
 
 Measures, in one run and on one machine, for one exported model:
   1. in-process: bare ONNX Runtime at batch 1 (the physical limit), and ORT vs PyTorch eager at
-     batch 1 for every registered model (with --device cuda: ORT CUDA with and without IO binding
-     against PyTorch CUDA);
+     batch 1 for every registered model, on the CPU;
   2. over HTTP with wrk at each connection count: a minimal FastAPI+ORT server, Triton through
      PyTriton (if .venv-triton exists: `make bench` creates it), and this project's service
      (friendly JSON /classify, v2 JSON, v2 binary): req/s, p50, p99, errors, server and client CPU,
@@ -15,6 +15,10 @@ With --baseline REF, the service as it was at git commit REF (a worktree of it, 
 store and interpreter) is measured in the same run, before this checkout's, and each row of ours
 gets its ratio to it: what a change costs or gains on the hot path. --no-fastapi skips that server.
 A run whose load generator was CPU-bound is printed as VOID rather than trusted.
+
+With --device cuda|cpu it runs the device micro-benchmark instead (loadtests/devicebench.py, no
+HTTP, no wrk): ORT with IO binding, ORT with numpy I/O and PyTorch on that device, at batch 1, 8,
+64 and 256 for LeNet, ResNet and U-Net, with the ratio ORT IO binding / PyTorch per cell.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import psutil
 
+from loadtests import devicebench
 from loadtests.servers import free_port, wait_http
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -170,7 +175,7 @@ def bodies(model: str, x: np.ndarray, workdir: Path) -> dict[str, tuple[Path, di
     return out
 
 
-def in_process(bench_model, device: str, seconds: float = 2.0) -> dict[str, float]:
+def in_process(bench_model, seconds: float = 2.0) -> dict[str, float]:
     """Bare ORT calls/s at batch 1 on one thread, and ORT vs PyTorch eager for every model."""
     import onnxruntime as ort
     import torch
@@ -213,38 +218,7 @@ def in_process(bench_model, device: str, seconds: float = 2.0) -> dict[str, floa
             t = rate(lambda: graph_fn(xt))
         o = rate(lambda: s.run(None, {feed: x}))
         results[f"{name}: ORT / PyTorch eager, batch 1, CPU"] = o / t
-        if device == "cuda":
-            results.update(cuda_compare(name, graph_fn, model, served, rate, sample))
     return results
-
-
-def cuda_compare(name: str, graph_fn, model, served, rate, sample) -> dict[str, float]:
-    """ORT CUDA (numpy in/out, and IO binding) vs PyTorch CUDA, at batch 1 and 128 (calls/s)."""
-    import onnxruntime as ort
-    import torch
-
-    ort.preload_dlls()
-    sess = ort.InferenceSession(str(served.onnx_path), providers=[("CUDAExecutionProvider", {"use_tf32": "0"})])
-    if sess.get_providers()[0] != "CUDAExecutionProvider":
-        raise RuntimeError("--device cuda: the CUDA execution provider did not initialise")
-    out: dict[str, float] = {}
-    model.cuda()
-    for batch in (1, 128):
-        x = sample(served.card, batch)
-        xt = torch.from_numpy(x).cuda()
-        with torch.inference_mode():
-            t = rate(lambda: (graph_fn(xt), torch.cuda.synchronize()))
-        feed = served.card.input.name
-        o = rate(lambda: sess.run(None, {feed: x}))
-        binding = sess.io_binding()
-        binding.bind_ortvalue_input(feed, ort.OrtValue.ortvalue_from_numpy(x, "cuda", 0))
-        for spec in served.card.outputs:
-            binding.bind_output(spec.name, "cuda")
-        b = rate(lambda: sess.run_with_iobinding(binding))
-        out[f"{name}: PyTorch CUDA, batch {batch} (calls/s)"] = t
-        out[f"{name}: ORT CUDA numpy I/O, batch {batch} (calls/s)"] = o
-        out[f"{name}: ORT CUDA IO binding, batch {batch} (calls/s)"] = b
-    return out
 
 
 def serve_ours(model: str, port: int, log: Path, root: Path = ROOT) -> tuple[subprocess.Popen, float]:
@@ -269,7 +243,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="lenet")
     p.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
     p.add_argument("--connections", default="1,8,32")
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument(
+        "--device", choices=("cpu", "cuda"), help="run the device micro-benchmark on it (no HTTP; see below)"
+    )
     # One worker: with --workers N, uvicorn 0.54 leaves Nagle on for accepted connections (stalls of
     # Linux's delayed-ACK timer, TCP_DELACK_MIN = 40 ms, at low concurrency), which would make the
     # baseline look worse than it is.
@@ -279,7 +255,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-fastapi", action="store_true")
     p.add_argument("--baseline", metavar="REF", help="also measure the service at this git commit, for ratios")
     p.add_argument("--plot", type=Path, help="the picture's path (default runs/bench/throughput-latency.png)")
+    devicebench.add_arguments(p)
     args = p.parse_args(argv)
+    if args.device:
+        os.environ.setdefault("BENTOML_HOME", str(ROOT / "runs" / "bentoml"))
+        return devicebench.run(args)
     if shutil.which("wrk") is None:
         print("bench: wrk is not installed (apt-get install wrk; `make bench` does it)", file=sys.stderr)
         return 2
@@ -295,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     body = bodies(args.model, x, workdir)
     print(f"model {tag}, {psutil.cpu_count()} CPUs, wrk -t1, {args.duration:g} s per run", flush=True)
 
-    static = in_process(served, args.device)
+    static = in_process(served)
     runs: list[Run] = []
 
     def measure(target: str, proc: subprocess.Popen, url: str, kinds: list[tuple[str, str]]) -> None:
@@ -479,7 +459,6 @@ def report(static: dict[str, float], runs: list[Run], cold: float, rss: dict[str
     print(
         f"\nreproduce: make bench BENCH_ARGS='--model {args.model} --duration {args.duration:g} "
         f"--connections {args.connections} --repeat {args.repeat}"
-        + (" --device cuda" if args.device == "cuda" else "")
         + (f" --baseline {args.baseline}" if args.baseline else "")
         + (" --no-fastapi" if args.no_fastapi else "")
         + (" --no-triton" if args.no_triton else "")
