@@ -15,6 +15,9 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 CARD_FILE = "model_card.json"
+# The precisions a stored graph may have (ModelCard.precision): fp32 is what export writes; fp16
+# (for CUDA) and int8 (static quantisation, for CPUs) are variants behind their own gates.
+PRECISIONS = ("fp32", "fp16", "int8")
 
 
 class CardError(ValueError):
@@ -213,6 +216,18 @@ class ModelCard:
     artifacts: dict[str, dict[str, str]] = field(default_factory=dict)
     # Classifiers exported since 2026-11-26: temperature and out-of-distribution rule (None before).
     calibration: Calibration | None = None
+    # The golden-input check every session must pass before its worker becomes ready (any
+    # provider): {"artifact": key in `artifacts` of an .npz holding "input/<name>" and
+    # "output/<name>" arrays, "tolerance_abs": the largest absolute error accepted, "reference":
+    # what computed the outputs}. Empty on cards exported before 2026-11-26 (no check).
+    golden: dict[str, Any] = field(default_factory=dict)
+    # The numeric precision of the graph's weights and arithmetic: "fp32" (the exported graph),
+    # or a variant derived from an fp32 version ("fp16", "int8": export/variants.py), stored as a
+    # further version of the same model and served only where selected.
+    precision: str = "fp32"
+    # A variant's origin and gate: {"of": the fp32 version, "gate": what was measured against
+    # it and the margins it had to meet}; empty for fp32 graphs.
+    variant: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.family:
@@ -275,6 +290,10 @@ class ModelCard:
             generation=Generation.from_json(data["generation"]) if data.get("generation") else None,
             calibration=Calibration.from_json(data["calibration"]) if data.get("calibration") else None,
         )
+        if values.get("precision", "fp32") not in PRECISIONS:
+            raise CardError(
+                f"model card {data['name']!r}: precision {str(values['precision'])[:16]!r}, accepted: {', '.join(PRECISIONS)}"
+            )
         if not values["inputs"] or not values["outputs"]:
             raise CardError(f"model card {data['name']!r} has no inputs or no outputs")
         return cls(**values)
