@@ -129,6 +129,24 @@ ops-test: install ops-tools
 textbench: export
 	$(PY) -m loadtests.textbench $(TEXTBENCH_ARGS)
 
+# The GPU proof in one command (docs/gpu.md, loadtests/gpu_check.py): export parity gates on the
+# provider, `bentoml serve` on it answering every route, readiness, the device micro-benchmark, the
+# batching topologies, the FP16 gates; writes runs/gpu-check/gpu-check.{json,md}. DEVICE=cpu runs
+# the same steps on the CPU provider (the dry run); GPU_CHECK_ARGS=--quick shortens the measurements.
+# A bare GPU machine of this workplace has no BentoML nor ONNX Runtime's GPU build: `make gpu-pack`
+# packs them here into .gpu-carry/ and docs/gpu.md gives the calls that carry and run them there.
+DEVICE ?= cuda
+.PHONY: gpu-check gpu-check-test gpu-pack
+gpu-check: export
+	$(PY) -m loadtests.gpu_check --device $(DEVICE) $(GPU_CHECK_ARGS)
+
+# The dry run as a test (slow: trains and exports every model into the session's store first).
+gpu-check-test: install
+	$(PY) -m pytest -q -s -m slow tests/loadtests/test_gpu_check.py
+
+gpu-pack: export
+	bash loadtests/gpu_pack.sh
+
 # Known vulnerabilities of the pinned, installed packages (needs PyPI's JSON API or OSV).
 audit: install
 	test -x .venv-audit/bin/pip-audit || (python3.11 -m venv .venv-audit && .venv-audit/bin/pip install --quiet pip-audit==2.9.0)
