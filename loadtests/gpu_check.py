@@ -12,8 +12,9 @@ how to get this checkout and what it needs there). In order, each step timed and
      the provider asked for (ee559_model_info), the GPU series on /metrics where NVML sees a GPU;
   4. bench: `python -m loadtests.bench --device <device>` (ORT IO binding / numpy I/O / PyTorch);
   5. topology: `python -m loadtests.topology` (EE559_BATCHER=ee559 against =bentoml);
-  6. fp16: the FP16 variants' gates (`python -m export <m> --variants fp16`; "not available"
-     while the exporter has no --variants).
+  6. fp16: the FP16 variants' gates (`python -m export.variants all --precisions fp16`, on the
+     device where it takes --provider), then their speed against FP32 (`loadtests.variantbench`);
+     "not available" where the project has no export/variants.py.
 Writes DIR/gpu-check.json (every step's status, timings and results), DIR/gpu-check.md (a short
 table, then the bench's and the topology's) and DIR/logs.tar.gz (servers', exporter's output).
 With --device cpu the same steps run on the CPU provider: the dry run (tests/loadtests/
@@ -186,6 +187,9 @@ def nvml_devices() -> list[dict[str, Any]] | str:
 
 # --- 2. export with the parity gates on the provider --------------------------------------------
 
+# What `python -m export` prints per graph (export/__main__.py), the provider where it names one.
+GATE = re.compile(r"^(\w+): parity OK (?:on (\w+) )?at batch sizes ([\d, ]+) \(max abs error (\S+) <= (\S+)\)", re.M)
+
 
 def export(check: Check, step: Step) -> None:
     if "--provider" not in exporter_help(check):
@@ -193,17 +197,22 @@ def export(check: Check, step: Step) -> None:
         step.summary = "python -m export has no --provider yet: the parity gates cannot be run on the provider"
         return
     r = check.command("export", [sys.executable, "-m", "export", "all", "--provider", check.device], 420)
-    gates = re.findall(r"^(\w+): parity OK at batch sizes ([\d, ]+) \(max abs error (\S+) <= (\S+)\)", r.stdout, re.M)
-    step.details = {
-        "returncode": r.returncode,
-        "gates": [{"graph": g, "batches": b, "max_abs_error": float(e), "tolerance": float(t)} for g, b, e, t in gates],
-    }
+    wanted = PROVIDER_NAMES[check.device]
+    gates = [
+        {"graph": g, "provider": p or None, "batches": b, "max_abs_error": float(e), "tolerance": float(t)}
+        for g, p, b, e, t in GATE.findall(r.stdout)
+    ]
+    step.details = {"returncode": r.returncode, "gates": gates}
     failed = re.findall(r"parity gate FAILED: (.*)", r.stderr)
+    elsewhere = [f"{g['graph']} ran on {g['provider']}" for g in gates if g["provider"] not in (None, wanted)]
     if r.returncode != 0:
         step.status = FAILED
         step.summary = failed[0] if failed else f"exit {r.returncode}: {(r.stderr or r.stdout)[-300:]}"
+    elif not gates or elsewhere:
+        step.status = FAILED
+        step.summary = "; ".join(elsewhere) or "the exporter printed no parity gate"
     else:
-        step.summary = f"{len(gates)} graphs passed their parity gate on {check.device}"
+        step.summary = f"{len(gates)} graphs passed their parity gate on {wanted}"
 
 
 # --- 3. serve: readiness, every task route, v2, providers, GPU metrics -------------------------
@@ -407,21 +416,37 @@ def topologies(check: Check, step: Step) -> None:
 
 
 def fp16(check: Check, step: Step) -> None:
-    helptext = exporter_help(check)
-    if "--variants" not in helptext:
-        step.status = NOT_AVAILABLE
-        step.summary = "python -m export has no --variants yet: no FP16 gates to run"
+    """The FP16 variants' gates (python -m export.variants), then their speed against FP32 on the
+    device (python -m loadtests.variantbench), where the project has them."""
+    if not (ROOT / "export" / "variants.py").exists():
+        step.status, step.summary = NOT_AVAILABLE, "no export/variants.py: no FP16 gates to run"
         return
-    extra = ["--provider", check.device] if "--provider" in helptext else []
-    results = {}
-    for model in FP16_MODELS:
-        r = check.command(f"fp16-{model}", [sys.executable, "-m", "export", model, "--variants", "fp16", *extra], 240)
-        results[model] = {"returncode": r.returncode, "output": (r.stdout + r.stderr).strip()[-1500:]}
-    step.details = results
-    failed = [m for m, x in results.items() if x["returncode"] != 0]
-    step.summary = f"FP16 gates passed for {', '.join(m for m in results if m not in failed) or 'none'}"
-    if failed:
-        step.status, step.summary = FAILED, f"FP16 gate failed for {', '.join(failed)}; " + step.summary
+    helptext = check.command("variants-help", [sys.executable, "-m", "export.variants", "--help"], 120)
+    if helptext.returncode != 0:
+        raise RuntimeError(f"python -m export.variants --help failed: {helptext.stderr.strip()[-300:]}")
+    argv = [sys.executable, "-m", "export.variants", "all", "--precisions", "fp16"]
+    if "--provider" in helptext.stdout:
+        argv += ["--provider", check.device]
+    else:  # said in the report: on a GPU the gate should run where FP16 is meant to
+        step.details["gate_provider"] = "CPUExecutionProvider (python -m export.variants has no --provider)"
+    r = check.command("fp16", argv, 300)
+    saved = re.findall(r"^(\w+) fp16: saved (\S+)", r.stdout, re.M)
+    step.details.update({"returncode": r.returncode, "saved": [tag for _, tag in saved], "output": r.stdout[-3000:]})
+    if r.returncode != 0:
+        step.status = FAILED
+        step.summary = f"exit {r.returncode}: {(r.stderr or r.stdout).strip()[-300:]}"
+        return
+    step.summary = f"FP16 gates passed and stored: {', '.join(m for m, _ in saved) or 'none'}"
+    if (ROOT / "loadtests" / "variantbench.py").exists():
+        out = check.logs / "variants-bench.json"
+        argv = [sys.executable, "-m", "loadtests.variantbench", "--device", check.device, "--precisions", "fp16"]
+        argv += ["--models", ",".join(FP16_MODELS), "--json", str(out)] + (["--quick"] if check.quick else [])
+        b = check.command("variants-bench", argv, 180)
+        if b.returncode != 0:
+            step.status, step.summary = FAILED, f"variantbench: {(b.stderr or b.stdout).strip()[-300:]}"
+            return
+        step.details["table"] = b.stdout[b.stdout.index("|") :].strip() if "|" in b.stdout else b.stdout[-2000:]
+        step.summary += "; FP16 against FP32 speed measured (table below)"
 
 
 # --- the report ---------------------------------------------------------------------------------

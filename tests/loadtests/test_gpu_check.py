@@ -59,7 +59,32 @@ def test_export_and_fp16_are_not_available_without_the_exporters_options(tmp_pat
     monkeypatch.setattr(gpu_check, "exporter_help", lambda check: "usage: python -m export model [--runs RUNS]")
     check = _check(tmp_path)
     assert check.run("export", gpu_check.export, 0).status == NOT_AVAILABLE
+    monkeypatch.setattr(gpu_check, "ROOT", tmp_path)  # a checkout without export/variants.py
     assert check.run("fp16", gpu_check.fp16, 0).status == NOT_AVAILABLE
+
+
+def test_the_fp16_step_runs_the_gates_on_the_device_and_reads_what_was_stored(tmp_path: Path, monkeypatch):
+    (tmp_path / "export").mkdir()
+    (tmp_path / "export" / "variants.py").touch()
+    monkeypatch.setattr(gpu_check, "ROOT", tmp_path)  # no loadtests/variantbench.py there: gates only
+    check = _check(tmp_path, device="cuda")
+    seen: list[list[str]] = []
+    answers = {
+        "export.variants --help": (0, "usage: ... [--precisions P] [--provider {cpu,cuda}]"),
+        "export.variants all": (0, "lenet fp16: saved lenet:abc (x.onnx)\nunet fp16: saved unet:def (y.onnx)\n"),
+    }
+
+    def command(self, name, argv, timeout):
+        seen.append(argv)
+        rc, out = next(v for k, v in answers.items() if " ".join(argv[2:]).startswith(k))
+        return subprocess.CompletedProcess(argv, rc, out, "gate missed" if rc else "")
+
+    monkeypatch.setattr(Check, "command", command)
+    step = check.run("fp16", gpu_check.fp16, 0)
+    assert seen[-1][2:] == ["export.variants", "all", "--precisions", "fp16", "--provider", "cuda"]
+    assert step.status == OK and step.details["saved"] == ["lenet:abc", "unet:def"]
+    answers["export.variants all"] = (1, "resnet fp16: accuracy 0.91 < 0.97 - 0.005: not stored")
+    assert check.run("fp16", gpu_check.fp16, 0).status == FAILED
 
 
 def test_the_export_step_reads_every_gate_and_a_failure(tmp_path: Path, monkeypatch):
@@ -67,7 +92,8 @@ def test_the_export_step_reads_every_gate_and_a_failure(tmp_path: Path, monkeypa
     check = _check(tmp_path, device="cuda")
     seen = []
     printed = (
-        "lenet: parity OK at batch sizes 1, 7, 64 (max abs error 2.38e-07 <= 0.0001); accuracy 0.9780; saved x\n"
+        "lenet: parity OK on CUDAExecutionProvider at batch sizes 1, 7, 64 (max abs error 2.38e-07 <= 0.0001); "
+        "golden inputs reproduced; accuracy 0.9780; saved x\n"
         "unet: parity OK at batch sizes 1, 7, 64 (max abs error 1.10e-06 <= 0.001); miou 0.9; saved y\n"
     )
 
@@ -79,9 +105,18 @@ def test_the_export_step_reads_every_gate_and_a_failure(tmp_path: Path, monkeypa
     step = check.run("export", gpu_check.export, 0)
     assert seen[0][-4:] == ["export", "all", "--provider", "cuda"]
     assert step.status == OK and step.details["gates"] == [
-        {"graph": "lenet", "batches": "1, 7, 64", "max_abs_error": 2.38e-07, "tolerance": 0.0001},
-        {"graph": "unet", "batches": "1, 7, 64", "max_abs_error": 1.10e-06, "tolerance": 0.001},
+        {
+            "graph": "lenet",
+            "provider": "CUDAExecutionProvider",
+            "batches": "1, 7, 64",
+            "max_abs_error": 2.38e-07,
+            "tolerance": 0.0001,
+        },
+        {"graph": "unet", "provider": None, "batches": "1, 7, 64", "max_abs_error": 1.10e-06, "tolerance": 0.001},
     ]
+    printed = printed.replace("on CUDAExecutionProvider", "on CPUExecutionProvider")  # CUDA silently not used
+    step = check.run("export", gpu_check.export, 0)
+    assert step.status == FAILED and step.summary == "lenet ran on CPUExecutionProvider"
     gate = "export: parity gate FAILED: resnet: output logits at batch 64: max abs error 3e-02 > 1e-04"
     monkeypatch.setattr(
         Check, "command", lambda self, name, argv, timeout: command(name, argv, timeout, rc=1, err=gate)
@@ -154,7 +189,7 @@ def test_the_cpu_dry_run_runs_every_step_end_to_end(exported, runs: Path, tmp_pa
         [gpu_check.sys.executable, "-m", "export", "--help"], capture_output=True, text=True, cwd=gpu_check.ROOT
     ).stdout
     assert (steps["export"]["status"] == OK) == ("--provider" in helptext)
-    assert (steps["fp16"]["status"] == OK) == ("--variants" in helptext)
+    assert (steps["fp16"]["status"] == OK) == (gpu_check.ROOT / "export" / "variants.py").exists()
     serve = steps["serve"]["details"]
     assert set(serve["routes"]) >= set(gpu_check.ROUTES) and serve["providers"] == ["CPUExecutionProvider"]
     assert serve["readyz"] == 200 and all(c["ok"] for c in serve["calls"]) and all(r["ok"] for r in serve["v2"])
