@@ -4,6 +4,13 @@ The service is driven by artifacts, as Triton is by its model repository: every 
 exporter saved (label project=ee559) is served, newest version per name, unless the service's
 settings name a subset. A stored model is one ONNX graph and its card; `load` refuses it when the
 file is not the one the card describes (sha256) or reaches outside its directory.
+
+Each stored version has a precision (label `precision`, the card's; entries saved before the
+label existed are fp32). FP16 and INT8 variants (export/variants.py) are further versions of the
+same name, derived from an fp32 version (label `variant_of`): the default selection never picks
+them, so exporting a variant never changes what a default server serves. Asked for a precision,
+`select` picks, per name, the newest variant of that precision derived from the fp32 version it
+would serve, falling back to that fp32 version (with a log line) where the store holds none.
 BentoML and onnx are imported when used, so reading a card needs neither.
 """
 
@@ -11,14 +18,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from .card import CARD_FILE, CardError, ModelCard
+from .card import CARD_FILE, PRECISIONS, CardError, ModelCard
 
 PROJECT_LABEL = "ee559"
+FP32 = PRECISIONS[0]
+
+log = logging.getLogger("ee559.store")
+_said: set[tuple[str, str, str]] = set()  # fallbacks logged once per process (a reloader selects again)
 
 
 class ModelStoreError(RuntimeError):
@@ -50,20 +62,40 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def _versions() -> dict[str, list[str]]:
-    """name -> versions of every exported model in the store, newest first."""
+@dataclass(frozen=True)
+class _Entry:
+    version: str
+    precision: str
+    of: str  # the fp32 version a variant was derived from ("" for fp32)
+
+
+def _stored() -> dict[str, list[_Entry]]:
+    """name -> every exported version in the store with its precision, newest first."""
     import bentoml
 
     ours = [m for m in bentoml.models.list() if m.info.labels.get("project") == PROJECT_LABEL]
-    versions: dict[str, list[str]] = {}
+    stored: dict[str, list[_Entry]] = {}
     for m in sorted(ours, key=lambda m: m.info.creation_time, reverse=True):
-        versions.setdefault(m.tag.name, []).append(str(m.tag.version))
+        labels = m.info.labels
+        entry = _Entry(str(m.tag.version), labels.get("precision", FP32), labels.get("variant_of", ""))
+        stored.setdefault(m.tag.name, []).append(entry)
+    return stored
+
+
+def _versions(precision: str | None = FP32) -> dict[str, list[str]]:
+    """name -> versions of every exported model in the store, newest first: those of `precision`
+    (None: of every precision). A name with no version of that precision is left out."""
+    versions: dict[str, list[str]] = {}
+    for name, entries in _stored().items():
+        chosen = [e.version for e in entries if precision is None or e.precision == precision]
+        if chosen:
+            versions[name] = chosen
     return versions
 
 
 def discover(names: tuple[str, ...] | None = None) -> dict[str, str]:
-    """name -> concrete tag of the newest exported model of that name in the store; `names`
-    (None: every one) must all be there."""
+    """name -> concrete tag of the newest exported fp32 model of that name in the store (variants
+    are never discovered); `names` (None: every one) must all be there."""
     versions = _versions()
     if names is not None:
         missing = [n for n in names if n not in versions]
@@ -74,27 +106,53 @@ def discover(names: tuple[str, ...] | None = None) -> dict[str, str]:
     return {name: f"{name}:{versions[name][0]}" for name in sorted(versions if names is None else names)}
 
 
-def select(entries: tuple[str, ...] | None = None) -> list[str]:
-    """The tags to serve, in the order given: `name` is the newest stored version of that name,
-    `name:version` that version (several versions of a name may be served side by side; the
-    first listed is the one requests get when they name no version). None: the newest of every
-    stored model."""
+def _of_precision(name: str, entries: list[_Entry], precision: str) -> str:
+    """The version of `name` served for `precision`: the newest fp32 version, or the newest
+    variant of `precision` derived from it (that fp32 version, with a log line, where none is)."""
+    fp32 = next((e.version for e in entries if e.precision == FP32), None)
+    if fp32 is None:
+        raise ModelStoreError(
+            f"{name}: no fp32 version in the model store ({home()}); export first: python -m export {name}"
+        )
+    if precision == FP32:
+        return fp32
+    variant = next((e.version for e in entries if e.precision == precision and e.of == fp32), None)
+    if variant is None:
+        if (name, precision, fp32) not in _said:
+            _said.add((name, precision, fp32))
+            log.info(
+                "%s: no %s variant of version %s in the model store; serving that fp32 version", name, precision, fp32
+            )
+        return fp32
+    return variant
+
+
+def select(entries: tuple[str, ...] | None = None, precisions: tuple[str, ...] = (FP32,)) -> list[str]:
+    """The tags to serve, in the order given: `name` is, for each of `precisions` in turn, the
+    newest stored fp32 version of that name or its newest variant of that precision
+    (`_of_precision`), `name:version` that version whatever its precision (several versions of a
+    name may be served side by side; the first listed is the one requests get when they name no
+    version). None: every stored model by name."""
+    unknown = [p for p in precisions if p not in PRECISIONS]
+    if unknown or not precisions:
+        raise ModelStoreError(f"precision {', '.join(unknown)[:40]!r}; accepted: {', '.join(PRECISIONS)}")
+    stored = _stored()
     if entries is None:
-        return list(discover().values())
-    versions = _versions()
+        entries = tuple(sorted(n for n, e in stored.items() if any(v.precision == FP32 for v in e)))
     tags: list[str] = []
     for entry in entries:
         name, _, version = entry.partition(":")
-        if name not in versions:
+        if name not in stored:
             raise ModelStoreError(f"{name}: not in the model store ({home()}); export first: python -m export all")
-        if version and version not in versions[name]:
+        if version and version not in [e.version for e in stored[name]]:
             raise ModelStoreError(
                 f"{entry}: no such version in the model store ({home()}); "
-                f"stored versions of {name}, newest first: {', '.join(versions[name])}"
+                f"stored versions of {name}, newest first: {', '.join(e.version for e in stored[name])}"
             )
-        tag = f"{name}:{version or versions[name][0]}"
-        if tag not in tags:
-            tags.append(tag)
+        chosen = [version] if version else [_of_precision(name, stored[name], p) for p in precisions]
+        for v in chosen:
+            if f"{name}:{v}" not in tags:
+                tags.append(f"{name}:{v}")
     return tags
 
 
@@ -130,15 +188,15 @@ def load(tag: str) -> StoredModel:
     return StoredModel(name=model.tag.name, tag=str(model.tag), path=path, card=card)
 
 
-def newest_card(name: str) -> ModelCard | None:
-    """The card of the newest stored model called `name`, if any."""
+def newest_card(name: str, precision: str = FP32) -> ModelCard | None:
+    """The card of the newest stored version of `precision` (fp32: the exported graph, never a
+    variant) of the model called `name`, if any."""
     import bentoml
 
-    try:
-        model = bentoml.models.get(f"{name}:latest")
-    except bentoml.exceptions.NotFound:
+    versions = _versions(precision).get(name)
+    if not versions:
         return None
-    return read_card(Path(model.path) / CARD_FILE)
+    return read_card(Path(bentoml.models.get(f"{name}:{versions[0]}").path) / CARD_FILE)
 
 
 def describe_artifact(path: Path, file: str, media_type: str) -> dict[str, str]:
@@ -173,7 +231,9 @@ def save(card: ModelCard, onnx_file: Path, artifacts: dict[str, Path] | None = N
         _copy_artifacts(card, artifacts or {}, Path(existing.path))
         (Path(existing.path) / CARD_FILE).write_text(json.dumps(card.to_json(), indent=2))
         return str(existing.tag)
-    labels = {"project": PROJECT_LABEL, "tasks": ",".join(card.tasks)}
+    labels = {"project": PROJECT_LABEL, "tasks": ",".join(card.tasks), "precision": card.precision}
+    if card.variant.get("of"):
+        labels["variant_of"] = str(card.variant["of"])
     metadata = {
         "sha256": card.sha256,
         "opset": card.opset,
@@ -186,15 +246,18 @@ def save(card: ModelCard, onnx_file: Path, artifacts: dict[str, Path] | None = N
     return tag
 
 
-def read_artifact(card: ModelCard, key: str) -> bytes | None:
+def read_artifact(card: ModelCard, key: str, folder: Path | None = None) -> bytes | None:
     """The stored file `key` of the served version `card` (None when its card names none), refused
-    when it lies outside the model's directory or is not the file the card describes."""
-    import bentoml
-
+    when it lies outside the model's directory or is not the file the card describes. `folder`:
+    the model's directory where the caller has it (StoredModel.path), else the store is asked."""
     entry = card.artifacts.get(key)
     if entry is None:
         return None
-    folder = Path(bentoml.models.get(card.tag).path).resolve()
+    if folder is None:
+        import bentoml
+
+        folder = Path(bentoml.models.get(card.tag).path)
+    folder = folder.resolve()
     path = (folder / entry["file"]).resolve()
     if path.parent != folder:
         raise ModelStoreError(f"{card.tag}: the card's {key} points outside the model directory")
@@ -232,6 +295,7 @@ def check_external_data(onnx_file: Path) -> None:
 
 __all__ = [
     "CARD_FILE",
+    "FP32",
     "PROJECT_LABEL",
     "CardError",
     "ModelStoreError",
@@ -245,5 +309,6 @@ __all__ = [
     "read_artifact",
     "read_card",
     "save",
+    "select",
     "sha256_file",
 ]

@@ -7,13 +7,16 @@ the graph. The v2 routes address graphs by name and version.
 Several versions of a graph may be served side by side (EE559_MODELS=lenet:v1,lenet:v2): a
 request names one (`version` in a task request, the v2 path's /versions/{version}), or gets the
 name's default version, the first listed (the newest stored when the name is given alone).
+Versions of several precisions may be among them (EE559_PRECISION=int8,fp32: a model's INT8
+variant and its fp32 graph): a task request may name a precision (`precision`), and gets the
+first served version of that precision.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
-from core.card import ModelCard
+from core.card import PRECISIONS, ModelCard
 
 from .errors import ClientError, shown
 
@@ -37,9 +40,10 @@ class Catalog:
         graphs = [c for c in self.default.values() if task in c.tasks]
         return sorted({c.name for c in graphs} | {c.family for c in graphs})
 
-    def for_task(self, name: object, task: str, version: object = None) -> ModelCard:
+    def for_task(self, name: object, task: str, version: object = None, precision: object = None) -> ModelCard:
         """The card of the graph that serves `task` for the model `name` (a family or a graph), in
-        `version` if given (a version of that graph: versions are per graph), else the default."""
+        `version` if given (a version of that graph: versions are per graph), else the default;
+        of `precision` if given: the first served version of it (that version must be of it)."""
         served = ", ".join(sorted({c.family for c in self.default.values() if task in c.tasks}))
         if not isinstance(name, str) or not name:
             raise ClientError(400, "missing_field", f"field 'model' must name a model; served for /{task}: {served}")
@@ -48,8 +52,10 @@ class Catalog:
             raise ClientError(
                 404, "unknown_model", f"model {shown(name, 64)} is not served; served for /{task}: {served}"
             )
-        if version is None:
-            candidates = [c for c in family if self.default[c.name] is c]
+        if precision is not None:
+            family = self._of_precision(name, family, task, precision)
+        if version is None:  # each graph's default, or the first served of the precision
+            candidates = family if precision is not None else [c for c in family if self.default[c.name] is c]
         else:
             versions = ", ".join(c.version for c in family if task in c.tasks) or "none"
             if not isinstance(version, str):
@@ -61,8 +67,9 @@ class Catalog:
                 raise ClientError(
                     404,
                     "unknown_version",
-                    f"model {shown(name, 64)} has no version {shown(version, 64)}; "
-                    f"served versions for /{task}: {versions}",
+                    f"model {shown(name, 64)} has no version {shown(version, 64)}"
+                    f"{'' if precision is None else f' in precision {precision}'}; "
+                    f"served versions for /{task}{'' if precision is None else f' in {precision}'}: {versions}",
                 )
         card = next((c for c in candidates if task in c.tasks), None)
         if card is None:
@@ -74,6 +81,23 @@ class Catalog:
                 f"{', '.join('/' + t for t in tasks)}, not /{task}; models for /{task}: {served}",
             )
         return card
+
+    def _of_precision(self, name: str, family: list[ModelCard], task: str, precision: object) -> list[ModelCard]:
+        """The served versions of `family` of `precision`, in serving order (the default first)."""
+        if not isinstance(precision, str) or precision not in PRECISIONS:
+            raise ClientError(
+                400, "bad_field", f"'precision' must be one of {', '.join(PRECISIONS)}, got {shown(precision)}"
+            )
+        chosen = [c for c in family if c.precision == precision]
+        if not chosen:
+            served = ", ".join(dict.fromkeys(c.precision for c in family if task in c.tasks)) or "none"
+            raise ClientError(
+                404,
+                "unknown_precision",
+                f"model {shown(name, 64)} is not served in precision {precision!r}; "
+                f"'precision' served for it on /{task}: {served}",
+            )
+        return chosen
 
     def graph(self, name: str, version: object = None) -> ModelCard:
         """A served graph by its own name (and version, when given): the v2 protocol's address."""

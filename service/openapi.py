@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from core.card import PRECISIONS
+
 from .catalog import Catalog
 from .inputs import IMAGE_TYPES, JSON, MULTIPART, NPY, RAW
 from .schema import ANY_ARRAY, BINARY, INT, STR, arr, obj
@@ -18,7 +20,7 @@ ERROR = obj({"error": STR}, ("error",))
 ERRORS = {
     "400": "the request is malformed or a field is out of range (the message says what is accepted)",
     "401": "missing or wrong bearer token (only when EE559_API_TOKEN is set)",
-    "404": "no such model (or version, or file of it)",
+    "404": "no such model (or version, or precision, or file of it)",
     "408": "the body did not arrive within EE559_BODY_TIMEOUT_S",
     "413": "the body is over EE559_MAX_BODY_BYTES",
     "415": "content type or content encoding not accepted",
@@ -58,10 +60,21 @@ VERSION_FIELD = {
     "description": "a served version of the model (GET /models); default: the first listed in EE559_MODELS, "
     "else the newest stored",
 }
+PRECISION_FIELD = {
+    "type": "string",
+    "enum": list(PRECISIONS),
+    "description": "the first served version of the model in this precision (GET /models: each version's "
+    "`precision`; EE559_PRECISION chooses which are served); default: the default version",
+}
 
 
 def _image_operation(task: Task, models: list[str]) -> dict[str, Any]:
-    fields = {"model": _model_field(models), "version": VERSION_FIELD, **task.request_schema}
+    fields = {
+        "model": _model_field(models),
+        "version": VERSION_FIELD,
+        "precision": PRECISION_FIELD,
+        **task.request_schema,
+    }
     binary = {"schema": BINARY}
     return {
         "summary": task.summary,
@@ -107,7 +120,12 @@ def _json_operation(
             "content": {
                 JSON: {
                     "schema": obj(
-                        {"model": _model_field(models), "version": VERSION_FIELD, **request},
+                        {
+                            "model": _model_field(models),
+                            "version": VERSION_FIELD,
+                            "precision": PRECISION_FIELD,
+                            **request,
+                        },
                         ("model", *task.required),
                         additionalProperties=False,
                     )

@@ -52,7 +52,7 @@ logs.configure(SETTINGS.log_format)  # in a worker, after BentoML configured its
 metrics.own_directory()  # a second server on this BENTOML_HOME must not wipe our metrics
 patches.apply()
 preflight(SETTINGS.provider)  # provider=cuda without CUDA: `bentoml serve` exits now instead of retrying workers
-SERVED = store.select(SETTINGS.models)  # tags (name:version), each name's default version first
+SERVED = store.select(SETTINGS.models, SETTINGS.precision)  # tags (name:version), each name's default first
 if not SERVED:  # fail `bentoml serve` / `bentoml build` at once rather than restart workers forever
     raise store.ModelStoreError(f"no exported models in the model store ({store.home()}); run: python -m export all")
 # Every card read and every file checked against its sha256 here, in the process that starts the
@@ -133,7 +133,7 @@ class Reloader:
         svc, engine = self.svc, self.svc.engine
         served = dict(svc.catalog.cards)
         tags: list[str] = []
-        for tag in store.select(svc.settings.models):
+        for tag in store.select(svc.settings.models, svc.settings.precision):
             if tag in engine.cards or self._add(tag):
                 tags.append(tag)
             else:  # refused: its name keeps what it served

@@ -11,6 +11,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from core.card import PRECISIONS
 from core.session import PROVIDERS
 
 BATCHERS = ("ee559", "bentoml")
@@ -57,12 +58,29 @@ def _choice(env: Mapping[str, str], name: str, default: str, accepted: tuple[str
     return value
 
 
+def _precisions(env: Mapping[str, str]) -> tuple[str, ...]:
+    raw = env.get("EE559_PRECISION", "").strip().lower()
+    chosen = tuple(p.strip() for p in raw.split(",") if p.strip()) or ("fp32",)
+    if any(p not in PRECISIONS for p in chosen) or len(set(chosen)) != len(chosen):
+        raise SettingsError(
+            f"EE559_PRECISION={raw[:40]!r}; accepted: one or more of {', '.join(PRECISIONS)}, comma-separated, "
+            "each once (the first is the default)"
+        )
+    return chosen
+
+
 @dataclass(frozen=True)
 class Settings:
     # EE559_MODELS: what to serve (default: the newest version of every stored model): names (the
     # newest version) or name:version, comma-separated; the first version listed of a name is the
     # one requests get when they name none (core/store.py select).
     models: tuple[str, ...] | None = None
+    # EE559_PRECISION: which stored precision each name in EE559_MODELS (or every stored model)
+    # stands for: fp32 (the exported graph, the default), fp16 or int8 (variants behind their gates,
+    # export/variants.py), or several comma-separated, served side by side, the first the default;
+    # a name without a variant of that precision serves its fp32 version (one log line). Versions
+    # named in EE559_MODELS are served whatever their precision (core/store.py select).
+    precision: tuple[str, ...] = ("fp32",)
     provider: str = "auto"  # EE559_PROVIDER: auto | cuda | cpu (core/session.py)
     batcher: str = "ee559"  # EE559_BATCHER: ee559 (in-process) | bentoml (a batching service via depends)
     # EE559_WORKERS: HTTP worker processes; default BentoML's "cpu_count", which reads the cgroup's
@@ -110,6 +128,7 @@ class Settings:
         workers: int | str = "cpu_count" if workers_raw in ("", "cpu_count") else _int(env, "EE559_WORKERS", 1)
         return cls(
             models=models,
+            precision=_precisions(env),
             provider=_choice(env, "EE559_PROVIDER", "auto", PROVIDERS),
             batcher=_choice(env, "EE559_BATCHER", "ee559", BATCHERS),
             workers=workers,

@@ -83,12 +83,16 @@ class Task:
         pixels: np.ndarray | None = None
         if self.takes_image:
             req = await read_image_request(request, server.settings)
-            card = server.catalog.for_task(req.fields.get("model"), self.name, req.fields.pop("version", None))
+            card = server.catalog.for_task(
+                req.fields.get("model"), self.name, req.fields.pop("version", None), req.fields.pop("precision", None)
+            )
             options = self.options(card, req.fields)
             pixels = await req.decode(card.row_shape, server.settings)
         else:
             fields = await json_fields(request, server.settings, self.name, self.example)
-            card = server.catalog.for_task(fields.get("model"), self.name, fields.pop("version", None))
+            card = server.catalog.for_task(
+                fields.get("model"), self.name, fields.pop("version", None), fields.pop("precision", None)
+            )
             options = self.options(card, fields)
         outputs, provider = await server.infer(card, self.model_input(card, pixels, options))
         rows = outputs if not self.takes_image else [o[0] for o in outputs]

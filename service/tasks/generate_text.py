@@ -120,7 +120,9 @@ class GenerateText(Task):
     async def handle(self, server: Server, request: Request) -> Response:
         settings = server.settings
         fields = await json_fields(request, settings, self.name, self.example)
-        card = server.catalog.for_task(fields.get("model"), self.name, fields.pop("version", None))
+        card = server.catalog.for_task(
+            fields.get("model"), self.name, fields.pop("version", None), fields.pop("precision", None)
+        )
         opts = self.text_options(card, fields, settings.max_new_tokens, settings.max_prompt_chars)
         scheduler = server.text[card.tag]
         note_model(card.name)
