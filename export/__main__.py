@@ -1,9 +1,11 @@
-"""python -m export <model>|all [--checkpoint PATH] [--data-dir DIR] [--if-missing]
+"""python -m export <model>|all [--checkpoint PATH] [--data-dir DIR] [--if-missing] [--provider cpu|cuda|auto]
 
 Exports the latest training run of each model (or --checkpoint) to ONNX, checks parity with
-PyTorch at batch sizes 1, an odd size and the maximum batch, writes the model card and saves the
-model into the BentoML model store ($BENTOML_HOME, default runs/bentoml). Exits non-zero, naming
-the model, output, batch size and error, when the parity gate fails.
+PyTorch at batch sizes 1, an odd size and the maximum batch on the provider named (the CPU by
+default; `--provider cuda` is the GPU check's), records golden inputs with PyTorch's outputs for
+them (every serving worker must reproduce those before it is ready: core/golden.py), writes the
+model card and saves the model into the BentoML model store ($BENTOML_HOME, default runs/bentoml).
+Exits non-zero, naming the model, output, batch size and error, when the parity gate fails.
 """
 
 from __future__ import annotations
@@ -32,6 +34,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--if-missing", action="store_true", help="skip models whose latest checkpoint is already in the model store"
     )
+    p.add_argument(
+        "--provider",
+        choices=("cpu", "cuda", "auto"),
+        default="cpu",
+        help="where ONNX Runtime runs the parity gate and the golden check (cuda: fails without a GPU; default cpu)",
+    )
     args = p.parse_args(argv)
     if args.model != "all" and args.model not in registry.REGISTRY:
         p.error(f"unknown model {args.model!r}; registered: {', '.join(registry.REGISTRY)}")
@@ -40,14 +48,30 @@ def main(argv: list[str] | None = None) -> int:
     runs = args.runs or runs_dir()
     os.environ.setdefault("BENTOML_HOME", str(runs / "bentoml"))
 
-    from core import store
+    from core import golden, store
+    from core.session import ProviderError, preflight
     from training.data import load_dataset
     from training.train import LOSS_CURVE, latest_checkpoint, load_checkpoint
 
     from .calibration import calibrate, graph_logits, summary
-    from .onnx_export import ONNX_FILE, ParityError, build_card, export_onnx, export_sample, parity_inputs, validate
+    from .onnx_export import (
+        ONNX_FILE,
+        ParityError,
+        build_card,
+        check_golden,
+        export_onnx,
+        export_sample,
+        parity_inputs,
+        record_golden,
+        validate,
+    )
     from .text_parity import greedy_parity
 
+    try:  # before any work: a GPU asked for where none can be used
+        preflight(args.provider)
+    except ProviderError as exc:
+        print(f"export: {exc}", file=sys.stderr)
+        return 2
     names = list(registry.REGISTRY) if args.model == "all" else [args.model]
     for name in names:
         entry = registry.get(name)
@@ -62,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
             and (card.examples or card.sampling)  # cards from before examples were recorded are redone
             and (card.artifacts or not (ckpt_path.parent / LOSS_CURVE).exists())  # and those without the curve
             and (card.calibration or "classify" not in g.tasks)  # and classifiers' without calibration
+            and card.golden  # and those without golden inputs
             for g in entry.graphs
         ):
             print(f"{name}: {', '.join(g.name for g in entry.graphs)} in the model store for {ckpt_path}; skipping")
@@ -79,8 +104,13 @@ def main(argv: list[str] | None = None) -> int:
             inputs = parity_inputs(graph.spec, splits.test.x, model)
             sample = export_sample(graph.spec, inputs, model, splits.test.x)
             onnx_path = export_onnx(model, graph.spec, sample, folder / ONNX_FILE)
+            golden_file = folder / golden.FILE
+            golden_field = record_golden(graph.spec, model, inputs, golden_file)
             try:
-                parity = validate(graph.name, graph.spec, model, onnx_path, inputs)
+                parity = validate(graph.name, graph.spec, model, onnx_path, inputs, args.provider)
+                golden_field["export_check"] = check_golden(
+                    graph.name, graph.spec, onnx_path, golden_file, args.provider
+                )
                 decoding = (
                     greedy_parity(graph.name, graph.spec, model, onnx_path, ckpt["labels"], splits.test.x)
                     if graph.spec.generation
@@ -92,9 +122,16 @@ def main(argv: list[str] | None = None) -> int:
             card = build_card(entry, graph, ckpt, ckpt_path, onnx_path, parity, (splits.test.x, splits.test.y))
             if decoding:
                 card.parity["greedy_decoding"] = decoding
+            files = {**artifacts, golden.ARTIFACT: golden_file}
             card = replace(
                 card,
-                artifacts={k: store.describe_artifact(p, f"{k}.png", "image/png") for k, p in artifacts.items()},
+                golden=golden_field,
+                artifacts={
+                    k: store.describe_artifact(p, golden.FILE, golden.MEDIA_TYPE)
+                    if k == golden.ARTIFACT
+                    else store.describe_artifact(p, f"{k}.png", "image/png")
+                    for k, p in files.items()
+                },
             )
             if "classify" in graph.tasks:  # temperature and out-of-distribution rule, from validation
                 logits = graph_logits(onnx_path, graph.spec.inputs[0].name, graph.spec.max_batch_size)
@@ -103,12 +140,12 @@ def main(argv: list[str] | None = None) -> int:
                     card, calibration=calibrate(logits, splits.train.x, val, test, card.row_shape, ckpt["seed"])
                 )
             (folder / store.CARD_FILE).write_text(json.dumps(card.to_json(), indent=2))
-            tag = store.save(card, onnx_path, artifacts)
+            tag = store.save(card, onnx_path, files)
             worst = max(o["max_abs_error"] for r in parity for o in r["outputs"].values())
             sizes = ", ".join(str(r["batch_size"]) for r in parity)
             print(
-                f"{graph.name}: parity OK at batch sizes {sizes} (max abs error {worst:.2e} <= "
-                f"{graph.spec.atol:g}); "
+                f"{graph.name}: parity OK on {parity[0]['provider']} at batch sizes {sizes} (max abs error "
+                f"{worst:.2e} <= {graph.spec.atol:g}); golden inputs reproduced; "
                 + "; ".join(
                     f"{k.removeprefix('test_')} {v:.4f}"
                     for k, v in card.metrics.items()

@@ -17,6 +17,7 @@ import onnx
 import torch
 from torch import nn
 
+from core import golden
 from core.card import ModelCard
 from core.images import latent_noise
 from core.session import make_session
@@ -26,11 +27,12 @@ from training.registry import CourseModel, Graph
 
 ONNX_FILE = "model.onnx"
 EXAMPLES = 16  # held-out inputs recorded in the card (core/card.py: ModelCard.examples)
+GOLDEN_ROWS = 4  # rows of the golden inputs every serving session must reproduce (core/golden.py)
 
 
 @dataclass(frozen=True)
 class ParityFailure:
-    """One check the graph failed: `kind` is names, shape, value, top1 or decoding (text models)."""
+    """One check the graph failed: `kind` is names, shape, value, top1, golden or decoding (text models)."""
 
     kind: str
     output: str
@@ -113,12 +115,19 @@ def _dims(value_info: onnx.ValueInfoProto) -> tuple[int | str, ...]:
 
 
 def validate(
-    name: str, spec: ExportSpec, model: nn.Module, onnx_path: Path, inputs: list[tuple[np.ndarray, ...]]
+    name: str,
+    spec: ExportSpec,
+    model: nn.Module,
+    onnx_path: Path,
+    inputs: list[tuple[np.ndarray, ...]],
+    provider: str = "cpu",
 ) -> list[dict[str, Any]]:
-    """Compare ORT with PyTorch on `inputs` (per batch, one array per graph input).
+    """Compare ORT on `provider` (core/session.py: cpu, cuda, auto) with PyTorch on `inputs`
+    (per batch, one array per graph input).
 
-    Returns one record per batch size; raises ParityError listing every failed check (names and
-    declared shapes first: values are compared only when those hold).
+    Returns one record per batch size, each naming the provider the session really ran on; raises
+    ParityError listing every failed check (names and declared shapes first: values are compared
+    only when those hold).
     """
     graph = onnx.load(str(onnx_path)).graph
     want_in, want_out = [t.name for t in spec.inputs], [t.name for t in spec.outputs]
@@ -138,7 +147,7 @@ def validate(
     if failures:
         raise ParityError(name, failures)
 
-    session, _, _ = make_session(onnx_path, "cpu")
+    session, used, _ = make_session(onnx_path, provider)
     model = ExportView(model, spec.method).eval()
     records: list[dict[str, Any]] = []
     for x in inputs:
@@ -148,7 +157,7 @@ def validate(
             ref = model(*(torch.from_numpy(a) for a in x))
         ref = [ref] if isinstance(ref, torch.Tensor) else list(ref)
         got = session.run(want_out, dict(zip(want_in, x)))
-        record: dict[str, Any] = {"batch_size": batch, "outputs": {}}
+        record: dict[str, Any] = {"batch_size": batch, "provider": used, "outputs": {}}
         for out_name, r, g in zip(want_out, ref, got):
             r = r.numpy()
             if r.shape != g.shape:
@@ -199,6 +208,49 @@ def step_inputs(model: nn.Module, held_out: np.ndarray, batch: int, past: int, n
     tokens = torch.from_numpy(held_out[np.arange(batch) % len(held_out), : past + new])
     with torch.no_grad():
         return tuple(np.ascontiguousarray(t.numpy()) for t in model.eval().step_inputs(tokens, past))
+
+
+def golden_inputs(spec: ExportSpec, inputs: list) -> dict[str, np.ndarray]:
+    """The golden inputs, by graph input name: the first GOLDEN_ROWS rows of the odd-sized parity
+    batch (held-out images, or the generators' seeded noise); for text step graphs the first
+    parity step whole (its state tensors do not all keep the batch on axis 0)."""
+    if spec.input_data == "steps":
+        return {t.name: a for t, a in zip(spec.inputs, inputs[0])}
+    x = inputs[1] if len(inputs) > 1 else inputs[0]
+    return {spec.inputs[0].name: np.ascontiguousarray(x[:GOLDEN_ROWS])}
+
+
+def record_golden(spec: ExportSpec, model: nn.Module, inputs: list, path: Path) -> dict[str, Any]:
+    """Write the golden inputs and PyTorch's float32 outputs for them to `path` (core/golden.py);
+    the card's `golden` field."""
+    feeds = golden_inputs(spec, inputs)
+    with torch.no_grad():
+        ref = ExportView(model, spec.method).eval()(*(torch.from_numpy(feeds[t.name]) for t in spec.inputs))
+    ref = [ref] if isinstance(ref, torch.Tensor) else list(ref)
+    golden.write(path, feeds, {t.name: r.numpy() for t, r in zip(spec.outputs, ref)})
+    return {
+        "artifact": golden.ARTIFACT,
+        "tolerance_abs": spec.atol,
+        "reference": f"PyTorch {torch.__version__} float32 on CPU",
+        "inputs": {k: list(v.shape) for k, v in feeds.items()},
+    }
+
+
+def check_golden(name: str, spec: ExportSpec, onnx_path: Path, path: Path, provider: str = "cpu") -> dict[str, Any]:
+    """What a serving worker will check at start-up, checked now on `provider`: an export whose
+    graph cannot pass its own golden check is not stored. Raises ParityError."""
+    session, used, _ = make_session(onnx_path, provider)
+    names = [t.name for t in spec.outputs]
+    try:
+        err = golden.check(
+            lambda feeds: dict(zip(names, session.run(names, feeds))),
+            path.read_bytes(),
+            spec.atol,
+            f"{name} on {used}",
+        )
+    except golden.GoldenError as exc:
+        raise ParityError(name, [ParityFailure("golden", "graph", None, str(exc))]) from None
+    return {"provider": used, "max_abs_error": err}
 
 
 def export_sample(spec: ExportSpec, inputs: list, model: nn.Module, held_out: np.ndarray) -> tuple[torch.Tensor, ...]:
@@ -260,6 +312,8 @@ def build_card(
     parity: list[dict[str, Any]],
     held_out: tuple[np.ndarray, np.ndarray],
 ) -> ModelCard:
+    """The card of one exported graph; `parity` as `validate` returned it (its records name the
+    provider the gate ran on)."""
     spec = graph.spec
     cfg = ckpt["config"]
     digest = sha256_file(onnx_path)
@@ -282,7 +336,11 @@ def build_card(
         sampling={"noise": "numpy.random.default_rng(seed).standard_normal((n, dim), dtype=float32)"}
         if spec.input_data == "normal"
         else None,
-        parity={"tolerance_abs": spec.atol, "provider": "CPUExecutionProvider", "batches": parity},
+        parity={
+            "tolerance_abs": spec.atol,
+            "provider": parity[0].get("provider", "CPUExecutionProvider") if parity else "CPUExecutionProvider",
+            "batches": parity,
+        },
         generation=spec.generation,
         metrics={k: v for k, v in ckpt["metrics"].items() if k != "history"},
         dataset={"name": ckpt["dataset"], "source": ckpt["data_source"], "seed": ckpt["seed"]},

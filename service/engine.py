@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from core import store
+from core import golden, store
 from core.card import ModelCard
-from core.session import make_session
+from core.session import CUDA, make_session
 from core.textgen import StepRunner, TextModel
 
 from . import metrics
@@ -141,10 +141,39 @@ class Batcher:
                 p.timing.compute += t1 - t0
 
 
+def tensor_runner(
+    session: Any, card: ModelCard, provider: str, io_binding: bool
+) -> Callable[[np.ndarray], list[np.ndarray]]:
+    """A tensor model's batch -> its outputs in card order (blocking). With `io_binding`, through
+    ONNX Runtime's IO binding: the batch is bound as the input (copied to the device once, inside
+    the run) and every output is bound on the session's device and fetched to the host once, after
+    the run, instead of ORT allocating, copying and converting per output. On CUDA that is the
+    way to run (docs/operations.md); on the CPU it works the same (outputs bound on the host), so
+    the path is tested where no GPU is."""
+    names, feed = card.output_names, card.input.name
+    if not io_binding:
+        return lambda x: session.run(names, {feed: x})
+    device = "cuda" if provider == CUDA else "cpu"
+
+    def run(x: np.ndarray) -> list[np.ndarray]:
+        binding = session.io_binding()
+        binding.bind_cpu_input(feed, np.ascontiguousarray(x))
+        for name in names:
+            binding.bind_output(name, device)
+        session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()
+
+    return run
+
+
 class Engine:
     """Every served model's session, warmed up; `infer` queues rows into adaptive batches,
     `run_batch` executes one batch; text models generate through `text` (service/scheduler.py).
-    `models`: the stored versions to serve, by tag, as service.py read and checked them."""
+    `models`: the stored versions to serve, by tag, as service.py read and checked them.
+
+    Before a version is served, its session must reproduce the golden outputs its card names
+    (core/golden.py) on the provider it got; one that does not is left out, logged with model,
+    provider and error, and listed in `unready`: the worker then reports not ready (service.py)."""
 
     def __init__(self, models: dict[str, store.StoredModel], settings: Settings) -> None:
         """`models` by tag (name:version, as the store and card.tag spell it): the keys of every table here. Metrics are labelled by
@@ -156,9 +185,15 @@ class Engine:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ort")
         self.text: dict[str, TextScheduler] = {}
         self.batchers: dict[str, Batcher] = {}
+        self.runners: dict[str, Callable[[np.ndarray], list[np.ndarray]]] = {}
+        self.unready: dict[str, str] = {}  # tag -> why its golden check failed
         self.cpu_reasons: set[str] = set()
         for tag, model in models.items():
-            self.add(tag, model)
+            try:
+                self.add(tag, model)
+            except golden.GoldenError as exc:
+                self.unready[tag] = str(exc)
+                log.error("not ready: %s", exc)
         log.info("models ready: %s", ", ".join(f"{t} on {p}" for t, p in self.providers.items()))
 
     def add(self, tag: str, model: store.StoredModel) -> None:
@@ -169,6 +204,8 @@ class Engine:
         if why and why not in self.cpu_reasons:  # one line per reason, not per model
             self.cpu_reasons.add(why)
             log.warning("execution provider: CPU (CUDA not used: %s)", why)
+        runner = None if card.is_text else tensor_runner(session, card, used, settings.io_binding_for(used))
+        self._check_golden(model, session, runner, used)
         if card.is_text:
             text_model = TextModel.from_card(card, self._runner(session, card))
             text_model.step([text_model.new([0, 1, 2])])  # warm-up
@@ -183,12 +220,15 @@ class Engine:
             )
             scheduler.calibrate(settings.max_prompt_chars)
         else:
+            assert runner is not None
             for batch in (1, min(settings.max_batch_size, card.max_batch_size)):
-                session.run(None, {card.input.name: np.zeros((batch, *card.row_shape), dtype=card.input.dtype)})
+                runner(np.zeros((batch, *card.row_shape), dtype=card.input.dtype))
         self.sessions[tag], self.providers[tag], self.cards[tag] = session, used, card
         if card.is_text:
             self.text[tag] = scheduler
         else:
+            assert runner is not None
+            self.runners[tag] = runner
             self.batchers[tag] = Batcher(
                 functools.partial(self.run_batch, tag),
                 self.executor,
@@ -202,12 +242,45 @@ class Engine:
     def remove(self, tag: str) -> None:
         """Forget one version (its requests must be done: see service.py's reload)."""
         card = self.cards.pop(tag, None)
-        for table in (self.sessions, self.text, self.batchers):
+        for table in (self.sessions, self.text, self.batchers, self.runners):
             table.pop(tag, None)
         provider = self.providers.pop(tag, None)
         if card is not None:
             labels = {"model": card.name, "version": card.version, "opset": str(card.opset)}
             metrics.model_info().labels(**labels, provider=provider).set(0)
+
+    @staticmethod
+    def _check_golden(
+        model: store.StoredModel,
+        session: Any,
+        runner: Callable[[np.ndarray], list[np.ndarray]] | None,
+        provider: str,
+    ) -> None:
+        """Run the card's golden inputs through the path requests take (the tensor runner, or the
+        text step graph); raises golden.GoldenError naming model, provider and error."""
+        card = model.card
+        if not card.golden:  # exported before golden inputs were recorded
+            log.warning("%s: its card has no golden inputs (exported before 2026-11-26): not checked", card.tag)
+            return
+        where = f"{card.tag} on {provider}"
+        try:
+            data = store.read_artifact(card, card.golden["artifact"], model.path)
+        except (KeyError, OSError, store.ModelStoreError) as exc:
+            raise golden.GoldenError(f"{where}: golden inputs unreadable: {exc}") from None
+        if data is None:
+            raise golden.GoldenError(f"{where}: the card names golden inputs it does not store")
+        names = card.output_names
+        if runner is None:
+            run = lambda feeds: dict(zip(names, session.run(names, feeds)))  # noqa: E731
+        else:
+            run = lambda feeds: dict(zip(names, runner(feeds[card.input.name])))  # noqa: E731
+        try:
+            err = golden.check(run, data, float(card.golden["tolerance_abs"]), where)
+        except golden.GoldenError:
+            raise
+        except Exception as exc:  # the session could not even run them: the same verdict
+            raise golden.GoldenError(f"{where}: golden check failed: {type(exc).__name__}: {str(exc)[:300]}") from None
+        log.info("%s: golden inputs reproduced (max abs error %.2e <= %g)", where, err, card.golden["tolerance_abs"])
 
     @staticmethod
     def _runner(session: Any, card: ModelCard) -> StepRunner:
@@ -222,7 +295,7 @@ class Engine:
         """Every output of the served version `tag` for the batch `x`, in model-card order (blocking)."""
         card = self.cards[tag]
         start = time.perf_counter()
-        outs = self.sessions[tag].run(card.output_names, {card.input.name: x})
+        outs = self.runners[tag](x)
         metrics.inference_seconds().labels(model=card.name, provider=self.providers[tag]).observe(
             time.perf_counter() - start
         )

@@ -180,6 +180,10 @@ class Inference:
     def __init__(self) -> None:
         self.engine = Engine({n: m for n, m in STORED.items() if not m.card.is_text}, SETTINGS)
 
+    async def __is_ready__(self) -> bool:
+        """Not ready while a session failed its golden check (logged by the engine)."""
+        return not self.engine.unready
+
     @bentoml.api(batchable=True, max_batch_size=SETTINGS.max_batch_size, max_latency_ms=SETTINGS.max_latency_ms)
     async def infer(self, items: list[Any]) -> list[Any]:
         """items: (model tag, one input row) pairs from any number of requests; each model's rows
@@ -216,13 +220,17 @@ class EE559:
         self.settings: Settings = SETTINGS
         self.engine: Engine | None = None
         self.text: dict[str, TextScheduler]
+        self.unready: dict[str, str] = {}  # tag -> why its golden check failed (engine.py)
         if SETTINGS.batcher == "bentoml":
             text = {n: m for n, m in STORED.items() if m.card.is_text}
-            self.text = Engine(text, SETTINGS).text if text else {}  # generation state stays here
+            text_engine = Engine(text, SETTINGS) if text else None  # generation state stays here
+            self.text = text_engine.text if text_engine else {}
+            self.unready = text_engine.unready if text_engine else {}
             self.catalog = Catalog({n: m.card for n, m in STORED.items()})
         else:
             self.engine = Engine(STORED, SETTINGS)  # loaded and warmed up before the worker reports ready
             self.catalog, self.text = Catalog(self.engine.cards), self.engine.text
+            self.unready = self.engine.unready
         self.draining = False
         if SETTINGS.reload_s > 0:
             if self.engine is None:
@@ -259,6 +267,10 @@ class EE559:
     async def __is_ready__(self) -> bool:
         """GET /readyz (BentoML) and /v2/health/ready: false once SIGTERM arrived."""
         if self.draining:
+            return False
+        # A version whose session failed its golden check (core/golden.py) keeps the worker
+        # unready, as Triton's strict readiness does for a model that failed to load.
+        if self.unready:
             return False
         if self.engine is not None:
             return True  # the engine is built in __init__, before the worker serves

@@ -99,6 +99,16 @@ def test_export_cli_fails_with_nonzero_exit_when_the_gate_fails(exported, runs: 
     assert "parity gate FAILED" in err and "mlp" in err and "batch size 1" in err
 
 
+def test_export_on_cuda_without_a_gpu_fails_before_any_work_naming_why(monkeypatch, capsys):
+    from core import session
+    from export.__main__ import main
+
+    monkeypatch.setattr(session, "cuda_unavailable_reason", lambda: "no NVIDIA driver (libcuda.so.1) on this machine")
+    assert main(["lenet", "--provider", "cuda"]) == 2
+    err = capsys.readouterr().err
+    assert "CUDA was required (provider=cuda) but cannot be used: no NVIDIA driver" in err
+
+
 def test_export_is_reused_when_checkpoint_unchanged(exported, runs: Path, capsys):
     from export.__main__ import main
 
