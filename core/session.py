@@ -17,6 +17,15 @@ PROVIDERS = ("auto", "cuda", "cpu")
 CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
 
 
+# use_tf32=0: TF32 rounds matmul and convolution inputs to a 10-bit mantissa (NVIDIA's format): a
+# max abs error of ~3e-4 on a small CNN against float32 PyTorch (../shared/gpu/README.md), far
+# coarser than the parity gate's and the golden check's tolerance (1e-5). No user compute stream:
+# each session's CUDA provider creates its own stream, and do_copy_in_default_stream=1 (ONNX
+# Runtime's default, written out) keeps the host<->device copies on it, so one session's copies
+# and kernels are ordered and sessions in other threads or workers do not wait on one another.
+CUDA_OPTIONS = {"use_tf32": "0", "do_copy_in_default_stream": "1"}
+
+
 class ProviderError(RuntimeError):
     """CUDA was required but cannot be used."""
 
@@ -75,9 +84,7 @@ def make_session(
                 ort.preload_dlls()
             except Exception as exc:
                 why = f"onnxruntime.preload_dlls() failed: {exc}"  # kept if the session falls back
-            # use_tf32=0: TF32 rounds matmul and convolution inputs to a 10-bit mantissa (NVIDIA's
-            # format), far coarser than the parity gate's float32 tolerance. Not measured: no GPU here.
-            sess = ort.InferenceSession(str(path), so, providers=[(CUDA, {"use_tf32": "0"}), CPU])
+            sess = ort.InferenceSession(str(path), so, providers=[(CUDA, CUDA_OPTIONS), CPU])
             if sess.get_providers()[0] == CUDA:
                 return sess, CUDA, None
             why = why or "the CUDA execution provider did not initialise (CUDA 13 / cuDNN 9 libraries missing?)"
