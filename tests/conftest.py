@@ -123,3 +123,26 @@ def server(exported, runs: Path):
     # and 11,716 for the LSTM at batch 1): long generations let the tests watch one run.
     with serving({"EE559_BODY_TIMEOUT_S": "3", "EE559_MAX_NEW_TOKENS": "20000"}, log) as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def variant_home(exported, tmp_path_factory) -> tuple[Path, dict[str, dict], str]:
+    """A model store of its own holding the session's LeNet and its FP16 and INT8 variants, made by
+    `python -m export.variants lenet` (the session's store stays as export left it): its
+    BENTOML_HOME, precision -> stored card (JSON), and what the command printed."""
+    import json
+    import shutil
+
+    home = tmp_path_factory.mktemp("variants")
+    shutil.copytree(Path(os.environ["BENTOML_HOME"]) / "models" / "lenet", home / "models" / "lenet")
+    run = subprocess.run(
+        [sys.executable, "-m", "export.variants", "lenet", "--runs", str(home / "runs")],
+        cwd=ROOT,
+        env={**os.environ, "BENTOML_HOME": str(home), "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr[-3000:]
+    cards = [json.loads(p.read_text()) for p in (home / "models" / "lenet").glob("*/model_card.json")]
+    return home, {c["precision"]: c for c in cards}, run.stdout
