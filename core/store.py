@@ -156,6 +156,12 @@ def select(entries: tuple[str, ...] | None = None, precisions: tuple[str, ...] =
     return tags
 
 
+def variants_of(tag: str) -> set[str]:
+    """The precisions of the variants stored for the fp32 version `tag` (name:version)."""
+    name, _, version = tag.partition(":")
+    return {e.precision for e in _stored().get(name, []) if e.of == version}
+
+
 def modified(tag: str) -> float:
     """When the stored entry `tag` last changed (its newest file), to notice a fixed export."""
     import bentoml
@@ -239,10 +245,20 @@ def save(card: ModelCard, onnx_file: Path, artifacts: dict[str, Path] | None = N
         "opset": card.opset,
         **{k: float(v) for k, v in card.metrics.items() if k.startswith("test_")},
     }
+    # BentoML points `name:latest` at the newest entry; a variant must not move it (`bentoml models
+    # get lenet:latest` and everything else reading it mean the version served by default).
+    keep = None
+    if card.precision != FP32:
+        try:
+            keep = bentoml.models.get(f"{card.name}:latest")
+        except bentoml.exceptions.NotFound:
+            pass
     with bentoml.models.create(tag, labels=labels, metadata=metadata, module="ee559.onnx") as m:
         shutil.copyfile(onnx_file, Path(m.path) / card.file)
         _copy_artifacts(card, artifacts or {}, Path(m.path))
         (Path(m.path) / CARD_FILE).write_text(json.dumps(card.to_json(), indent=2))
+    if keep is not None:
+        (Path(keep.path).parent / "latest").write_text(str(keep.tag.version))
     return tag
 
 

@@ -1,4 +1,5 @@
 """python -m export <model>|all [--checkpoint PATH] [--data-dir DIR] [--if-missing] [--provider cpu|cuda|auto]
+                              [--variants fp16,int8|none]
 
 Exports the latest training run of each model (or --checkpoint) to ONNX, checks parity with
 PyTorch at batch sizes 1, an odd size and the maximum batch on the provider named (the CPU by
@@ -6,6 +7,8 @@ default; `--provider cuda` is the GPU check's), records golden inputs with PyTor
 them (every serving worker must reproduce those before it is ready: core/golden.py), writes the
 model card and saves the model into the BentoML model store ($BENTOML_HOME, default runs/bentoml).
 Exits non-zero, naming the model, output, batch size and error, when the parity gate fails.
+Then the FP16 and INT8 variants of the image models, each behind its own gate (export/variants.py;
+a variant that misses its gate is not stored and the command exits 1).
 """
 
 from __future__ import annotations
@@ -40,11 +43,22 @@ def main(argv: list[str] | None = None) -> int:
         default="cpu",
         help="where ONNX Runtime runs the parity gate and the golden check (cuda: fails without a GPU; default cpu)",
     )
+    p.add_argument(
+        "--variants",
+        default="fp16,int8",
+        help="then the variants of the image models, each behind its gate (export/variants.py): comma-separated "
+        "precisions of fp16, int8, or 'none' (default fp16,int8)",
+    )
     args = p.parse_args(argv)
     if args.model != "all" and args.model not in registry.REGISTRY:
         p.error(f"unknown model {args.model!r}; registered: {', '.join(registry.REGISTRY)}")
     if args.checkpoint and args.model == "all":
         p.error("--checkpoint needs a single model name")
+    from .variants import VARIANTS
+
+    precisions = tuple(v.strip() for v in args.variants.split(",") if v.strip() and v.strip() != "none")
+    if any(v not in VARIANTS for v in precisions):
+        p.error(f"--variants {args.variants[:40]!r}: comma-separated precisions of {', '.join(VARIANTS)}, or 'none'")
     runs = args.runs or runs_dir()
     os.environ.setdefault("BENTOML_HOME", str(runs / "bentoml"))
 
@@ -155,6 +169,26 @@ def main(argv: list[str] | None = None) -> int:
             )
             if card.calibration:
                 print(summary(graph.name, card.calibration))
+    return _variants(names, precisions, runs, args)
+
+
+def _variants(names: list[str], precisions: tuple[str, ...], runs: Path, args: argparse.Namespace) -> int:
+    """The FP16 and INT8 variants of the fp32 versions just exported (or found in the store), for
+    the models with a variant gate; with --if-missing, those already stored are not made again."""
+    from core import store
+
+    from .variants import export_variants, variant_models
+
+    for name in names:
+        if not precisions or name not in variant_models():
+            continue
+        tag = store.discover((name,))[name]
+        if args.if_missing and set(precisions) <= store.variants_of(tag):
+            print(f"{name}: {', '.join(precisions)} variants of {tag} in the model store; skipping")
+            continue
+        code = export_variants(name, precisions, runs, args.data_dir, provider=args.provider)
+        if code:
+            return code
     return 0
 
 

@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from core.card import PRECISIONS, ModelCard
+from core.card import PRECISIONS
 from core.paths import runs_dir
 
 if TYPE_CHECKING:
@@ -277,22 +277,6 @@ def summary(name: str, precision: str, gate: Gate, record: dict[str, Any]) -> st
 
 
 # -- the whole path --------------------------------------------------------------------------------
-def checkpoint_of(card: ModelCard, runs: Path) -> Path:
-    """The checkpoint a card was exported from: its recorded path, or the same run under `runs`
-    when the runs directory moved; its sha256 must match."""
-    from core import store
-
-    recorded = Path(card.checkpoint.get("path", ""))
-    path = recorded
-    if not path.is_file() and "train" in recorded.parts:
-        path = runs.joinpath(*recorded.parts[recorded.parts.index("train") :])
-    if not path.is_file():
-        raise VariantError(f"{card.name}: checkpoint {recorded} not found (nor {path})")
-    if store.sha256_file(path) != card.checkpoint.get("sha256"):
-        raise VariantError(f"{card.name}: {path} is not the checkpoint {card.tag} was exported from (sha256)")
-    return path
-
-
 def golden_field(fp32: StoredModel, variant_path: Path) -> dict[str, Any]:
     """The variant's golden check: fp32's golden file (PyTorch's outputs), a tolerance that admits
     the variant's own error on it (measured here, on the CPU) with room for another provider."""
@@ -331,7 +315,7 @@ def export_variants(
     from core.session import ProviderError
     from training import registry
     from training.data import Split, load_dataset
-    from training.train import load_checkpoint
+    from training.train import checkpoint_of, load_checkpoint
 
     from .calibration import calibrate, graph_logits
     from .onnx_export import ONNX_FILE, library_versions
@@ -355,7 +339,7 @@ def export_variants(
         if fp32.card.precision != store.FP32:
             raise VariantError(f"{tag} is itself a {fp32.card.precision} variant; name an fp32 version")
         model, ckpt = load_checkpoint(checkpoint_of(fp32.card, runs), entry)
-    except (KeyError, VariantError, store.ModelStoreError, ValueError) as exc:
+    except (KeyError, VariantError, store.ModelStoreError, ValueError, FileNotFoundError) as exc:
         print(f"export: variants of {name}: {str(exc).strip(chr(39))}", file=sys.stderr)
         return 2
     spec = graph.spec.resolve(ckpt["config"])

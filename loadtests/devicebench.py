@@ -66,22 +66,6 @@ def rate(fn: Callable[[], Any], seconds: float, warmup: int) -> float:
             return n / elapsed
 
 
-def checkpoint_of(card: Any, runs: Path) -> Path:
-    """The checkpoint a card was exported from: its recorded path, or the same run under `runs`
-    when the runs directory was moved (a copy on another machine); its sha256 must match."""
-    from core import store
-
-    recorded = Path(card.checkpoint["path"])
-    path = recorded
-    if not path.exists() and "train" in recorded.parts:
-        path = runs.joinpath(*recorded.parts[recorded.parts.index("train") :])
-    if not path.exists():
-        raise FileNotFoundError(f"{card.name}: checkpoint {recorded} not found (nor {path})")
-    if store.sha256_file(path) != card.checkpoint["sha256"]:
-        raise ValueError(f"{card.name}: {path} is not the checkpoint {card.tag} was exported from (sha256)")
-    return path
-
-
 class Ways:
     """One model on one device, ready to run a batch each of the three ways; `x` is the host batch."""
 
@@ -92,7 +76,7 @@ class Ways:
         from core.paths import runs_dir
         from core.session import CUDA, make_session
         from training.registry import REGISTRY
-        from training.train import load_checkpoint
+        from training.train import checkpoint_of, load_checkpoint
 
         self.served = store.load(store.discover((name,))[name])
         self.card = self.served.card

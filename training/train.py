@@ -285,6 +285,23 @@ def save_checkpoint(
     return run_dir / CHECKPOINT
 
 
+def checkpoint_of(card: Any, runs: Path) -> Path:
+    """The checkpoint a model card was exported from: its recorded path, or the same run under
+    `runs` when the runs directory moved (a copy on another machine). Raises FileNotFoundError
+    when neither exists, ValueError when the file is not the one the card records (sha256)."""
+    from core import store
+
+    recorded = Path(card.checkpoint.get("path", ""))
+    path = recorded
+    if not path.is_file() and "train" in recorded.parts:
+        path = runs.joinpath(*recorded.parts[recorded.parts.index("train") :])
+    if not path.is_file():
+        raise FileNotFoundError(f"{card.name}: checkpoint {recorded} not found (nor {path})")
+    if store.sha256_file(path) != card.checkpoint.get("sha256"):
+        raise ValueError(f"{card.name}: {path} is not the checkpoint {card.tag} was exported from (sha256)")
+    return path
+
+
 def load_checkpoint(path: Path, entry: CourseModel) -> tuple[nn.Module, dict[str, Any]]:
     ckpt = torch.load(path, map_location="cpu", weights_only=True)  # never unpickle code
     if ckpt.get("name") != entry.name:

@@ -48,6 +48,8 @@ def test_cuda_without_a_gpu_is_refused_in_one_line(exported, tmp_path: Path, cap
 
 
 def test_a_checkpoint_is_found_in_a_moved_runs_folder(tmp_path: Path):
+    from training.train import checkpoint_of
+
     moved = tmp_path / "elsewhere" / "runs"
     ckpt = moved / "train" / "lenet" / "20260101-000000" / "checkpoint.pt"
     ckpt.parent.mkdir(parents=True)
@@ -60,9 +62,9 @@ def test_a_checkpoint_is_found_in_a_moved_runs_folder(tmp_path: Path):
             "sha256": store.sha256_file(ckpt),
         },
     )
-    assert devicebench.checkpoint_of(card, moved) == ckpt
+    assert checkpoint_of(card, moved) == ckpt
     card.checkpoint["sha256"] = "0" * 64
     with pytest.raises(ValueError, match="sha256"):
-        devicebench.checkpoint_of(card, moved)
+        checkpoint_of(card, moved)
     with pytest.raises(FileNotFoundError):
-        devicebench.checkpoint_of(card, tmp_path / "empty")
+        checkpoint_of(card, tmp_path / "empty")
