@@ -127,8 +127,12 @@ ops-test: install ops-tools
 	$(PY) -m pytest -q -m "slow or not slow" tests/service/test_prometheus.py tests/service/test_grafana.py \
 		tests/service/test_compose.py tests/service/test_kubernetes.py
 
+# Text generation: batch-1 decoding in-process (ORT with its cache vs re-run vs PyTorch), then under
+# load through a real `bentoml serve` with one worker (c = 1, 4, 16, 64 streamed generations at
+# once against the same requests one at a time: continuous batching's gain; loadtests/textload.py).
 textbench: export
 	$(PY) -m loadtests.textbench $(TEXTBENCH_ARGS)
+	$(PY) -m loadtests.textload $(TEXTLOAD_ARGS)
 
 # The GPU proof in one command (docs/gpu.md, loadtests/gpu_check.py): export parity gates on the
 # provider, `bentoml serve` on it answering every route, readiness, the device micro-benchmark, the
