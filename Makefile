@@ -86,7 +86,8 @@ bench: export
 	command -v wrk >/dev/null || (apt-get update -q && apt-get install -y -q wrk)
 	$(PY) -m pip install --quiet -r requirements-bench.txt
 	# PyTriton's Python-backend stub links the system libpython3.11: its venv must use that interpreter.
-	test -x .venv-triton/bin/python || ($(TRITON_PYTHON) -m venv .venv-triton && .venv-triton/bin/pip install --quiet -r requirements-triton.txt)
+	test -x .venv-triton/bin/python || $(TRITON_PYTHON) -m venv .venv-triton
+	.venv-triton/bin/pip install --quiet -r requirements-triton.txt  # every time: a venv made before a pin moved follows it
 	$(PY) -m loadtests.bench $(BENCH_ARGS)
 
 # The 30-minute soak (EE559_SOAK_SECONDS to change it): memory growth and failures at 70% load.
