@@ -30,6 +30,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -518,6 +519,7 @@ def main(argv: list[str] | None = None) -> int:
     with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
         tar.add(check.logs, arcname="logs")
     (out / "logs.tar.gz").write_bytes(buffer.getvalue())
+    shutil.rmtree(check.logs, ignore_errors=True)
     print(markdown(check, total))
     print(f"[gpu-check] {out / 'gpu-check.json'}, {out / 'gpu-check.md'}, {out / 'logs.tar.gz'}")
     return 0 if report["ok"] else 1
