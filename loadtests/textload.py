@@ -1,18 +1,20 @@
 """python -m loadtests.textload [--models gpt char_lstm] [--concurrency 1 4 16 64] [--new-tokens 256]
-                              [--workers 1] [--url URL] [--json PATH]
+                              [--repeat 3] [--workers 1] [--url URL] [--json PATH]
 
 Text generation under load, through HTTP: what continuous batching (service/scheduler.py) buys.
 Starts one real `bentoml serve` of the text models (or measures the server at --url), and for each
 model and each concurrency c sends c streamed POST /generate_text requests at once, every one
 greedy (top_k 1) and asking for the same number of new tokens from a fixed prompt, so the work is
 the same whatever the order; then the same c requests one at a time (the sequential baseline).
-Per request, from the arrival times of the streamed events: the time to first token (TTFT, from
-sending the request) and the time per output token (TPOT: first token to last, over the tokens
-after the first). Per phase: tokens/s (tokens received over the phase's wall time; the sequential
-one over the sum of the requests' times), the gain (concurrent / sequential), the server's mean
-decode batch (its `ee559_inference_batch_size` histogram over the phase), the requests refused
-by the admission budget (503: shed), cut at it (finish_reason "time_limit") or failed, and how many
-concurrent answers gave the sequential answer's text. The client's CPU and the machine's load
+Each pair of phases runs --repeat times, alternating. Per request, from the arrival times of the
+streamed events: the time to first token (TTFT, from sending the request) and the time per output
+token (TPOT: first token to last, over the tokens after the first). Per phase: tokens/s (tokens
+received over the phase's wall time; one at a time, over the sum of the requests' times), the
+best run of each reported (the least disturbed on a shared machine; every run is in the JSON),
+the gain (at once / one at a time), the server's mean decode batch (its
+`ee559_inference_batch_size` histogram over the phase), and every request counted: refused by the
+admission budget (503: shed), cut at it (finish_reason "time_limit"), failed, and whether an
+answer at once gave the same text as alone. The client's CPU and the machine's load
 average are printed with the table: on a shared machine they say what the figures are worth.
 
 One worker by default (EE559_WORKERS=1): the scheduler batches per worker, so with several workers
@@ -129,12 +131,27 @@ async def generate(session: Any, url: str, model: str, prompt: str, new_tokens: 
     return gen
 
 
-async def phase(
-    url: str, model: str, concurrency: int, new_tokens: int, together: bool
-) -> tuple[list[Generation], float]:
-    """`concurrency` requests, all at once (together) or one after the other; their outcomes in
-    prompt order and the phase's seconds (together: wall time; one at a time: the sum of the
-    requests' times, the gaps between them left out)."""
+@dataclass
+class Phase:
+    """One phase's requests (their outcomes in prompt order) and what it took."""
+
+    gens: list[Generation]
+    seconds: float  # at once: wall time; one at a time: the sum of the requests' times
+    batch: tuple[float, float] = (0.0, 0.0)  # the server's decode steps in it: (sum of batch sizes, steps)
+    client_cpu: float = 0.0  # cores the client used
+
+    @property
+    def tokens(self) -> int:
+        return sum(g.tokens for g in self.gens)
+
+    @property
+    def tok_s(self) -> float:
+        return self.tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+async def phase(url: str, model: str, concurrency: int, new_tokens: int, together: bool) -> Phase:
+    """`concurrency` requests, all at once (together) or one after the other, the gaps between
+    them left out of the phase's seconds."""
     import aiohttp
 
     prompts = [PROMPTS[i % len(PROMPTS)] for i in range(concurrency)]
@@ -143,9 +160,9 @@ async def phase(
         if together:
             start = time.perf_counter()
             gens = await asyncio.gather(*(generate(session, url, model, p, new_tokens) for p in prompts))
-            return list(gens), time.perf_counter() - start
-        gens = [await generate(session, url, model, p, new_tokens) for p in prompts]
-        return gens, sum(g.seconds for g in gens)
+            return Phase(list(gens), time.perf_counter() - start)
+        alone = [await generate(session, url, model, p, new_tokens) for p in prompts]
+        return Phase(alone, sum(g.seconds for g in alone))
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -157,14 +174,14 @@ def percentile(values: list[float], q: float) -> float:
 class Row:
     model: str
     concurrency: int
+    repeats: int  # each phase ran this many times, alternating
     new_tokens: int
-    tokens: int  # received in the concurrent phase
-    seconds: float
-    tok_s: float
-    seq_tokens: int
-    seq_seconds: float
-    seq_tok_s: float
+    tok_s: float  # the best repeat of the concurrent phase: tokens received over its wall time
+    seq_tok_s: float  # the best repeat one at a time: tokens over the sum of the requests' times
     gain: float  # tok_s / seq_tok_s
+    tok_s_runs: list[float]  # every repeat, in order
+    seq_tok_s_runs: list[float]
+    # Over every concurrent repeat's answered requests:
     ttft_p50_ms: float
     ttft_p99_ms: float
     tpot_p50_ms: float
@@ -172,39 +189,39 @@ class Row:
     itl_p99_ms: float  # the 99th percentile of every gap between two tokens of a request
     seq_ttft_p50_ms: float
     seq_tpot_p50_ms: float
+    # Counted over every repeat (requests: concurrency x repeats per phase):
+    tokens: int  # received at once
+    seq_tokens: int
     ok: int
     shed: int  # 503: refused by the admission budget (or the queue's cap)
-    cut: int  # finished at the generation budget (finish_reason "time_limit")
+    cut: int  # answered but ended at the generation budget (finish_reason "time_limit")
     errors: int  # anything else: another status, a broken stream
+    seq_ok: int
     seq_shed: int
     seq_cut: int
     seq_errors: int
-    same_text: int  # concurrent answers with the sequential answer's text (both complete)
-    mean_batch: float | None  # the server's decode steps in the concurrent phase
+    same_text: int  # pairs (at once, alone) of complete answers with the same text
+    mean_batch: float | None  # the server's decode steps in the concurrent phases
     seq_mean_batch: float | None
-    client_cpu: float  # cores the client used in the concurrent phase
+    client_cpu: float  # the most cores the client used in a concurrent phase
     error_samples: list[str] = field(default_factory=list)
 
     @property
     def void(self) -> bool:
         return self.client_cpu >= CLIENT_BUSY
 
+    @property
+    def requests(self) -> int:
+        return self.concurrency * self.repeats
 
-def summarize(
-    model: str,
-    new_tokens: int,
-    together: tuple[list[Generation], float],
-    alone: tuple[list[Generation], float],
-    mean_batch: float | None = None,
-    seq_mean_batch: float | None = None,
-    client_cpu: float = 0.0,
-) -> Row:
-    """One table row from the two phases' outcomes (same prompts, same order)."""
-    gens, seconds = together
-    seq, seq_seconds = alone
-    tokens, seq_tokens = sum(g.tokens for g in gens), sum(g.tokens for g in seq)
-    tok_s = tokens / seconds if seconds > 0 else 0.0
-    seq_tok_s = seq_tokens / seq_seconds if seq_seconds > 0 else 0.0
+
+def summarize(model: str, new_tokens: int, together: list[Phase], alone: list[Phase]) -> Row:
+    """One table row from the repeats of both phases (same prompts, same order; paired by repeat):
+    rates from each phase's best repeat (the least disturbed on a shared machine), latencies and
+    outcomes over all of them."""
+    gens = [g for p in together for g in p.gens]
+    seq = [g for p in alone for g in p.gens]
+    tok_s, seq_tok_s = max(p.tok_s for p in together), max(p.tok_s for p in alone)
 
     def ms(values: list[float | None], q: float) -> float:
         return 1e3 * percentile([v for v in values if v is not None], q)
@@ -212,35 +229,42 @@ def summarize(
     def complete(g: Generation) -> bool:
         return g.ok and g.finish_reason == "length"
 
+    def mean_batch(phases: list[Phase]) -> float | None:
+        steps = sum(p.batch[1] for p in phases)
+        return sum(p.batch[0] for p in phases) / steps if steps else None
+
+    answered, seq_answered = [g for g in gens if g.ok], [g for g in seq if g.ok]
     return Row(
         model=model,
-        concurrency=len(gens),
+        concurrency=len(together[0].gens),
+        repeats=len(together),
         new_tokens=new_tokens,
-        tokens=tokens,
-        seconds=seconds,
         tok_s=tok_s,
-        seq_tokens=seq_tokens,
-        seq_seconds=seq_seconds,
         seq_tok_s=seq_tok_s,
         gain=tok_s / seq_tok_s if seq_tok_s > 0 else float("nan"),
-        ttft_p50_ms=ms([g.ttft_s for g in gens if g.ok], 50),
-        ttft_p99_ms=ms([g.ttft_s for g in gens if g.ok], 99),
-        tpot_p50_ms=ms([g.tpot_s for g in gens if g.ok], 50),
-        tpot_p99_ms=ms([g.tpot_s for g in gens if g.ok], 99),
-        itl_p99_ms=ms([x for g in gens if g.ok for x in g.gaps_s], 99),
-        seq_ttft_p50_ms=ms([g.ttft_s for g in seq if g.ok], 50),
-        seq_tpot_p50_ms=ms([g.tpot_s for g in seq if g.ok], 50),
-        ok=sum(g.ok for g in gens),
+        tok_s_runs=[p.tok_s for p in together],
+        seq_tok_s_runs=[p.tok_s for p in alone],
+        ttft_p50_ms=ms([g.ttft_s for g in answered], 50),
+        ttft_p99_ms=ms([g.ttft_s for g in answered], 99),
+        tpot_p50_ms=ms([g.tpot_s for g in answered], 50),
+        tpot_p99_ms=ms([g.tpot_s for g in answered], 99),
+        itl_p99_ms=ms([x for g in answered for x in g.gaps_s], 99),
+        seq_ttft_p50_ms=ms([g.ttft_s for g in seq_answered], 50),
+        seq_tpot_p50_ms=ms([g.tpot_s for g in seq_answered], 50),
+        tokens=sum(g.tokens for g in gens),
+        seq_tokens=sum(g.tokens for g in seq),
+        ok=len(answered),
         shed=sum(g.shed for g in gens),
-        cut=sum(g.ok and g.finish_reason == "time_limit" for g in gens),
+        cut=sum(g.finish_reason == "time_limit" for g in answered),
         errors=sum(not g.ok and not g.shed for g in gens),
+        seq_ok=len(seq_answered),
         seq_shed=sum(g.shed for g in seq),
-        seq_cut=sum(g.ok and g.finish_reason == "time_limit" for g in seq),
+        seq_cut=sum(g.finish_reason == "time_limit" for g in seq_answered),
         seq_errors=sum(not g.ok and not g.shed for g in seq),
         same_text=sum(complete(a) and complete(b) and a.text == b.text for a, b in zip(gens, seq)),
-        mean_batch=mean_batch,
-        seq_mean_batch=seq_mean_batch,
-        client_cpu=client_cpu,
+        mean_batch=mean_batch(together),
+        seq_mean_batch=mean_batch(alone),
+        client_cpu=max(p.client_cpu for p in together),
         error_samples=sorted({f"{g.status}: {g.error}" for g in [*gens, *seq] if g.error and not g.shed})[:3],
     )
 
@@ -250,23 +274,23 @@ def table(rows: list[Row]) -> str:
         return "n/a" if x is None or x != x else format(x, fmt)
 
     out = [
-        "| model | c | tok/s concurrent | tok/s one at a time | gain | TTFT p50 / p99 ms | TPOT p50 / p99 ms | "
+        "| model | c | tok/s at once | tok/s one at a time | gain | TTFT p50 / p99 ms | TPOT p50 / p99 ms | "
         "mean batch | shed (503) | cut (time limit) | errors | same text |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        seq_extra = [f"{n} one at a time" for n in (r.seq_shed,) if n]
+        seq_shed = f" + {r.seq_shed} one at a time" if r.seq_shed else ""
         out.append(
             f"| {r.model}{' VOID (client CPU-bound)' if r.void else ''} | {r.concurrency} | {r.tok_s:,.0f} | "
             f"{r.seq_tok_s:,.0f} | {num(r.gain, '.2f')}x | {num(r.ttft_p50_ms, '.1f')} / {num(r.ttft_p99_ms, '.1f')} | "
             f"{num(r.tpot_p50_ms, '.2f')} / {num(r.tpot_p99_ms, '.2f')} | {num(r.mean_batch, '.1f')} | "
-            f"{r.shed}{' + ' + seq_extra[0] if seq_extra else ''} | {r.cut + r.seq_cut} | "
-            f"{r.errors + r.seq_errors} | {r.same_text}/{r.concurrency} |"
+            f"{r.shed}{seq_shed} | {r.cut + r.seq_cut} | {r.errors + r.seq_errors} | {r.same_text}/{r.requests} |"
         )
     return "\n".join(out)
 
 
 def batch_counts(port: int, model: str) -> tuple[float, float]:
+    """The server's `ee559_inference_batch_size` histogram for `model`: (sum, count), every worker."""
     samples = scrape(port)
     return (
         metric(samples, "ee559_inference_batch_size_sum", model=model) or 0.0,
@@ -274,36 +298,33 @@ def batch_counts(port: int, model: str) -> tuple[float, float]:
     )
 
 
-def mean_between(before: tuple[float, float], after: tuple[float, float]) -> float | None:
-    """The mean of a histogram's observations between two scrapes of its (sum, count)."""
-    count = after[1] - before[1]
-    return (after[0] - before[0]) / count if count else None
-
-
-def measure(url: str, models: list[str], concurrency: list[int], new_tokens: int, metrics: bool = True) -> list[Row]:
-    """Every (model, c) against the server at `url`: a warm-up, then both phases; a row each,
-    printed as it comes. `metrics`: scrape the server's /metrics for the mean decode batch."""
+def measured(url: str, model: str, c: int, new_tokens: int, together: bool, metrics: bool) -> Phase:
+    """One phase, with the client's CPU and (`metrics`) the server's decode steps over it."""
     port = urlsplit(url).port or 80
+    before = batch_counts(port, model) if metrics else (0.0, 0.0)
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    result = asyncio.run(phase(url, model, c, new_tokens, together))
+    result.client_cpu = (time.process_time() - cpu0) / (time.perf_counter() - wall0)
+    after = batch_counts(port, model) if metrics else (0.0, 0.0)
+    result.batch = (after[0] - before[0], after[1] - before[1])
+    return result
+
+
+def measure(
+    url: str, models: list[str], concurrency: list[int], new_tokens: int, repeats: int = 3, metrics: bool = True
+) -> list[Row]:
+    """Every (model, c) against the server at `url`: a warm-up, then `repeats` times the
+    concurrent phase followed by the same requests one at a time; a row each, printed as it
+    comes. `metrics`: scrape the server's /metrics for its decode batches."""
     rows = []
     for model in models:
         asyncio.run(phase(url, model, 4, min(new_tokens, 32), together=True))  # warm-up: sessions, allocators
         for c in concurrency:
-            before = batch_counts(port, model) if metrics else None
-            cpu0, wall0 = time.process_time(), time.perf_counter()
-            together = asyncio.run(phase(url, model, c, new_tokens, together=True))
-            cpu = (time.process_time() - cpu0) / (time.perf_counter() - wall0)
-            middle = batch_counts(port, model) if metrics else None
-            alone = asyncio.run(phase(url, model, c, new_tokens, together=False))
-            after = batch_counts(port, model) if metrics else None
-            row = summarize(
-                model,
-                new_tokens,
-                together,
-                alone,
-                mean_between(before, middle) if before and middle else None,
-                mean_between(middle, after) if middle and after else None,
-                cpu,
-            )
+            together, alone = [], []
+            for _ in range(repeats):
+                together.append(measured(url, model, c, new_tokens, True, metrics))
+                alone.append(measured(url, model, c, new_tokens, False, metrics))
+            row = summarize(model, new_tokens, together, alone)
             print(table([row]).splitlines()[-1], flush=True)
             rows.append(row)
     return rows
@@ -323,12 +344,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", nargs="*", default=list(TEXT_MODELS))
     p.add_argument("--concurrency", nargs="*", type=int, default=list(CONCURRENCY))
     p.add_argument("--new-tokens", type=int, default=256, help="per request (greedy: the same work every time)")
+    p.add_argument("--repeat", type=int, default=3, help="runs of each phase, alternating; rates: the best")
     p.add_argument("--workers", type=int, default=1, help="EE559_WORKERS of the server started")
     p.add_argument("--url", help="measure this running server instead of starting one")
     p.add_argument("--json", type=Path, help="default runs/bench/textload.json")
     args = p.parse_args(argv)
-    if not args.models or not args.concurrency or min(args.concurrency) < 1 or args.new_tokens < 1:
-        p.error("expected at least one model, concurrencies of at least 1 and --new-tokens of at least 1")
+    if not args.models or not args.concurrency or min(args.concurrency) < 1 or min(args.new_tokens, args.repeat) < 1:
+        p.error("expected at least one model, concurrencies, --new-tokens and --repeat of at least 1")
     os.environ.setdefault("BENTOML_HOME", str(ROOT / "runs" / "bentoml"))
     from core.paths import runs_dir
 
@@ -355,17 +377,18 @@ def main(argv: list[str] | None = None) -> int:
         proc, port = serve(env, out.parent / "textload-serve.log")
         url = f"http://127.0.0.1:{port}"
     try:
-        rows = measure(url, args.models, args.concurrency, args.new_tokens)
+        rows = measure(url, args.models, args.concurrency, args.new_tokens, args.repeat)
     finally:
         if proc is not None:
             stop(proc)
     load_after = load_average()
     print("\n" + table(rows))
     print(
-        "\nc requests at once, then the same c one at a time, on one server; tok/s one at a time: their tokens "
-        "over the sum of their times. TTFT from sending; TPOT per request, first token to last; percentiles "
-        "over the concurrent phase's answered requests; mean batch: the server's decode steps in the "
-        f"concurrent phase. Load average before {load_before}, after {load_after}; client CPU at most "
+        f"\nc requests at once, then the same c one at a time, {args.repeat} times alternating, on one server. "
+        "tok/s: the best run of each phase (one at a time: their tokens over the sum of their times); gain: "
+        "the ratio of the two. TTFT from sending; TPOT per request, first token to last; percentiles over "
+        "every run's answered requests at once; mean batch: the server's decode steps then; outcomes counted "
+        f"over every run of both phases. Load average before {load_before}, after {load_after}; client CPU at most "
         f"{max((r.client_cpu for r in rows), default=0):.2f} cores; {time.perf_counter() - started:.0f} s in all."
     )
     for r in rows:
@@ -376,6 +399,7 @@ def main(argv: list[str] | None = None) -> int:
             {
                 "server": args.url or {"workers": args.workers, "env": env},
                 "new_tokens": args.new_tokens,
+                "repeat": args.repeat,
                 "load_average": {"before": load_before, "after": load_after},
                 "seconds": time.perf_counter() - started,
                 "cpu_count": os.cpu_count(),

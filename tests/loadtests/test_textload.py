@@ -13,7 +13,7 @@ import pytest
 
 from loadtests import textload
 from loadtests.servers import free_port
-from loadtests.textload import Generation, summarize, table, timings
+from loadtests.textload import Generation, Phase, summarize, table, timings
 
 from ..conftest import serving
 
@@ -44,23 +44,39 @@ def test_rates_gain_percentiles_and_every_outcome_counted():
     ]
     together[3].finish_reason = "time_limit"  # cut at the generation budget: answered, not complete
     alone = [gen(p, 10, 0.05) for p in "abcdef"]
-    row = summarize("gpt", 10, (together, 2.0), (alone, 12.0), mean_batch=3.5, seq_mean_batch=1.0, client_cpu=0.2)
-    assert (row.concurrency, row.tokens, row.seq_tokens) == (6, 34, 60)
-    assert row.tok_s == pytest.approx(17.0) and row.seq_tok_s == pytest.approx(5.0)
+    row = summarize("gpt", 10, [Phase(together, 2.0, (35.0, 10.0), 0.2)], [Phase(alone, 12.0, (60.0, 60.0))])
+    assert (row.concurrency, row.repeats, row.requests) == (6, 1, 6)
+    assert row.tok_s == pytest.approx(17.0) and row.seq_tok_s == pytest.approx(5.0)  # 34 tokens in 2 s, 60 in 12 s
     assert row.gain == pytest.approx(3.4)
     # four answered requests: TTFT 0.1, 0.2, 0.3, 0.4 s; numpy's linear interpolation
     assert row.ttft_p50_ms == pytest.approx(250.0) and row.ttft_p99_ms == pytest.approx(397.0)
     assert row.tpot_p50_ms == pytest.approx(25.0)
+    assert (row.tokens, row.seq_tokens) == (34, 60)
     assert (row.ok, row.shed, row.cut, row.errors) == (4, 1, 1, 1)
-    assert (row.seq_shed, row.seq_cut, row.seq_errors) == (0, 0, 0)
+    assert (row.seq_ok, row.seq_shed, row.seq_cut, row.seq_errors) == (6, 0, 0, 0)
     assert row.same_text == 2  # a and b; c's text differs, d was cut, e and f have none
+    assert (row.mean_batch, row.seq_mean_batch) == (3.5, 1.0)
     assert row.error_samples == ["500: generation failed"]  # the shed one is counted as shed, not as an error
     assert not row.void
 
 
+def test_rates_from_the_best_repeat_latencies_and_outcomes_over_all():
+    fast = Phase([gen("a", 10, 0.1), gen("b", 10, 0.1)], 1.0, (20.0, 10.0))  # 20 tok/s
+    slow = Phase([gen("a", 10, 0.3), Generation("b", 503, error="over budget")], 2.0, (10.0, 10.0))  # 5 tok/s
+    alone = [Phase([gen("a", 10, 0.05), gen("b", 10, 0.05)], s) for s in (4.0, 2.0)]  # 5, then 10 tok/s
+    row = summarize("gpt", 10, [slow, fast], alone)
+    assert (row.repeats, row.requests) == (2, 4)
+    assert (row.tok_s, row.seq_tok_s, row.gain) == (20.0, 10.0, 2.0)
+    assert row.tok_s_runs == [5.0, 20.0] and row.seq_tok_s_runs == [5.0, 10.0]
+    assert row.ttft_p50_ms == pytest.approx(100.0)  # over both runs' three answered requests: 0.3, 0.1, 0.1 s
+    assert (row.ok, row.shed, row.seq_ok) == (3, 1, 4)
+    assert row.same_text == 3 and row.mean_batch == 1.5  # 30 rows over 20 steps
+
+
 def test_a_phase_with_nothing_answered_has_no_percentiles_and_no_gain():
-    row = summarize("gpt", 10, ([Generation("a", 503, error="x")], 0.01), ([Generation("a", 503, error="x")], 0.01))
-    assert row.tok_s == 0 and math.isnan(row.gain) and math.isnan(row.ttft_p50_ms)
+    shed = Phase([Generation("a", 503, error="x")], 0.01)
+    row = summarize("gpt", 10, [shed], [shed])
+    assert row.tok_s == 0 and math.isnan(row.gain) and math.isnan(row.ttft_p50_ms) and row.mean_batch is None
     assert (row.shed, row.seq_shed, row.errors) == (1, 1, 0)
     line = table([row]).splitlines()[-1]
     assert "| nanx |" not in line and "n/a / n/a" in line and "| 1 + 1 one at a time |" in line
@@ -69,7 +85,7 @@ def test_a_phase_with_nothing_answered_has_no_percentiles_and_no_gain():
 def test_the_table_shows_every_column_and_flags_a_busy_client():
     together = [gen("a", 10, 0.1), gen("b", 10, 0.3), Generation("c", 503, error="over budget")]
     alone = [gen(p, 10, 0.05) for p in "abc"]
-    row = summarize("char_lstm", 10, (together, 1.0), (alone, 3.0), mean_batch=2.0, client_cpu=0.95)
+    row = summarize("char_lstm", 10, [Phase(together, 1.0, (4.0, 2.0), 0.95)], [Phase(alone, 3.0)])
     header, rule, line = table([row]).splitlines()
     assert header.count("|") == rule.count("|") == line.count("|")
     cells = [c.strip() for c in line.strip("|").split("|")]
@@ -131,23 +147,24 @@ def test_streams_are_read_event_by_event_and_every_failure_is_named():
     assert not no_done.ok and "without its done event" in no_done.error
     assert not miscount.ok and "done says 4 tokens, 3 streamed" in miscount.error
     assert not error.ok and "event error" in error.error and not error.shed
-    closed = asyncio.run(textload.phase(f"http://127.0.0.1:{free_port()}", "gpt", 2, 3, together=True))[0]
+    closed = asyncio.run(textload.phase(f"http://127.0.0.1:{free_port()}", "gpt", 2, 3, together=True)).gens
     assert [g.status for g in closed] == [0, 0] and all("Connect" in g.error for g in closed)  # nothing listening
 
 
 def test_a_tiny_run_against_the_real_server_reports_every_request(server, tmp_path, capsys):
     out = tmp_path / "textload.json"
-    args = f"--url {server} --models gpt char_lstm --concurrency 1 2 --new-tokens 5 --json {out}"
+    args = f"--url {server} --models gpt char_lstm --concurrency 1 2 --new-tokens 5 --repeat 2 --json {out}"
     rc = textload.main(args.split())
     assert rc == 0, capsys.readouterr().out
     rows = json.loads(out.read_text())["rows"]
     assert [(r["model"], r["concurrency"]) for r in rows] == [(m, c) for m in ("gpt", "char_lstm") for c in (1, 2)]
     for r in rows:
-        c = r["concurrency"]
-        assert (r["ok"], r["shed"], r["cut"], r["errors"]) == (c, 0, 0, 0), r  # 5 tokens are far within budget
-        assert (r["seq_shed"], r["seq_cut"], r["seq_errors"]) == (0, 0, 0), r
-        assert r["tokens"] == r["seq_tokens"] == 5 * c  # every token of every request, in both phases
-        assert r["same_text"] == r["ok"]  # greedy: batched or alone, the same continuation
+        c, n = r["concurrency"], 2 * r["concurrency"]  # two runs of each phase
+        assert (r["repeats"], len(r["tok_s_runs"]), len(r["seq_tok_s_runs"])) == (2, 2, 2)
+        assert (r["ok"], r["shed"], r["cut"], r["errors"]) == (n, 0, 0, 0), r  # 5 tokens are far within budget
+        assert (r["seq_ok"], r["seq_shed"], r["seq_cut"], r["seq_errors"]) == (n, 0, 0, 0), r
+        assert r["tokens"] == r["seq_tokens"] == 5 * n  # every token of every request
+        assert r["same_text"] == n  # greedy: batched or alone, the same continuation
         assert r["seq_mean_batch"] == 1.0  # one at a time really is one at a time
         assert 1.0 <= r["mean_batch"] <= c
     assert "| gpt | 2 |" in capsys.readouterr().out
@@ -165,8 +182,8 @@ def test_generations_refused_or_cut_by_the_budget_are_counted(exported, runs):
         "EE559_MAX_NEW_TOKENS": "20000",
     }
     with serving(env, runs / "textload-budget.log") as url:
-        (row,) = textload.measure(url, ["gpt"], [2], 20000)
+        (row,) = textload.measure(url, ["gpt"], [2], 20000, repeats=1)
     assert (row.ok, row.shed, row.cut, row.errors) == (1, 1, 1, 0), row
-    assert (row.seq_shed, row.seq_cut, row.seq_errors) == (0, 2, 0), row
+    assert (row.seq_ok, row.seq_shed, row.seq_cut, row.seq_errors) == (2, 0, 2, 0), row
     assert 0 < row.tokens < 20000 and row.same_text == 0  # cut: no complete answer to compare
     assert "| gpt | 2 |" in table([row]) and "| 1 | 3 | 0 | 0/2 |" in table([row])
