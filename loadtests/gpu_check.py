@@ -4,8 +4,8 @@
 The whole GPU proof in one command, for the few minutes a GPU machine is at hand (docs/gpu.md says
 how to get this checkout and what it needs there). In order, each step timed and recorded:
   1. environment: Python, torch (and whether it sees CUDA), ONNX Runtime and its providers, NVML;
-  2. export: `python -m export all --provider <device>`, the parity gates checked on that provider
-     (reported "not available" while the exporter has no --provider);
+  2. export: `python -m export all --provider <device> --variants none`, the parity gates checked
+     on that provider (reported "not available" while the exporter has no --provider);
   3. serve: `bentoml serve` with EE559_PROVIDER=<device>, every model: /readyz 200 (the readiness
      check), every task route called with held-out inputs and its answer checked (the load test's
      own checks, loadtests/tasks.py), /v2/models/{m}/infer for every tensor model, every model on
@@ -197,7 +197,10 @@ def export(check: Check, step: Step) -> None:
         step.status = NOT_AVAILABLE
         step.summary = "python -m export has no --provider yet: the parity gates cannot be run on the provider"
         return
-    r = check.command("export", [sys.executable, "-m", "export", "all", "--provider", check.device], 420)
+    argv = [sys.executable, "-m", "export", "all", "--provider", check.device]
+    if "--variants" in exporter_help(check):  # the fp32 gates here; FP16 has its own step, INT8 is for CPUs
+        argv += ["--variants", "none"]
+    r = check.command("export", argv, 420)
     wanted = PROVIDER_NAMES[check.device]
     gates = [
         {"graph": g, "provider": p or None, "batches": b, "max_abs_error": float(e), "tolerance": float(t)}

@@ -123,6 +123,9 @@ def test_the_export_step_reads_every_gate_and_a_failure(tmp_path: Path, monkeypa
     )
     step = check.run("export", gpu_check.export, 0)
     assert step.status == FAILED and step.summary.startswith("resnet: output logits at batch 64")
+    monkeypatch.setattr(gpu_check, "exporter_help", lambda check: "usage: ... [--provider P] [--variants V]")
+    check.run("export", gpu_check.export, 0)
+    assert seen[-1][-6:] == ["export", "all", "--provider", "cuda", "--variants", "none"]
 
 
 def test_every_task_route_and_v2_model_is_called_and_checked(server: str):
