@@ -28,7 +28,8 @@ ALLOWED = {  # folder -> project packages its modules may import
     "service": {"core", "service"},
     "loadtests": {"core", "loadtests"},
 }
-LOADTEST_BENCHMARKS = {"bench.py", "devicebench.py", "textbench.py"}  # compare with PyTorch: may import training and export
+# The benchmarks compare with PyTorch: they may import training and export.
+LOADTEST_BENCHMARKS = {"bench.py", "devicebench.py", "textbench.py"}
 HEAVY_FOR_CORE = {"torch", "torchvision", "sklearn", "locust", "fastapi", "tritonclient"}
 
 
