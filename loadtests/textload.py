@@ -10,9 +10,10 @@ Each pair of phases runs --repeat times, alternating. Per request, from the arri
 streamed events: the time to first token (TTFT, from sending the request) and the time per output
 token (TPOT: first token to last, over the tokens after the first). Per phase: tokens/s (tokens
 received over the phase's wall time; one at a time, over the sum of the requests' times), the
-best run of each reported (the least disturbed on a shared machine; every run is in the JSON),
-the gain (at once / one at a time), the server's mean decode batch (its
-`ee559_inference_batch_size` histogram over the phase), and every request counted: refused by the
+median run of each reported (every run is in the JSON); the gain (at once / one at a time): the
+median and range of the pairs' ratios, each pair run back to back (on a shared machine the load
+from other work changes between pairs more than within one); the server's mean decode batch (its
+`ee559_inference_batch_size` histogram over the phase); and every request counted: refused by the
 admission budget (503: shed), cut at it (finish_reason "time_limit"), failed, and whether an
 answer at once gave the same text as alone. The client's CPU and the machine's load
 average are printed with the table: on a shared machine they say what the figures are worth.
@@ -176,9 +177,10 @@ class Row:
     concurrency: int
     repeats: int  # each phase ran this many times, alternating
     new_tokens: int
-    tok_s: float  # the best repeat of the concurrent phase: tokens received over its wall time
-    seq_tok_s: float  # the best repeat one at a time: tokens over the sum of the requests' times
-    gain: float  # tok_s / seq_tok_s
+    tok_s: float  # the median run at once: tokens received over its wall time
+    seq_tok_s: float  # the median run one at a time: tokens over the sum of the requests' times
+    gain: float  # the median over the repeats of (at once / one at a time), each pair run back to back
+    gain_range: tuple[float, float]  # the least and the most of those ratios
     tok_s_runs: list[float]  # every repeat, in order
     seq_tok_s_runs: list[float]
     # Over every concurrent repeat's answered requests:
@@ -217,11 +219,11 @@ class Row:
 
 def summarize(model: str, new_tokens: int, together: list[Phase], alone: list[Phase]) -> Row:
     """One table row from the repeats of both phases (same prompts, same order; paired by repeat):
-    rates from each phase's best repeat (the least disturbed on a shared machine), latencies and
-    outcomes over all of them."""
+    each phase's median rate, the median of the pairs' ratios (a pair ran back to back, under
+    about the same load from the machine's other work), latencies and outcomes over all runs."""
     gens = [g for p in together for g in p.gens]
     seq = [g for p in alone for g in p.gens]
-    tok_s, seq_tok_s = max(p.tok_s for p in together), max(p.tok_s for p in alone)
+    gains = [t.tok_s / a.tok_s for t, a in zip(together, alone) if a.tok_s > 0]
 
     def ms(values: list[float | None], q: float) -> float:
         return 1e3 * percentile([v for v in values if v is not None], q)
@@ -239,9 +241,10 @@ def summarize(model: str, new_tokens: int, together: list[Phase], alone: list[Ph
         concurrency=len(together[0].gens),
         repeats=len(together),
         new_tokens=new_tokens,
-        tok_s=tok_s,
-        seq_tok_s=seq_tok_s,
-        gain=tok_s / seq_tok_s if seq_tok_s > 0 else float("nan"),
+        tok_s=float(np.median([p.tok_s for p in together])),
+        seq_tok_s=float(np.median([p.tok_s for p in alone])),
+        gain=float(np.median(gains)) if gains else float("nan"),
+        gain_range=(min(gains), max(gains)) if gains else (float("nan"), float("nan")),
         tok_s_runs=[p.tok_s for p in together],
         seq_tok_s_runs=[p.tok_s for p in alone],
         ttft_p50_ms=ms([g.ttft_s for g in answered], 50),
@@ -280,9 +283,10 @@ def table(rows: list[Row]) -> str:
     ]
     for r in rows:
         seq_shed = f" + {r.seq_shed} one at a time" if r.seq_shed else ""
+        spread = f" ({r.gain_range[0]:.2f}-{r.gain_range[1]:.2f})" if r.repeats > 1 and r.gain == r.gain else ""
         out.append(
             f"| {r.model}{' VOID (client CPU-bound)' if r.void else ''} | {r.concurrency} | {r.tok_s:,.0f} | "
-            f"{r.seq_tok_s:,.0f} | {num(r.gain, '.2f')}x | {num(r.ttft_p50_ms, '.1f')} / {num(r.ttft_p99_ms, '.1f')} | "
+            f"{r.seq_tok_s:,.0f} | {num(r.gain, '.2f')}x{spread} | {num(r.ttft_p50_ms, '.1f')} / {num(r.ttft_p99_ms, '.1f')} | "
             f"{num(r.tpot_p50_ms, '.2f')} / {num(r.tpot_p99_ms, '.2f')} | {num(r.mean_batch, '.1f')} | "
             f"{r.shed}{seq_shed} | {r.cut + r.seq_cut} | {r.errors + r.seq_errors} | {r.same_text}/{r.requests} |"
         )
@@ -344,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", nargs="*", default=list(TEXT_MODELS))
     p.add_argument("--concurrency", nargs="*", type=int, default=list(CONCURRENCY))
     p.add_argument("--new-tokens", type=int, default=256, help="per request (greedy: the same work every time)")
-    p.add_argument("--repeat", type=int, default=3, help="runs of each phase, alternating; rates: the best")
+    p.add_argument("--repeat", type=int, default=3, help="runs of each phase, alternating; rates: the median")
     p.add_argument("--workers", type=int, default=1, help="EE559_WORKERS of the server started")
     p.add_argument("--url", help="measure this running server instead of starting one")
     p.add_argument("--json", type=Path, help="default runs/bench/textload.json")
@@ -385,8 +389,8 @@ def main(argv: list[str] | None = None) -> int:
     print("\n" + table(rows))
     print(
         f"\nc requests at once, then the same c one at a time, {args.repeat} times alternating, on one server. "
-        "tok/s: the best run of each phase (one at a time: their tokens over the sum of their times); gain: "
-        "the ratio of the two. TTFT from sending; TPOT per request, first token to last; percentiles over "
+        "tok/s: the median run of each phase (one at a time: their tokens over the sum of their times); gain: "
+        "the median (least-most) of the runs' ratios, each pair run back to back. TTFT from sending; TPOT per request, first token to last; percentiles over "
         "every run's answered requests at once; mean batch: the server's decode steps then; outcomes counted "
         f"over every run of both phases. Load average before {load_before}, after {load_after}; client CPU at most "
         f"{max((r.client_cpu for r in rows), default=0):.2f} cores; {time.perf_counter() - started:.0f} s in all."

@@ -47,7 +47,7 @@ def test_rates_gain_percentiles_and_every_outcome_counted():
     row = summarize("gpt", 10, [Phase(together, 2.0, (35.0, 10.0), 0.2)], [Phase(alone, 12.0, (60.0, 60.0))])
     assert (row.concurrency, row.repeats, row.requests) == (6, 1, 6)
     assert row.tok_s == pytest.approx(17.0) and row.seq_tok_s == pytest.approx(5.0)  # 34 tokens in 2 s, 60 in 12 s
-    assert row.gain == pytest.approx(3.4)
+    assert row.gain == pytest.approx(3.4) and row.gain_range == pytest.approx((3.4, 3.4))
     # four answered requests: TTFT 0.1, 0.2, 0.3, 0.4 s; numpy's linear interpolation
     assert row.ttft_p50_ms == pytest.approx(250.0) and row.ttft_p99_ms == pytest.approx(397.0)
     assert row.tpot_p50_ms == pytest.approx(25.0)
@@ -60,17 +60,20 @@ def test_rates_gain_percentiles_and_every_outcome_counted():
     assert not row.void
 
 
-def test_rates_from_the_best_repeat_latencies_and_outcomes_over_all():
-    fast = Phase([gen("a", 10, 0.1), gen("b", 10, 0.1)], 1.0, (20.0, 10.0))  # 20 tok/s
-    slow = Phase([gen("a", 10, 0.3), Generation("b", 503, error="over budget")], 2.0, (10.0, 10.0))  # 5 tok/s
-    alone = [Phase([gen("a", 10, 0.05), gen("b", 10, 0.05)], s) for s in (4.0, 2.0)]  # 5, then 10 tok/s
-    row = summarize("gpt", 10, [slow, fast], alone)
-    assert (row.repeats, row.requests) == (2, 4)
-    assert (row.tok_s, row.seq_tok_s, row.gain) == (20.0, 10.0, 2.0)
-    assert row.tok_s_runs == [5.0, 20.0] and row.seq_tok_s_runs == [5.0, 10.0]
-    assert row.ttft_p50_ms == pytest.approx(100.0)  # over both runs' three answered requests: 0.3, 0.1, 0.1 s
-    assert (row.ok, row.shed, row.seq_ok) == (3, 1, 4)
-    assert row.same_text == 3 and row.mean_batch == 1.5  # 30 rows over 20 steps
+def test_median_rates_gain_of_back_to_back_pairs_latencies_and_outcomes_over_all():
+    def at_once(seconds: float) -> Phase:  # 20 tokens, one request shed
+        return Phase([gen("a", 10, 0.1), gen("b", 10, 0.1), Generation("c", 503, error="over budget")], seconds)
+
+    together = [at_once(1.0), at_once(2.0), at_once(0.5)]  # 20, 10, 40 tok/s
+    alone = [Phase([gen(p, 10, 0.05) for p in "abc"], s) for s in (3.0, 3.0, 1.0)]  # 10, 10, 30 tok/s
+    row = summarize("gpt", 10, together, alone)
+    assert (row.repeats, row.requests) == (3, 9)
+    assert (row.tok_s, row.seq_tok_s) == (20.0, 10.0)  # the medians
+    assert row.tok_s_runs == [20.0, 10.0, 40.0] and row.seq_tok_s_runs == [10.0, 10.0, 30.0]
+    # pairs: 2.0, 1.0, 1.33: the median ratio of pairs, not the ratio of medians (2.0)
+    assert row.gain == pytest.approx(4 / 3) and row.gain_range == pytest.approx((1.0, 2.0))
+    assert (row.ok, row.shed, row.seq_ok, row.same_text) == (6, 3, 9, 6)
+    assert "| 1.33x (1.00-2.00) |" in table([row])
 
 
 def test_a_phase_with_nothing_answered_has_no_percentiles_and_no_gain():
