@@ -35,7 +35,7 @@ from core import store
 from core.card import ModelCard
 from core.session import preflight
 
-from . import logs, metrics, patches
+from . import lane, logs, metrics, patches
 from .app import http_app
 from .auth import TokenAuth
 from .catalog import Catalog
@@ -286,3 +286,10 @@ EE559.add_asgi_middleware(Playground)  # type: ignore[attr-defined]
 EE559.add_asgi_middleware(TokenAuth, settings=SETTINGS)  # type: ignore[attr-defined]
 # GPU memory and utilisation (NVML) read as this worker answers /metrics; nothing where there is no GPU.
 EE559.add_asgi_middleware(metrics.GpuMetrics)  # type: ignore[attr-defined]
+# The inference routes skip BentoML's middlewares (service/lane.py), keeping ours; EE559_LANE=0: not.
+if SETTINGS.lane:
+    access = logs.access if SETTINGS.access_log else None
+    lane.install(
+        EE559,
+        lambda: lane.timeout(Observe(TokenAuth(http_app, settings=SETTINGS), access=access), REQUEST_TIMEOUT_S),
+    )

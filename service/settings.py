@@ -123,6 +123,9 @@ class Settings:
     # run() was 2-10% faster: LeNet batch 1 59 vs 62-71 us, ResNet batch 64 17.4 vs 17.9 ms, one
     # thread, 2026-11-26) | on | off.
     io_binding: str = "auto"
+    # EE559_LANE=0: the inference routes go through BentoML's whole middleware stack (its request
+    # metrics and OpenTelemetry spans) instead of the service's own layers alone (service/lane.py).
+    lane: bool = True
     # EE559_RELOAD_S: every this many seconds each worker reads the store again and serves what
     # EE559_MODELS now selects (a new export, a version dropped); 0: only at start (service.py).
     reload_s: float = 0.0
@@ -157,6 +160,7 @@ class Settings:
             auth_probes=env.get("EE559_AUTH_PROBES") == "1",
             ort_threads=_int(env, "EE559_ORT_THREADS", cls.ort_threads),
             io_binding=_choice(env, "EE559_IO_BINDING", "auto", IO_BINDING),
+            lane=_choice(env, "EE559_LANE", "1", ("1", "0")) == "1",
             reload_s=_float(env, "EE559_RELOAD_S", cls.reload_s),
         )
 
