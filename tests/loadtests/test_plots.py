@@ -12,7 +12,7 @@ from PIL import Image
 
 from core.plots import PALETTE, Line, chart, ticks
 from loadtests.__main__ import plot_history
-from loadtests.bench import Run, plot
+from loadtests.bench import TRITON, Run, plot
 
 
 def _pixels(img: Image.Image, colour: tuple[int, int, int]) -> int:
@@ -42,7 +42,7 @@ def test_a_chart_draws_each_line_in_its_colour_and_says_when_it_has_no_data():
 def test_the_bench_picture_has_a_panel_per_endpoint_and_a_line_per_server(tmp_path: Path):
     runs = []
     for target, colour_rank, kinds in (
-        ("triton", 0, ("v2 JSON", "v2 binary")),
+        (TRITON, 0, ("v2 JSON", "v2 binary")),
         ("ee559", 1, ("friendly JSON", "v2 JSON", "v2 binary")),
     ):
         for kind in kinds:
