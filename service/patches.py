@@ -9,6 +9,15 @@ follows the request rate (the soak's figures: docs/benchmarks.md), and an applic
 for the timeout before surfacing. Here the timer is cancelled as soon as the response starts or the
 application returns, which lets asyncio drop it.
 
+BentoML's HTTP workers share one listening socket, made by its arbiter: whichever worker's event
+loop is free takes the next connection, and a client that opens a few persistent connections at
+once (a proxy, a load generator) can find all of them on one worker while the others idle (issue
+#17: runs of `make bench` with every connection on one worker). The API server's socket is made
+with SO_REUSEPORT here, which circus (BentoML's process manager) supports: each worker then gets a
+listening socket of its own on the same port, bound as circus spawns it, and the kernel spreads new
+connections over them by a hash of their addresses, whichever worker is busy. (Linux lets only
+processes of the same user join such a group.) EE559_REUSEPORT=0 keeps the shared socket.
+
 BentoML's request metrics (`bentoml_service_request_*`, RunnerTrafficMetricsMiddleware) label each
 request with its raw path: every distinct URL a client or a scanner sends (`/v2/models/<random>`,
 `/wp-login.php`) adds series that live as long as the server. Their `endpoint` label becomes the
@@ -18,6 +27,7 @@ route's template or "other" (service/observe.py's `route_label`), as ours.
 from __future__ import annotations
 
 import asyncio
+import socket
 from typing import Any
 
 import bentoml
@@ -104,6 +114,60 @@ def _bounded(setup: Any) -> Any:
 
 class UncheckedVersion(RuntimeError):
     """The installed BentoML is not one the patch was checked against."""
+
+
+API_SERVER_SOCKET = "_bento_api_server"  # _bentoml_impl/server/serving.py API_SERVER_NAME
+
+
+def _reuseport_init(init: Any) -> Any:
+    """CircusSocket.__init__, the API server's socket made with so_reuseport and the config
+    circus's processes rebuild it from (`_cfg`, which only sockets read from a config file have)."""
+
+    def __init__(self: Any, name: str = "", *args: Any, **kwargs: Any) -> None:
+        if name != API_SERVER_SOCKET or args or kwargs.get("path") is not None:
+            return init(self, name, *args, **kwargs)
+        init(self, name, **{**kwargs, "so_reuseport": True})
+        if self.so_reuseport:  # False where the platform has no SO_REUSEPORT: the shared socket, as before
+            self._cfg = {
+                "name": name,
+                "host": self.host,
+                "port": self.port,
+                "family": socket.AddressFamily(self.family).name,
+                "backlog": self.backlog,
+                "so_reuseport": True,
+            }
+
+    return __init__
+
+
+def _sockets_fds(self: Any) -> dict[str, int] | None:
+    """circus's Process._get_sockets_fds, which makes a SO_REUSEPORT socket per process only when
+    the watcher's `cmd` names it: BentoML names it in `args` (`--fd $(circus.sockets.NAME)`), so
+    circus would hand every worker the arbiter's socket, unbound. Here `cmd` or `args` may name it."""
+    from circus.sockets import CircusSocket
+
+    fds = None
+    if self.watcher is not None and self.watcher.sockets is not None:
+        fds = self.watcher._get_sockets_fds()
+        command = f"{self.watcher.cmd} {self.watcher.args}"
+        for name, sock in self.watcher.sockets.items():
+            if sock.so_reuseport and f"circus.sockets.{name}" in command:
+                own = CircusSocket.load_from_config(sock._cfg)
+                own.bind_and_listen()
+                fds[name] = own.fileno()
+                self._sockets.append(own)  # kept until the process is spawned, as circus does
+    return fds
+
+
+def reuseport() -> None:
+    """Make BentoML's API server socket one SO_REUSEPORT socket per worker (see the module)."""
+    from circus.process import Process
+    from circus.sockets import CircusSocket
+
+    if CircusSocket not in _PATCHED:
+        CircusSocket.__init__ = _reuseport_init(CircusSocket.__init__)
+        Process._get_sockets_fds = _sockets_fds
+        _PATCHED.add(CircusSocket)
 
 
 def apply(version: str = bentoml.__version__) -> None:

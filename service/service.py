@@ -51,6 +51,8 @@ logging.getLogger("ee559").setLevel(logging.INFO)  # models ready, reloads, cali
 logs.configure(SETTINGS.log_format)  # in a worker, after BentoML configured its handlers
 metrics.own_directory()  # a second server on this BENTOML_HOME must not wipe our metrics
 patches.apply()
+if SETTINGS.reuseport:
+    patches.reuseport()  # one listening socket per worker: connections spread over every worker
 preflight(SETTINGS.provider)  # provider=cuda without CUDA: `bentoml serve` exits now instead of retrying workers
 SERVED = store.select(SETTINGS.models, SETTINGS.precision)  # tags (name:version), each name's default first
 if not SERVED:  # fail `bentoml serve` / `bentoml build` at once rather than restart workers forever

@@ -126,6 +126,10 @@ class Settings:
     # EE559_LANE=0: the inference routes go through BentoML's whole middleware stack (its request
     # metrics and OpenTelemetry spans) instead of the service's own layers alone (service/lane.py).
     lane: bool = True
+    # EE559_REUSEPORT=0: the workers share BentoML's one listening socket (the busiest may take
+    # every connection); 1: a SO_REUSEPORT socket per worker, connections spread by the kernel
+    # (service/patches.py).
+    reuseport: bool = True
     # EE559_RELOAD_S: every this many seconds each worker reads the store again and serves what
     # EE559_MODELS now selects (a new export, a version dropped); 0: only at start (service.py).
     reload_s: float = 0.0
@@ -161,6 +165,7 @@ class Settings:
             ort_threads=_int(env, "EE559_ORT_THREADS", cls.ort_threads),
             io_binding=_choice(env, "EE559_IO_BINDING", "auto", IO_BINDING),
             lane=_choice(env, "EE559_LANE", "1", ("1", "0")) == "1",
+            reuseport=_choice(env, "EE559_REUSEPORT", "1", ("1", "0")) == "1",
             reload_s=_float(env, "EE559_RELOAD_S", cls.reload_s),
         )
 
