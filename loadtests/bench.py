@@ -547,7 +547,8 @@ def main(argv: list[str] | None = None) -> int:
     if triton_ok:
         triton([args.model], ["v2 JSON", "v2 binary"], conns, "triton.log")
     else:
-        print("  triton: skipped (no .venv-triton; `make bench` creates it)", flush=True)
+        why = "--no-triton" if args.no_triton else "no .venv-triton; `make bench` creates it"
+        print(f"  {TRITON}: skipped ({why})", flush=True)
 
     def ours_endpoints(m: str) -> list[tuple[str, str]]:
         return [
