@@ -668,6 +668,12 @@ def reproduce(args) -> str:
     )
 
 
+def cpu_per_request_ms(r: Run) -> str:
+    """Server CPU milliseconds per request: the server's processes' CPU seconds over the run (its
+    `server_cpu` cores times the run's length) divided by the requests answered."""
+    return f"{1e3 * r.server_cpu / r.rps:.3f}" if r.rps else "-"
+
+
 def _batch(r: Run) -> str:
     return f"{r.mean_batch:.2f}" if r.mean_batch is not None else "-"
 
@@ -685,9 +691,9 @@ def http_table(runs: list[Run], bare: dict[str, float]) -> str:
         if r.target == "baseline" and not r.void:
             baseline.setdefault((r.model, r.endpoint, r.connections), []).append(r.rps)
     lines = [
-        "| target | model | endpoint | conns | req/s | p50 ms | p99 ms | errors | server CPU | client CPU | mean batch "
-        "| workers (share of requests) | vs Triton | vs bare ORT | vs baseline |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| target | model | endpoint | conns | req/s | p50 ms | p99 ms | errors | server CPU | server CPU ms/req "
+        "| client CPU | mean batch | workers (share of requests) | vs Triton | vs bare ORT | vs baseline |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in runs:
         t = triton.get((r.model, TWIN[r.endpoint], r.connections))
@@ -698,7 +704,8 @@ def http_table(runs: list[Run], bare: dict[str, float]) -> str:
         vs_bare = f"{r.rps / bare[r.model]:.2f}x" if r.model in bare else "-"
         lines.append(
             f"| {r.target} | {r.model} | {r.endpoint}{flag} | {r.connections} | {r.rps:,.0f} | {r.p50_ms:.2f} | "
-            f"{r.p99_ms:.2f} | {r.errors} | {r.server_cpu:.2f} | {r.client_cpu:.2f} | {_batch(r)} | {r.shares} | "
+            f"{r.p99_ms:.2f} | {r.errors} | {r.server_cpu:.2f} | {cpu_per_request_ms(r)} | {r.client_cpu:.2f} | "
+            f"{_batch(r)} | {r.shares} | "
             f"{vs_t} | {vs_bare} | {vs_b} |"
         )
     return "\n".join(lines)

@@ -149,14 +149,15 @@ def test_each_run_is_compared_with_triton_on_the_same_model():
         _run(TRITON, "lenet", 8, 2000.0, 5.0, 2.0),
         _run(TRITON, "resnet", 8, 1000.0, 20.0, 3.0),
         _run("ee559", "resnet", 8, 1500.0, 12.0, 4.0, worker_requests=[1.0, 1.0]),
-        _run("ee559", "lenet", 8, 3000.0, 4.0, None),
+        _run("ee559", "lenet", 8, 3000.0, 4.0, None, server_cpu=1.5),
     ]
     rows = [
         [c.strip() for c in line.split("|")[1:-1]] for line in http_table(runs, {"lenet": 30000.0}).splitlines()[2:]
     ]
     ours_resnet, ours_lenet = rows[2], rows[3]
-    assert ours_resnet[10:14] == ["4.00", "50/50%", "1.50x", "-"]  # vs resnet's Triton; no bare ORT for it
-    assert ours_lenet[10:14] == ["-", "-", "1.50x", "0.10x"]
+    assert ours_resnet[11:15] == ["4.00", "50/50%", "1.50x", "-"]  # vs resnet's Triton; no bare ORT for it
+    assert ours_lenet[11:15] == ["-", "-", "1.50x", "0.10x"]
+    assert ours_lenet[8:10] == ["1.50", "0.500"]  # 1.5 cores at 3,000 req/s: 0.5 ms of server CPU per request
 
 
 def test_the_reproduce_line_parses_back_to_the_same_options():
