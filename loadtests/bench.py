@@ -531,7 +531,10 @@ def main(argv: list[str] | None = None) -> int:
     def ours(target: str, models: list[str], endpoints, counts: list[int], log: str, root: Path = ROOT) -> float:
         """Serve `models` with the service at `root`, measure them; its cold start in seconds."""
         port = free_port()
-        proc, cold = serve_ours(",".join(models), port, workdir / log, root=root, env=ours_env)
+        # name:version: the fp32 graph the others serve, also for a --baseline commit whose store
+        # selection predates the variants (it would take the newest version, an INT8 one)
+        tags = ",".join(f"{m}:{served[m].card.version}" for m in models)
+        proc, cold = serve_ours(tags, port, workdir / log, root=root, env=ours_env)
         try:
             if target == "ee559" and models == [args.model]:
                 rss.update({p.name() + f"[{p.pid}]": p.memory_info().rss / 2**20 for p in tree(proc)})
