@@ -124,10 +124,25 @@ def _reuseport_init(init: Any) -> Any:
     circus's processes rebuild it from (`_cfg`, which only sockets read from a config file have)."""
 
     def __init__(self: Any, name: str = "", *args: Any, **kwargs: Any) -> None:
-        if name != API_SERVER_SOCKET or args or kwargs.get("path") is not None:
+        if (
+            name != API_SERVER_SOCKET
+            or args
+            or kwargs.get("path") is not None
+            or not kwargs.get("port")  # port 0 (any free port): one port needs the shared socket
+            or "so_reuseport" in kwargs  # a worker's own socket, made by circus from `_cfg`
+        ):
             return init(self, name, *args, **kwargs)
         init(self, name, **{**kwargs, "so_reuseport": True})
         if self.so_reuseport:  # False where the platform has no SO_REUSEPORT: the shared socket, as before
+            # circus does not bind a SO_REUSEPORT socket in the arbiter: nothing would notice a
+            # port already taken until each worker failed to start, and a stale server of ours
+            # (same user, SO_REUSEPORT too) would silently share the traffic. A plain bind finds both.
+            with socket.socket(self.family, socket.SOCK_STREAM) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    probe.bind((self.host, self.port))
+                except OSError as exc:
+                    raise OSError(exc.errno, f"cannot listen on {self.host}:{self.port}: {exc.strerror}") from None
             self._cfg = {
                 "name": name,
                 "host": self.host,

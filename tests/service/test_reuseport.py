@@ -5,12 +5,14 @@ them, instead of one shared socket that the least busy event loop drains."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
 import requests
 
-from ..conftest import processes, serving
+from ..conftest import ROOT, processes, serving
 from .test_http import held_out  # noqa: F401  (the fixture)
 
 
@@ -63,17 +65,37 @@ def test_every_worker_listens_on_its_own_socket_and_gets_connections(exported, r
         before = {pid: _cpu_ticks(pid) for pid in workers}
         body = {"model": "lenet", "image": held_out[0][0, 0].tolist()}
 
+        statuses: list[int] = []
+
         def client() -> None:
             with requests.Session() as s:  # one persistent connection each, as a proxy keeps
                 for _ in range(40):
-                    assert s.post(f"{url}/classify", json=body, timeout=30).status_code == 200
+                    statuses.append(s.post(f"{url}/classify", json=body, timeout=30).status_code)
 
         clients = [threading.Thread(target=client) for _ in range(32)]
         for c in clients:
             c.start()
         for c in clients:
             c.join(120)
+        assert not any(c.is_alive() for c in clients) and statuses == [200] * 32 * 40
         # 32 connections hashed over 2 sockets: one worker with at most one of them has odds of
         # 66 in 2**32; each worker's share of the CPU the load cost follows its connections
         spent = {pid: _cpu_ticks(pid) - before[pid] for pid in workers}
         assert all(t >= 0.05 * sum(spent.values()) for t in spent.values()), spent
+
+
+def test_a_second_server_on_a_taken_port_fails_at_once_naming_it(exported, runs: Path):
+    """Its workers would otherwise join the first server's SO_REUSEPORT group and share its traffic."""
+    with serving({"EE559_MODELS": "lenet"}, runs / "reuseport-first.log") as url:
+        port = url.rsplit(":", 1)[1]
+        second = subprocess.run(
+            [sys.executable, "-m", "bentoml", "serve", "service.service:EE559", "--host", "127.0.0.1", "--port", port],
+            cwd=ROOT,
+            env={**os.environ, "EE559_MODELS": "lenet"},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert second.returncode != 0
+        assert f"cannot listen on 127.0.0.1:{port}" in second.stdout + second.stderr
+        assert requests.get(f"{url}/readyz", timeout=5).status_code == 200  # the first one goes on
