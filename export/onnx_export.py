@@ -243,7 +243,7 @@ def check_golden(name: str, spec: ExportSpec, onnx_path: Path, path: Path, provi
     names = [t.name for t in spec.outputs]
     try:
         err = golden.check(
-            lambda feeds: dict(zip(names, session.run(names, feeds))),
+            golden.session_runner(session, names),
             path.read_bytes(),
             spec.atol,
             f"{name} on {used}",

@@ -277,24 +277,25 @@ def summary(name: str, precision: str, gate: Gate, record: dict[str, Any]) -> st
 
 
 # -- the whole path --------------------------------------------------------------------------------
-def golden_field(fp32: StoredModel, variant_path: Path) -> dict[str, Any]:
+def golden_field(fp32: StoredModel, variant_path: Path, provider: str = "cpu") -> dict[str, Any]:
     """The variant's golden check: fp32's golden file (PyTorch's outputs), a tolerance that admits
-    the variant's own error on it (measured here, on the CPU) with room for another provider."""
+    the variant's own error on it (measured here, on `provider`: the one it is gated on) with room
+    for another provider."""
     from core import golden
     from core.session import make_session
 
     if not fp32.card.golden:
         return {}
     data = (fp32.path / fp32.card.artifacts[golden.ARTIFACT]["file"]).read_bytes()
-    session = make_session(variant_path, "cpu")[0]
+    session, used, _ = make_session(variant_path, provider)
     names = [o.name for o in fp32.card.outputs]
-    error = golden.check(lambda feeds: dict(zip(names, session.run(names, feeds))), data, float("inf"), "variant")
+    error = golden.check(golden.session_runner(session, names), data, float("inf"), "variant")
     tolerance = max(float(fp32.card.golden.get("tolerance_abs", 0.0)), GOLDEN_SLACK * error, GOLDEN_FLOOR)
     return {
         **fp32.card.golden,
         "tolerance_abs": tolerance,
-        "export_check": {"provider": "CPUExecutionProvider", "max_abs_error": error},
-        "tolerance_rule": f"max(fp32's, {GOLDEN_SLACK:g} x this variant's error on the CPU, {GOLDEN_FLOOR:g})",
+        "export_check": {"provider": used, "max_abs_error": error},
+        "tolerance_rule": f"max(fp32's, {GOLDEN_SLACK:g} x this variant's error on {used}, {GOLDEN_FLOOR:g})",
     }
 
 
@@ -387,7 +388,7 @@ def export_variants(
                 "max_abs_error": record["max_abs_error"],
             },
             metrics={**{k: v for k, v in fp32.card.metrics.items() if not k.startswith("test_")}, **figures},
-            golden=golden_field(fp32, path),
+            golden=golden_field(fp32, path, provider),
             libraries=library_versions(),
         )
         if card.calibration is not None:  # its own temperature and out-of-distribution rule

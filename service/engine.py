@@ -271,7 +271,7 @@ class Engine:
             raise golden.GoldenError(f"{where}: the card names golden inputs it does not store")
         names = card.output_names
         if runner is None:
-            run = lambda feeds: dict(zip(names, session.run(names, feeds)))  # noqa: E731
+            run = golden.session_runner(session, names)
         else:
             run = lambda feeds: dict(zip(names, runner(feeds[card.input.name])))  # noqa: E731
         try:

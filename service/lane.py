@@ -22,6 +22,7 @@ through BentoML's whole stack, as before.
 
 from __future__ import annotations
 
+import logging
 from functools import cache
 from typing import Any
 
@@ -29,6 +30,9 @@ from bentoml._internal.server.http.traffic import TimeoutMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .observe import route_label
+from .settings import REQUEST_TIMEOUT_S
+
+log = logging.getLogger("ee559.lane")
 
 
 @cache
@@ -60,10 +64,22 @@ class Lane:
         return await self.full(scope, receive, send)
 
 
+def bypassed(service: Any) -> list[str]:
+    """The BentoML settings in force that only BentoML's stack applies (CORS, a concurrency
+    limit): with any of them the lane stays off, so that they hold on every route."""
+    from bentoml._internal.configuration.containers import BentoMLContainer
+
+    found = ["http.cors"] if BentoMLContainer.http.cors.enabled.get() else []
+    if (service.config.get("traffic") or {}).get("max_concurrency"):
+        found.append("traffic.max_concurrency")
+    return found
+
+
 def install(service: Any, build: Any) -> None:
-    """Make `service`'s worker app a Lane: BentoML's app for it, and `build()`'s app (called once
-    per worker, when the worker builds its app) for the inference routes. Other services (the
-    batching service of EE559_BATCHER=bentoml) keep BentoML's app."""
+    """Make `service`'s worker app a Lane: BentoML's app for it, and `build(timeout_s)`'s app
+    (called once per worker, when the worker builds its app, with the service's traffic timeout)
+    for the inference routes. Other services (the batching service of EE559_BATCHER=bentoml) keep
+    BentoML's app, and so does `service` where `bypassed` finds a setting only BentoML applies."""
     from _bentoml_sdk.service.factory import Service
 
     original = Service.to_asgi
@@ -72,7 +88,12 @@ def install(service: Any, build: Any) -> None:
 
     def to_asgi(self: Any, is_main: bool = True) -> ASGIApp:
         app = original(self, is_main)
-        return Lane(app, build()) if self is service else app
+        if self is not service:
+            return app
+        if found := bypassed(self):
+            log.warning("EE559_LANE: off, so that %s hold on the inference routes too", ", ".join(found))
+            return app
+        return Lane(app, build(float((self.config.get("traffic") or {}).get("timeout") or REQUEST_TIMEOUT_S)))
 
     to_asgi.ee559_lane = True  # type: ignore[attr-defined]
     to_asgi.__wrapped__ = original  # type: ignore[attr-defined]

@@ -144,6 +144,15 @@ class Reloader:
         if tags != list(served):
             svc.catalog = Catalog({tag: engine.cards[tag] for tag in tags})
             log.info("reload: serving %s", ", ".join(tags))
+        # A version that failed its golden check at start keeps the worker unready only while it
+        # is still selected and not served: a fixed export (loaded above) or a deselection clears it.
+        for tag in [t for t in engine.unready if t in engine.cards or t not in tags]:
+            log.info(
+                "reload: %s no longer fails its golden check (%s)",
+                tag,
+                "served" if tag in engine.cards else "not selected",
+            )
+            del engine.unready[tag]
         now = time.monotonic()
         for tag in list(engine.cards):
             if tag in tags:
@@ -293,5 +302,5 @@ if SETTINGS.lane:
     access = logs.access if SETTINGS.access_log else None
     lane.install(
         EE559,
-        lambda: lane.timeout(Observe(TokenAuth(http_app, settings=SETTINGS), access=access), REQUEST_TIMEOUT_S),
+        lambda timeout_s: lane.timeout(Observe(TokenAuth(http_app, settings=SETTINGS), access=access), timeout_s),
     )

@@ -49,7 +49,7 @@ def test_a_golden_file_round_trips_and_the_check_reports_the_worst_error(tmp_pat
         (lambda o: {**o, "logits": np.full_like(o["logits"], np.nan)}, "logits max abs error nan"),
         (lambda o: {**o, "logits": o["logits"][:2]}, "logits has shape (2, 10), expected (4, 10)"),
         (lambda o: {"logits": o["logits"]}, "no output 'tokens'"),
-        (lambda o: {**o, "tokens": o["tokens"] + 1}, "tokens max abs error 4"),  # integers compare exactly
+        (lambda o: {**o, "tokens": o["tokens"] + 1}, "tokens differs in 4 of 4 values"),  # integers: exact
     ],
 )
 def test_the_check_fails_naming_where_which_output_and_why(tmp_path: Path, change, words: str):
@@ -142,3 +142,11 @@ def test_a_worker_whose_golden_check_fails_stays_unready(exported, runs: Path, t
         assert requests.get(url + "/livez", timeout=5).status_code == 200
     finally:
         stop_server(proc)
+
+
+def test_integer_outputs_must_match_exactly_whatever_the_tolerance(tmp_path: Path):
+    inputs, outputs = _arrays()
+    data = golden.write(tmp_path / golden.FILE, inputs, outputs).read_bytes()
+    wrong = {**outputs, "tokens": outputs["tokens"] * 0}
+    with pytest.raises(golden.GoldenError, match="tokens differs in 3 of 4 values"):
+        golden.check(lambda feeds: wrong, data, float("inf"), "gpt on CPU")

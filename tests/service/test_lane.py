@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import requests
 
-from service.lane import Lane, in_lane
+from service.lane import Lane, bypassed, in_lane
 
 from .test_http import held_out  # noqa: F401  (the fixture)
 
@@ -77,3 +77,12 @@ def test_inference_answers_keep_the_services_layers_and_skip_bentomls(server, he
     # BentoML's request counter saw /models, not the lane's /classify
     assert _bentoml_count(after, "/models") > _bentoml_count(before, "/models")
     assert _bentoml_count(after, "/classify") == _bentoml_count(before, "/classify") == 0
+
+
+def test_the_lane_stays_off_where_a_bentoml_setting_only_its_stack_applies_is_set():
+    class Svc:
+        def __init__(self, traffic: dict) -> None:
+            self.config = {"traffic": traffic}
+
+    assert bypassed(Svc({"timeout": 30})) == []
+    assert bypassed(Svc({"timeout": 30, "max_concurrency": 8})) == ["traffic.max_concurrency"]
