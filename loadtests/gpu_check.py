@@ -5,16 +5,15 @@ The whole GPU proof in one command, for the few minutes a GPU machine is at hand
 how to get this checkout and what it needs there). In order, each step timed and recorded:
   1. environment: Python, torch (and whether it sees CUDA), ONNX Runtime and its providers, NVML;
   2. export: `python -m export all --provider <device> --variants none`, the parity gates checked
-     on that provider (reported "not available" while the exporter has no --provider);
+     on that provider;
   3. serve: `bentoml serve` with EE559_PROVIDER=<device>, every model: /readyz 200 (the readiness
      check), every task route called with held-out inputs and its answer checked (the load test's
      own checks, loadtests/tasks.py), /v2/models/{m}/infer for every tensor model, every model on
      the provider asked for (ee559_model_info), the GPU series on /metrics where NVML sees a GPU;
   4. bench: `python -m loadtests.bench --device <device>` (ORT IO binding / numpy I/O / PyTorch);
   5. topology: `python -m loadtests.topology` (EE559_BATCHER=ee559 against =bentoml);
-  6. fp16: the FP16 variants' gates (`python -m export.variants all --precisions fp16`, on the
-     device where it takes --provider), then their speed against FP32 (`loadtests.variantbench`);
-     "not available" where the project has no export/variants.py.
+  6. fp16: the FP16 variants' gates (`python -m export.variants all --precisions fp16 --provider
+     <device>`), then their speed against FP32 (`loadtests.variantbench`).
 Writes DIR/gpu-check.json (every step's status, timings and results), DIR/gpu-check.md (a short
 table, then the bench's and the topology's) and DIR/logs.tar.gz (servers', exporter's output).
 With --device cpu the same steps run on the CPU provider: the dry run (tests/loadtests/
@@ -48,7 +47,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PROVIDER_NAMES = {"cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
 ROUTES = ("/classify", "/explain", "/segment", "/denoise", "/embed", "/reconstruct", "/generate", "/generate_text")
 FP16_MODELS = ("lenet", "resnet", "unet")
-OK, FAILED, NOT_AVAILABLE, SKIPPED = "ok", "failed", "not available", "skipped"
+OK, FAILED, SKIPPED = "ok", "failed", "skipped"
 
 
 @dataclass
@@ -67,7 +66,6 @@ class Check:
         self.device, self.out, self.runs, self.quick = device, out, runs, quick
         self.deadline = time.monotonic() + budget
         self.steps: list[Step] = []
-        self.export_help: str | None = None
         # Logs and the steps' own files, packed into out/logs.tar.gz at the end: `out` holds three
         # files (a GPU machine's $OUT gives back at most 8).
         self.logs = Path(tempfile.mkdtemp(prefix="ee559-gpu-check-"))
@@ -111,16 +109,6 @@ class Check:
         )
         (self.logs / f"{name}.log").write_text(f"$ {' '.join(argv)}\n{r.stdout}\n{r.stderr}")
         return r
-
-
-def exporter_help(check: Check) -> str:
-    """`python -m export --help`, once per run: which options the exporter has today."""
-    if check.export_help is None:
-        r = check.command("export-help", [sys.executable, "-m", "export", "--help"], 120)
-        if r.returncode != 0:
-            raise RuntimeError(f"python -m export --help failed: {r.stderr.strip()[-300:]}")
-        check.export_help = r.stdout
-    return check.export_help
 
 
 # --- 1. environment -----------------------------------------------------------------------------
@@ -193,13 +181,8 @@ GATE = re.compile(r"^(\w+): parity OK (?:on (\w+) )?at batch sizes ([\d, ]+) \(m
 
 
 def export(check: Check, step: Step) -> None:
-    if "--provider" not in exporter_help(check):
-        step.status = NOT_AVAILABLE
-        step.summary = "python -m export has no --provider yet: the parity gates cannot be run on the provider"
-        return
-    argv = [sys.executable, "-m", "export", "all", "--provider", check.device]
-    if "--variants" in exporter_help(check):  # the fp32 gates here; FP16 has its own step, INT8 is for CPUs
-        argv += ["--variants", "none"]
+    # the fp32 gates here; FP16 has its own step, INT8 is for CPUs
+    argv = [sys.executable, "-m", "export", "all", "--provider", check.device, "--variants", "none"]
     r = check.command("export", argv, 420)
     wanted = PROVIDER_NAMES[check.device]
     gates = [
@@ -422,17 +405,7 @@ def topologies(check: Check, step: Step) -> None:
 def fp16(check: Check, step: Step) -> None:
     """The FP16 variants' gates (python -m export.variants), then their speed against FP32 on the
     device (python -m loadtests.variantbench), where the project has them."""
-    if not (ROOT / "export" / "variants.py").exists():
-        step.status, step.summary = NOT_AVAILABLE, "no export/variants.py: no FP16 gates to run"
-        return
-    helptext = check.command("variants-help", [sys.executable, "-m", "export.variants", "--help"], 120)
-    if helptext.returncode != 0:
-        raise RuntimeError(f"python -m export.variants --help failed: {helptext.stderr.strip()[-300:]}")
-    argv = [sys.executable, "-m", "export.variants", "all", "--precisions", "fp16"]
-    if "--provider" in helptext.stdout:
-        argv += ["--provider", check.device]
-    else:  # said in the report: on a GPU the gate should run where FP16 is meant to
-        step.details["gate_provider"] = "CPUExecutionProvider (python -m export.variants has no --provider)"
+    argv = [sys.executable, "-m", "export.variants", "all", "--precisions", "fp16", "--provider", check.device]
     r = check.command("fp16", argv, 300)
     saved = re.findall(r"^(\w+) fp16: saved (\S+)", r.stdout, re.M)
     step.details.update({"returncode": r.returncode, "saved": [tag for _, tag in saved], "output": r.stdout[-3000:]})
@@ -513,7 +486,7 @@ def main(argv: list[str] | None = None) -> int:
         "device": args.device,
         "quick": args.quick,
         "seconds": round(total, 1),
-        "ok": all(s.status in (OK, NOT_AVAILABLE) for s in check.steps),
+        "ok": all(s.status == OK for s in check.steps),
         "steps": [s.__dict__ for s in check.steps],
     }
     (out / "gpu-check.json").write_text(json.dumps(report, indent=2, default=str) + "\n")

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from loadtests import gpu_check, topology
-from loadtests.gpu_check import FAILED, NOT_AVAILABLE, OK, SKIPPED, Check, Step
+from loadtests.gpu_check import FAILED, OK, SKIPPED, Check, Step
 
 
 def _served_providers() -> set[str]:
@@ -55,22 +55,11 @@ def test_a_step_that_cannot_fit_in_the_budget_is_skipped_and_says_so(tmp_path: P
     assert step.status == SKIPPED and "out of time" in step.summary and ran == []
 
 
-def test_export_and_fp16_are_not_available_without_the_exporters_options(tmp_path: Path, monkeypatch):
-    monkeypatch.setattr(gpu_check, "exporter_help", lambda check: "usage: python -m export model [--runs RUNS]")
-    check = _check(tmp_path)
-    assert check.run("export", gpu_check.export, 0).status == NOT_AVAILABLE
-    monkeypatch.setattr(gpu_check, "ROOT", tmp_path)  # a checkout without export/variants.py
-    assert check.run("fp16", gpu_check.fp16, 0).status == NOT_AVAILABLE
-
-
 def test_the_fp16_step_runs_the_gates_on_the_device_and_reads_what_was_stored(tmp_path: Path, monkeypatch):
-    (tmp_path / "export").mkdir()
-    (tmp_path / "export" / "variants.py").touch()
     monkeypatch.setattr(gpu_check, "ROOT", tmp_path)  # no loadtests/variantbench.py there: gates only
     check = _check(tmp_path, device="cuda")
     seen: list[list[str]] = []
     answers = {
-        "export.variants --help": (0, "usage: ... [--precisions P] [--provider {cpu,cuda}]"),
         "export.variants all": (0, "lenet fp16: saved lenet:abc (x.onnx)\nunet fp16: saved unet:def (y.onnx)\n"),
     }
 
@@ -88,7 +77,6 @@ def test_the_fp16_step_runs_the_gates_on_the_device_and_reads_what_was_stored(tm
 
 
 def test_the_export_step_reads_every_gate_and_a_failure(tmp_path: Path, monkeypatch):
-    monkeypatch.setattr(gpu_check, "exporter_help", lambda check: "usage: ... [--provider {cpu,cuda}]")
     check = _check(tmp_path, device="cuda")
     seen = []
     printed = (
@@ -103,7 +91,7 @@ def test_the_export_step_reads_every_gate_and_a_failure(tmp_path: Path, monkeypa
 
     monkeypatch.setattr(Check, "command", lambda self, name, argv, timeout: command(name, argv, timeout))
     step = check.run("export", gpu_check.export, 0)
-    assert seen[0][-4:] == ["export", "all", "--provider", "cuda"]
+    assert seen[0][-6:] == ["export", "all", "--provider", "cuda", "--variants", "none"]
     assert step.status == OK and step.details["gates"] == [
         {
             "graph": "lenet",
@@ -123,9 +111,6 @@ def test_the_export_step_reads_every_gate_and_a_failure(tmp_path: Path, monkeypa
     )
     step = check.run("export", gpu_check.export, 0)
     assert step.status == FAILED and step.summary.startswith("resnet: output logits at batch 64")
-    monkeypatch.setattr(gpu_check, "exporter_help", lambda check: "usage: ... [--provider P] [--variants V]")
-    check.run("export", gpu_check.export, 0)
-    assert seen[-1][-6:] == ["export", "all", "--provider", "cuda", "--variants", "none"]
 
 
 def test_every_task_route_and_v2_model_is_called_and_checked(server: str):
@@ -187,7 +172,7 @@ def test_the_cpu_dry_run_runs_every_step_end_to_end(exported, runs: Path, tmp_pa
     report = json.loads((out / "gpu-check.json").read_text())
     steps = {s["name"]: s for s in report["steps"]}
     assert list(steps) == ["environment", "export", "serve", "bench", "topology", "fp16"]
-    assert report["ok"] and all(s["status"] in (OK, NOT_AVAILABLE) for s in steps.values())
+    assert report["ok"] and all(s["status"] == OK for s in steps.values())
     helptext = subprocess.run(
         [gpu_check.sys.executable, "-m", "export", "--help"], capture_output=True, text=True, cwd=gpu_check.ROOT
     ).stdout
