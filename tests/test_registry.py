@@ -190,7 +190,7 @@ def test_every_exported_graph_carries_the_loss_curve_of_its_training_run(exporte
 
     for name, tag in store.discover(tuple(served_graphs())).items():
         card = store.load(tag).card
-        assert set(card.artifacts) == {"loss_curve"}, name
+        assert set(card.artifacts) == {"loss_curve", "golden"}, name
         data = store.read_artifact(card, "loss_curve")
         assert data is not None and Image.open(io.BytesIO(data)).format == "PNG", name
         run = Path(card.checkpoint["path"]).parent

@@ -224,7 +224,7 @@ def test_a_version_exported_without_a_loss_curve_answers_404_saying_so(exported,
     shutil.copytree(Path(os.environ["BENTOML_HOME"]) / "models", home / "models", symlinks=True)
     for card_file in (home / "models" / "lenet").glob("*/model_card.json"):
         data = json.loads(card_file.read_text())
-        data.pop("artifacts", None)
+        data["artifacts"].pop("loss_curve")  # its golden inputs stay: without them it would not be served
         card_file.write_text(json.dumps(data))
     url, proc = start_server({"EE559_WORKERS": "1"}, log=tmp_path / "serve.log", home=home)
     try:
