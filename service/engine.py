@@ -146,10 +146,11 @@ def tensor_runner(
 ) -> Callable[[np.ndarray], list[np.ndarray]]:
     """A tensor model's batch -> its outputs in card order (blocking). With `io_binding`, through
     ONNX Runtime's IO binding: the batch is bound as the input (copied to the device once, inside
-    the run) and every output is bound on the session's device and fetched to the host once, after
-    the run, instead of ORT allocating, copying and converting per output. On CUDA that is the
-    way to run (docs/operations.md); on the CPU it works the same (outputs bound on the host), so
-    the path is tested where no GPU is."""
+    the run) and every output is bound on the session's device and fetched to the host together,
+    after the run. On the CPU the same path runs (outputs bound on the host), so it is tested where
+    no GPU is; there plain run() was a little faster (settings.py, EE559_IO_BINDING). Not yet
+    measured on a GPU: `make gpu-check`'s bench compares IO binding and numpy I/O there
+    (docs/architecture.md, docs/gpu.md)."""
     names, feed = card.output_names, card.input.name
     if not io_binding:
         return lambda x: session.run(names, {feed: x})
