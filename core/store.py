@@ -120,7 +120,7 @@ def _of_precision(name: str, entries: list[_Entry], precision: str) -> str:
     if variant is None:
         if (name, precision, fp32) not in _said:
             _said.add((name, precision, fp32))
-            log.info(
+            log.warning(
                 "%s: no %s variant of version %s in the model store; serving that fp32 version", name, precision, fp32
             )
         return fp32
