@@ -42,7 +42,6 @@ import os
 import re
 import resource
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -56,7 +55,7 @@ import numpy as np
 import psutil
 
 from loadtests import devicebench
-from loadtests.servers import free_port, wait_http
+from loadtests.servers import free_port, prometheus_samples, stop, wait_http
 
 ROOT = Path(__file__).resolve().parent.parent
 TRITON_PY = ROOT / ".venv-triton" / "bin" / "python"
@@ -115,23 +114,6 @@ def cpu_seconds(procs: list[psutil.Process]) -> float:
         except psutil.NoSuchProcess:
             pass
     return total
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
-def prometheus_samples(text: str) -> list[tuple[str, dict[str, str], float]]:
-    """(sample name, labels, value) of every sample on a Prometheus text page."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    return [(s.name, s.labels, s.value) for family in text_string_to_metric_families(text) for s in family.samples]
 
 
 def batch_totals(text: str, model: str, series: tuple[str, str]) -> tuple[float, float]:

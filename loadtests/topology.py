@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from loadtests.servers import free_port, wait_http
+from loadtests.servers import free_port, prometheus_samples, stop, wait_http
 
 ROOT = Path(__file__).resolve().parent.parent
 TOPOLOGIES = ("ee559", "bentoml")
@@ -154,30 +154,12 @@ def serve(env_extra: dict[str, str], log: Path, root: Path = ROOT) -> tuple[subp
     return proc, port
 
 
-def stop(proc: subprocess.Popen) -> None:
-    """SIGTERM to the server's process group (its workers), SIGKILL after 20 s."""
-    if proc.poll() is None:
-        os.killpg(proc.pid, 15)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, 9)
-            proc.wait()
-
-
-SAMPLE = re.compile(r"^([a-zA-Z_:][\w:]*)(?:\{([^}]*)\})?\s+(\S+)", re.M)
-
-
 def scrape(port: int) -> list[tuple[str, dict[str, str], float]]:
     """Every sample of the server's /metrics: (name, labels, value)."""
     import urllib.request
 
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
-        text = r.read().decode()
-    return [
-        (name, dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', labels or "")), float(value))
-        for name, labels, value in SAMPLE.findall(text)
-    ]
+        return prometheus_samples(r.read().decode())
 
 
 def metric(samples: list[tuple[str, dict[str, str], float]], name: str, **labels: str) -> float | None:

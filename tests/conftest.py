@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from loadtests.servers import free_port, wait_http
+from loadtests.servers import stop as stop_server
 
 ROOT = Path(__file__).resolve().parent.parent
 # Before anything imports bentoml: the store and runs of this session are private and temporary.
@@ -104,16 +105,6 @@ def new_home() -> Path:
     home = Path(tempfile.mkdtemp(prefix="home-", dir=_SESSION_DIR))
     (home / "models").symlink_to(Path(os.environ["BENTOML_HOME"]) / "models")
     return home
-
-
-def stop_server(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, 15)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, 9)
-            proc.wait()
 
 
 @pytest.fixture(scope="session")
