@@ -64,9 +64,10 @@ class ExportSpec:
 
 
 def image_classifier_spec(
-    shape: tuple[int, int, int] = (1, 28, 28), num_classes: int = 10, cam: bool = False
+    shape: tuple[int, int, int] = (1, 28, 28), num_classes: int | str = "num_classes", cam: bool = False
 ) -> ExportSpec:
-    """Logits; with cam=True also the class activation map of the predicted class (B, H, W)."""
+    """Logits; with cam=True also the class activation map of the predicted class (B, H, W). The
+    number of classes is the checkpoint's (its dataset's) unless given."""
     outputs: tuple[TensorSpec, ...] = (TensorSpec("logits", (BATCH_AXIS, num_classes)),)
     if cam:
         outputs += (TensorSpec("cam", (BATCH_AXIS, *shape[1:])),)
@@ -78,8 +79,8 @@ def image_classifier_spec(
     )
 
 
-def segmenter_spec(shape: tuple[int, int, int] = (3, 32, 32), num_classes: int = 5) -> ExportSpec:
-    """Per-pixel logits (B, classes, H, W)."""
+def segmenter_spec(shape: tuple[int, int, int] = (3, 32, 32), num_classes: int | str = "num_classes") -> ExportSpec:
+    """Per-pixel logits (B, classes, H, W); the number of classes is the checkpoint's unless given."""
     return ExportSpec(
         inputs=(TensorSpec("image", (BATCH_AXIS, *shape)),),
         outputs=(TensorSpec("logits", (BATCH_AXIS, num_classes, *shape[1:])),),

@@ -4,7 +4,7 @@
 --ablate trains the variants of the model that its chapter compares (e.g. the ResNet without batch
 norm, skip connections or dropout, or with N(0, 1) weights) and writes a table and a plot of their
 validation curves to <out>/ablation/<model>/<time>/; no checkpoint is written, nothing is exported.
-For the ResNet: python -m training resnet --ablate --dataset scenes --preset ablation"""
+For the ResNet: python -m training resnet --ablate (its ablation preset, on its scenes)."""
 
 from __future__ import annotations
 
@@ -32,10 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, help="override the preset's epoch count")
     p.add_argument(
         "--preset",
-        default="full",
         choices=sorted({name for e in registry.REGISTRY.values() for name in e.presets}),
-        help="quick: seconds; ci: what the tests train (text models on a subset); full: the default; "
-        "ablation: what --ablate trains (where a model has it)",
+        help="quick: seconds; ci: what the tests train (fewer epochs, text models on a subset); full: the "
+        "default; ablation: what --ablate trains, and its default (where a model has it)",
     )
     p.add_argument("--out", type=Path, help="runs directory (default: $EE559_RUNS or ./runs)")
     p.add_argument("--seed", type=int, default=DEFAULT_SEED)
@@ -64,16 +63,18 @@ def main(argv: list[str] | None = None) -> int:
                 p.error(f"{name} has no ablation variants; models with some: {', '.join(ablatable)}")
             from .ablation import PLOT, TABLE, run_ablation
 
-            run_dir = run_ablation(entry, args.dataset, args.preset, args.epochs, args.out, args.seed, args.device)
+            preset = args.preset or ("ablation" if "ablation" in entry.presets else "full")
+            run_dir = run_ablation(entry, args.dataset, preset, args.epochs, args.out, args.seed, args.device)
             print((run_dir / TABLE).read_text())
             print(f"{name}: ablation table {run_dir / TABLE}, validation curves {run_dir / PLOT}")
             continue
         if args.if_missing and (ckpt := latest_checkpoint(name, args.out)) is not None:
             print(f"{name}: reusing {ckpt} (to retrain: make run RETRAIN=1, or drop --if-missing)")
             continue
-        path = train_model(
-            entry, args.dataset, args.data_dir, args.preset, args.epochs, args.out, args.seed, args.device
-        )
+        preset = args.preset or "full"
+        if preset not in entry.presets:
+            p.error(f"{name} has no preset {preset!r}; its presets: {', '.join(entry.presets)}")
+        path = train_model(entry, args.dataset, args.data_dir, preset, args.epochs, args.out, args.seed, args.device)
         print(f"{name}: checkpoint {path}")
     return 0
 

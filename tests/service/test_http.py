@@ -57,8 +57,12 @@ def test_classify_json_on_unseen_images(server, exported, served_provider, name:
         assert body["label"] == card["labels"][body["class_index"]] == body["top_k"][0]["label"]
         assert body["provider"] == served_provider  # the CPU here unless CUDA really runs
         correct += body["class_index"] == split.y[i]
-    # ci preset: lenet and mlp see real digits (96-98% of the 500 test digits), resnet the shapes (100%)
-    assert correct >= 92, f"{name}: {correct}/100 held-out images right"
+    # the first 100 held-out examples served over HTTP score near what training measured on all of
+    # them in PyTorch (ci preset: lenet and mlp 96-99% of 500 real digits, resnet 80-90% of 600 scenes)
+    expected = card["metrics"]["test_accuracy"]
+    assert correct >= 100 * expected - 8, (
+        f"{name}: {correct}/100 held-out images right, training measured {expected:.1%}"
+    )
 
 
 def test_rgb_model_takes_png_uploads(server, exported):
@@ -66,9 +70,10 @@ def test_rgb_model_takes_png_uploads(server, exported):
     if not rgb:
         pytest.skip("no RGB classifier registered")
     name = rgb[0]
+    card = json.loads(exported[name].read_text())
     split = load_dataset(REGISTRY[name].dataset, DEFAULT_SEED).test
-    right = 0
-    for i in range(20):
+    right, n = 0, 40
+    for i in range(n):
         r = requests.post(
             f"{server}/classify",
             params={"model": name},
@@ -78,28 +83,30 @@ def test_rgb_model_takes_png_uploads(server, exported):
         )
         assert r.status_code == 200, r.text
         right += r.json()["class_index"] == split.y[i]
-    assert right >= 19
+    # PNG's 8 bits per channel change a few answers at most: the held-out scenes as uploads score
+    # within 15 points of the accuracy training measured on all of them (chance is 12.5%)
+    assert right / n >= card["metrics"]["test_accuracy"] - 0.15, (
+        f"{right}/{n} against {card['metrics']['test_accuracy']}"
+    )
 
 
 @pytest.mark.parametrize("name", [n for n, e in REGISTRY.items() if "explain" in e.tasks])
 def test_explain_heat_map_points_at_the_object(server, name: str):
-    from training.data import _split, make_shapes
-
-    x, y, masks = make_shapes(4000, DEFAULT_SEED)  # the same images and split as load_dataset("shapes")
-    _, _, test = _split(x, y, DEFAULT_SEED, val=0.15, test=0.15)
-    _, _, test_masks = _split(masks[:, None], y, DEFAULT_SEED, val=0.15, test=0.15)
+    images = load_dataset(REGISTRY[name].dataset, DEFAULT_SEED).test
+    # the same scenes and split with per-pixel targets: > 0 where the target shape is visible
+    masks = load_dataset("scene_masks", DEFAULT_SEED).test.y > 0
+    assert images.x.shape[0] == masks.shape[0]
     inside_hotter = 0
     for i in range(20):
-        r = requests.post(f"{server}/explain", json={"model": name, "image": test.x[i].tolist()}, timeout=30)
+        r = requests.post(f"{server}/explain", json={"model": name, "image": images.x[i].tolist()}, timeout=30)
         assert r.status_code == 200, r.text
         body = r.json()
         heat = np.asarray(body["heatmap"])
-        assert heat.shape == test.x.shape[2:] and heat.min() >= 0 and heat.max() <= 1
-        c = classify(server, name, test.x[i].tolist()).json()
+        assert heat.shape == images.x.shape[2:] and heat.min() >= 0 and heat.max() <= 1
+        c = classify(server, name, images.x[i].tolist()).json()
         assert (body["label"], body["class_index"]) == (c["label"], c["class_index"])
-        mask = test_masks.x[i, 0]
-        inside_hotter += heat[mask].mean() > heat[~mask].mean()
-    assert inside_hotter >= 16, f"the heat map was hotter on the shape in {inside_hotter}/20 images"
+        inside_hotter += heat[masks[i]].mean() > heat[~masks[i]].mean()
+    assert inside_hotter >= 15, f"the heat map was hotter on the shape in {inside_hotter}/20 images"
 
 
 def test_explain_as_png_and_its_errors(server):
@@ -131,7 +138,8 @@ def test_segment_masks_match_the_shapes(server, exported, name: str):
             inter[c] += ((mask == c) & (split.y[i] == c)).sum()
             union[c] += ((mask == c) | (split.y[i] == c)).sum()
     present = union > 0
-    assert (inter[present] / union[present]).mean() >= 0.85
+    # 20 scenes' mean IoU near the one training measured on all held-out scenes
+    assert (inter[present] / union[present]).mean() >= card["metrics"]["test_mean_iou"] - 0.15
     png = requests.post(
         f"{server}/segment", json={"model": name, "image": split.x[0].tolist(), "format": "png"}, timeout=30
     )

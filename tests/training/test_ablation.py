@@ -65,3 +65,27 @@ def test_ablate_refuses_a_model_without_variants(capsys):
     with pytest.raises(SystemExit):
         main([plain, "--ablate", "--preset", "quick"])
     assert "no ablation variants" in capsys.readouterr().err
+
+
+def test_ablate_trains_the_ablation_preset_unless_told_and_plain_training_the_full_one(monkeypatch, tmp_path: Path):
+    import training.ablation
+    import training.train
+    from training.__main__ import main
+
+    seen: list[tuple[str, str]] = []
+
+    def record(kind: str, preset: str) -> Path:
+        seen.append((kind, preset))
+        (tmp_path / TABLE).write_text("table\n")
+        return tmp_path
+
+    monkeypatch.setattr(training.ablation, "run_ablation", lambda entry, dataset, preset, *a: record("ablate", preset))
+    monkeypatch.setattr(
+        training.train, "train_model", lambda entry, dataset, data_dir, preset, *a: record("train", preset)
+    )
+    assert main(["resnet", "--ablate"]) == 0
+    assert main(["resnet", "--ablate", "--preset", "quick"]) == 0
+    assert main(["resnet"]) == 0
+    assert seen == [("ablate", "ablation"), ("ablate", "quick"), ("train", "full")]
+    with pytest.raises(SystemExit):  # a preset the model does not have is refused, naming its own
+        main(["lenet", "--preset", "ablation"])

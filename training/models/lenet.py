@@ -13,10 +13,13 @@ from .common import Normalize
 @dataclass
 class LeNetConfig:
     in_channels: int = 1
-    conv_channels: tuple[int, int] = (16, 32)
-    hidden: int = 120
+    # Wider than LeNet-5's (6, 16) and 120: on the 4,000 real training digits, (32, 64) and 256 with
+    # dropout 0.4 and 40 epochs had the best validation accuracy of the settings compared (99.6%,
+    # against 99.2% for (16, 32) and 120; docs/models.md).
+    conv_channels: tuple[int, int] = (32, 64)
+    hidden: int = 256
     num_classes: int = 10
-    dropout: float = 0.25
+    dropout: float = 0.4
     mean: float = 0.1307
     std: float = 0.3081
 

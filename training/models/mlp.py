@@ -13,9 +13,11 @@ from .common import Normalize
 @dataclass
 class MLPConfig:
     in_shape: tuple[int, int, int] = (1, 28, 28)
-    hidden: tuple[int, ...] = (256, 128)
+    # (512, 512, 256), dropout 0.2, 60 epochs: the best validation accuracy of the settings compared
+    # on the 4,000 real training digits (98.6%, against 98.4% for (256, 128); docs/models.md).
+    hidden: tuple[int, ...] = (512, 512, 256)
     num_classes: int = 10
-    dropout: float = 0.1
+    dropout: float = 0.2
     mean: float = 0.1307  # MNIST pixel statistics; digits in the MNIST frame are close
     std: float = 0.3081
 

@@ -20,7 +20,7 @@ class ResNetConfig:
     in_channels: int = 3
     widths: tuple[int, ...] = (16, 32, 64)  # one stage per width; stages after the first halve H, W
     blocks_per_stage: int = 1
-    num_classes: int = 4
+    num_classes: int = 8  # the scenes' shapes (training/scenes.py)
     dropout: float = 0.2
     batch_norm: bool = True  # False: no normalisation layers (plain convolutions with biases)
     skip: bool = True  # False: no skip connections (a plain CNN of the same depth)

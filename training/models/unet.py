@@ -14,8 +14,11 @@ from .common import Normalize
 @dataclass
 class UNetConfig:
     in_channels: int = 3
-    base: int = 16  # channels at full resolution; doubled at each of the two downsamplings
-    num_classes: int = 5  # background + one per shape
+    base: int = 16  # channels at full resolution; doubled at each downsampling
+    # Downsamplings: 3 takes a 32x32 scene to 4x4, where the receptive field spans the whole image,
+    # which naming a pixel's shape needs (with 2, a pixel saw about 29x29 around it).
+    depth: int = 3
+    num_classes: int = 9  # background + one per shape
     mean: float = 0.4
     std: float = 0.3
 
@@ -35,22 +38,24 @@ class UNet(nn.Module):
     def __init__(self, cfg: UNetConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        b = cfg.base
+        widths = [cfg.base * 2**i for i in range(cfg.depth + 1)]  # per resolution, full first
         self.norm = Normalize(cfg.mean, cfg.std)
-        self.enc1, self.enc2, self.mid = (
-            double_conv(cfg.in_channels, b),
-            double_conv(b, 2 * b),
-            double_conv(2 * b, 4 * b),
+        self.encoders = nn.ModuleList(
+            double_conv(c_in, c_out) for c_in, c_out in zip([cfg.in_channels, *widths[:-2]], widths[:-1])
         )
         self.pool = nn.MaxPool2d(2)
-        self.up2, self.dec2 = nn.ConvTranspose2d(4 * b, 2 * b, 2, stride=2), double_conv(4 * b, 2 * b)
-        self.up1, self.dec1 = nn.ConvTranspose2d(2 * b, b, 2, stride=2), double_conv(2 * b, b)
-        self.head = nn.Conv2d(b, cfg.num_classes, 1)
+        self.mid = double_conv(widths[-2], widths[-1])
+        self.ups = nn.ModuleList(nn.ConvTranspose2d(2 * w, w, 2, stride=2) for w in reversed(widths[:-1]))
+        self.decoders = nn.ModuleList(double_conv(2 * w, w) for w in reversed(widths[:-1]))
+        self.head = nn.Conv2d(cfg.base, cfg.num_classes, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        e1 = self.enc1(self.norm(x))  # (B, b, H, W)
-        e2 = self.enc2(self.pool(e1))  # (B, 2b, H/2, W/2)
-        m = self.mid(self.pool(e2))  # (B, 4b, H/4, W/4)
-        d2 = self.dec2(torch.cat([self.up2(m), e2], dim=1))  # (B, 2b, H/2, W/2)
-        d1 = self.dec1(torch.cat([self.up1(d2), e1], dim=1))  # (B, b, H, W)
-        return self.head(d1)  # (B, classes, H, W) logits per pixel
+        h, skips = self.norm(x), []
+        for encode in self.encoders:  # (B, w, H / 2**i, W / 2**i), kept for the skip connection
+            h = encode(h)
+            skips.append(h)
+            h = self.pool(h)
+        h = self.mid(h)  # (B, base * 2**depth, H / 2**depth, W / 2**depth)
+        for up, decode, skip in zip(self.ups, self.decoders, reversed(skips)):
+            h = decode(torch.cat([up(h), skip], dim=1))
+        return self.head(h)  # (B, classes, H, W) logits per pixel
