@@ -100,8 +100,12 @@ class Calibration:
     distribution when its logits' score (`ood_score`, one of OOD_SCORES) is on that score's side
     of `ood_threshold`, or when its pixels are atypical: the mean squared z-score of its pixels
     against the validation inputs' per-pixel mean and scale (`pixel_mean`, `pixel_scale`, one
-    row flattened) is above `pixel_threshold`. Logits alone miss inputs that a model maps to
-    ordinary logits (noise, for the MLP); pixels alone miss letters framed as digits are.
+    row flattened) is above `pixel_threshold`, or when its roughness (core/images.py `roughness`:
+    how much neighbouring pixels differ) is outside `roughness_range`, the (low, high) that
+    validation inputs fall in: noise is rougher than any picture, a blank canvas smoother. Logits
+    alone miss inputs that a model maps to ordinary logits (noise, for the MLP); per-pixel
+    statistics miss noise on a model whose inputs vary everywhere (the scenes' textures); neither
+    sees letters framed as digits are.
     `report`: what was measured (ECE before and after on the test split, shares flagged, sample
     sizes), for people; readers of the rule use the fields."""
 
@@ -112,6 +116,7 @@ class Calibration:
     pixel_scale: tuple[float, ...] = ()
     pixel_threshold: float = math.inf
     report: dict[str, Any] = field(default_factory=dict)
+    roughness_range: tuple[float, ...] = ()  # (low, high); () flags nothing
 
     def score(self, logits: Sequence[float]) -> float:
         """The out-of-distribution score of one row of logits."""
@@ -129,10 +134,13 @@ class Calibration:
             self.pixel_mean
         )
 
-    def flags(self, score: float, pixel_score: float = 0.0) -> bool:
+    def flags(self, score: float, pixel_score: float = 0.0, roughness: float | None = None) -> bool:
         """Whether an input with these scores is out of distribution."""
         above = OOD_SCORES[self.ood_score] == "above"
         odd = score > self.ood_threshold if above else score < self.ood_threshold
+        if roughness is not None and self.roughness_range:
+            low, high = self.roughness_range
+            odd = odd or not low <= roughness <= high
         return odd or pixel_score > self.pixel_threshold
 
     @classmethod
@@ -150,8 +158,18 @@ class Calibration:
         mean, scale = pixels.get("mean", []), pixels.get("scale", [])
         if len(mean) != len(scale) or any(not isinstance(s, (int, float)) or s <= 0 for s in scale):
             raise CardError("'calibration.ood.pixels' needs 'mean' and 'scale' (> 0) of one length")
+        bounds = (ood.get("roughness") or {}).get("range", [])
+        if not isinstance(bounds, list) or (
+            bounds
+            and (
+                len(bounds) != 2
+                or not all(isinstance(b, (int, float)) and math.isfinite(b) for b in bounds)
+                or bounds[0] > bounds[1]
+            )
+        ):
+            raise CardError("'calibration.ood.roughness.range' needs [low, high], finite, low <= high")
         report = {k: v for k, v in data.items() if k not in ("temperature", "ood")}
-        measured = {k: v for k, v in ood.items() if k not in ("score", "threshold", "flag", "pixels")}
+        measured = {k: v for k, v in ood.items() if k not in ("score", "threshold", "flag", "pixels", "roughness")}
         if measured:
             report["ood"] = measured
         return cls(
@@ -162,6 +180,7 @@ class Calibration:
             tuple(scale),
             float(pixels.get("threshold", math.inf)),
             report,
+            tuple(float(b) for b in bounds),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -177,6 +196,12 @@ class Calibration:
                 "flag": "above",
                 "mean": list(self.pixel_mean),
                 "scale": list(self.pixel_scale),
+            }
+        if self.roughness_range:
+            ood["roughness"] = {
+                "score": "mean squared difference of neighbouring pixels (core/images.py roughness)",
+                "range": list(self.roughness_range),
+                "flag": "outside",
             }
         return {"temperature": self.temperature, **self.report, "ood": {**ood, **self.report.get("ood", {})}}
 

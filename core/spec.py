@@ -64,7 +64,10 @@ class ExportSpec:
 
 
 def image_classifier_spec(
-    shape: tuple[int, int, int] = (1, 28, 28), num_classes: int | str = "num_classes", cam: bool = False
+    shape: tuple[int, int, int] = (1, 28, 28),
+    num_classes: int | str = "num_classes",
+    cam: bool = False,
+    atol: float = 1e-5,
 ) -> ExportSpec:
     """Logits; with cam=True also the class activation map of the predicted class (B, H, W). The
     number of classes is the checkpoint's (its dataset's) unless given."""
@@ -76,6 +79,7 @@ def image_classifier_spec(
         outputs=outputs,
         check_top1=("logits",),
         method="explain" if cam else "forward",
+        atol=atol,
     )
 
 

@@ -7,8 +7,12 @@ split is only reported on), recorded in the model card (core/card.py Calibration
 - Out-of-distribution rule: the logits' energy -T*logsumexp(logits/T) (Liu et al., 2020) or
   maximum softmax (Hendrycks & Gimpel, 2017), whichever separates validation from a generated
   out-of-distribution set better (AUROC), or the pixels' mean squared z-score against the
-  training inputs: an input the model maps to ordinary logits (noise, for the MLP) is still
-  atypical there. Each threshold flags OOD_RATE / 2 of validation.
+  training inputs (an input the model maps to ordinary logits, noise for the MLP, is still
+  atypical there), or a roughness (core/images.py: how much neighbouring pixels differ) outside
+  the range of validation's: noise on the scenes, whose textured backgrounds make every pixel
+  vary, is typical pixel by pixel but far rougher than any scene, and a blank canvas smoother.
+  The logits' threshold flags OOD_RATE / 2 of validation, the pixels' OOD_RATE / 4, and the
+  roughness range OOD_RATE / 8 on each side.
 - Reported on the test split and on a fresh draw of the generated sets (another seed): expected
   calibration error (ECE_BINS equal-width bins, top-1) before and after, the share of real test
   inputs wrongly flagged and the share of each generated set flagged, each with its sample size.
@@ -30,7 +34,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from core.card import OOD_SCORES, Calibration
-from core.images import frame_digit
+from core.images import frame_digit, roughness
 from core.session import make_session
 
 ECE_BINS = 15
@@ -123,8 +127,15 @@ def pixel_scores(x: np.ndarray, rule: Calibration) -> np.ndarray:
     return np.array([rule.pixel_score(row) for row in x.reshape(len(x), -1).tolist()])
 
 
-def flagged_share(logit_scores: np.ndarray, pix_scores: np.ndarray, rule: Calibration) -> float:
-    return float(np.mean([rule.flags(float(s), float(p)) for s, p in zip(logit_scores, pix_scores)]))
+def roughnesses(x: np.ndarray) -> np.ndarray:
+    """core.images.roughness of each input (N, C, H, W), as the service computes it."""
+    return np.array([roughness(row) for row in x])
+
+
+def flagged_share(logit_scores: np.ndarray, pix_scores: np.ndarray, rough: np.ndarray, rule: Calibration) -> float:
+    return float(
+        np.mean([rule.flags(float(s), float(p), float(r)) for s, p, r in zip(logit_scores, pix_scores, rough)])
+    )
 
 
 # -- generated out-of-distribution inputs --------------------------------------------------------
@@ -259,19 +270,20 @@ def calibrate(
     pixels = Calibration(
         t, best, 0.0, tuple(flat.mean(0).tolist()), tuple(np.maximum(flat.std(0), PIXEL_SCALE_FLOOR).tolist())
     )
-    v_pixels = pixel_scores(vx, pixels)
+    v_pixels, v_rough = pixel_scores(vx, pixels), roughnesses(vx)
     rule = Calibration(
         t,
         best,
         fit_threshold(scores(v_logits, pixels), OOD_SCORES[best], OOD_RATE / 2),
         pixels.pixel_mean,
         pixels.pixel_scale,
-        fit_threshold(v_pixels, "above", OOD_RATE / 2),
+        fit_threshold(v_pixels, "above", OOD_RATE / 4),
+        roughness_range=(fit_threshold(v_rough, "below", OOD_RATE / 8), fit_threshold(v_rough, "above", OOD_RATE / 8)),
     )
     fit_pixels = pixel_scores(fit_sets, rule)
 
     def share(x: np.ndarray, logits: np.ndarray) -> float:
-        return round(flagged_share(scores(logits, rule), pixel_scores(x, rule), rule), 4)
+        return round(flagged_share(scores(logits, rule), pixel_scores(x, rule), roughnesses(x), rule), 4)
 
     generated = ood_inputs(row_shape, seed)
     sets = {k: (x, logits_of(x)) for k, x in generated.items()}
@@ -286,6 +298,7 @@ def calibrate(
             "pixels": round(auroc(v_pixels, fit_pixels, "above"), 4),
         },
         "pixels_fitted_on": f"training inputs (n={len(train_x)}), threshold on validation",
+        "roughness_fitted_on": "validation",
         "flagged_validation": share(vx, v_logits),
         "flagged_in_distribution": share(tx, t_logits),
         "in_distribution_examples": len(ty),
@@ -334,7 +347,13 @@ def summary(name: str, cal: Calibration) -> str:
     return (
         f"{name}: temperature {cal.temperature:.3f} (validation, n={r['validation']['examples']}); "
         f"test ECE {r['ece_before']:.4f} -> {r['ece_after']:.4f} (n={r['ece_examples']}, {r['ece_bins']} bins); "
-        f"OOD: {cal.ood_score} (AUROC {ood['auroc'][cal.ood_score]:.3f}) or pixels (AUROC {ood['auroc']['pixels']:.3f}): "
+        f"OOD: {cal.ood_score} (AUROC {ood['auroc'][cal.ood_score]:.3f}) or pixels (AUROC {ood['auroc']['pixels']:.3f})"
+        + (
+            f" or roughness outside [{cal.roughness_range[0]:.4f}, {cal.roughness_range[1]:.4f}]"
+            if cal.roughness_range
+            else ""
+        )
+        + ": "
         f"real test inputs flagged {ood['flagged_in_distribution']:.1%} (n={ood['in_distribution_examples']}); "
         f"{groups}"
     )

@@ -1,5 +1,5 @@
 """python -m training <model>|all [--dataset NAME] [--data-dir DIR] [--corpus FILE] [--epochs N]
-[--preset quick|ci|full|ablation] [--out DIR] [--seed S] [--if-missing] [--ablate]
+[--preset quick|ci|full|ablation] [--out DIR] [--seed S] [--if-missing] [--jobs N] [--ablate]
 
 --ablate trains the variants of the model that its chapter compares (e.g. the ResNet without batch
 norm, skip connections or dropout, or with N(0, 1) weights) and writes a table and a plot of their
@@ -41,6 +41,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--if-missing", action="store_true", help="skip models that already have a checkpoint")
     p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="models trained at once, each in its own process with an equal share of the CPU's threads "
+        "(a generator starts once its judge is trained); make run uses 2",
+    )
+    p.add_argument(
         "--ablate",
         action="store_true",
         help="train the model's ablation variants on its own dataset and write a table and a plot of "
@@ -48,11 +55,22 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
 
-    from .train import latest_checkpoint, train_model
+    from .parallel import train_in_parallel, train_one
+    from .train import latest_checkpoint
 
     if args.corpus is not None:
         args.dataset, args.data_dir = "text", args.corpus
+    train_args = dict(
+        dataset=args.dataset,
+        data_dir=args.data_dir,
+        preset=args.preset or "full",
+        epochs=args.epochs,
+        out=args.out,
+        seed=args.seed,
+        device=args.device,
+    )
     names = (ablatable if args.ablate else list(registry.REGISTRY)) if args.model == "all" else [args.model]
+    to_train: list[str] = []
     for name in names:
         try:
             entry = registry.get(name)
@@ -71,11 +89,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.if_missing and (ckpt := latest_checkpoint(name, args.out)) is not None:
             print(f"{name}: reusing {ckpt} (to retrain: make run RETRAIN=1, or drop --if-missing)")
             continue
-        preset = args.preset or "full"
-        if preset not in entry.presets:
-            p.error(f"{name} has no preset {preset!r}; its presets: {', '.join(entry.presets)}")
-        path = train_model(entry, args.dataset, args.data_dir, preset, args.epochs, args.out, args.seed, args.device)
-        print(f"{name}: checkpoint {path}")
+        if (args.preset or "full") not in entry.presets:
+            p.error(f"{name} has no preset {args.preset!r}; its presets: {', '.join(entry.presets)}")
+        to_train.append(name)
+    if args.jobs > 1 and len(to_train) > 1:
+        train_in_parallel(to_train, args.jobs, train_args)
+    else:
+        for name in to_train:
+            print(f"{name}: checkpoint {train_one(name, train_args)}")
     return 0
 
 

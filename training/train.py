@@ -68,6 +68,8 @@ def train_epoch(
         if tc.grad_clip is not None:
             nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
         opt.step()
+        if hasattr(model, "after_step"):  # e.g. the DCGAN's moving average of its generator
+            model.after_step()
         if step_sched is not None:
             step_sched.step()
         total += loss.item() * len(y)

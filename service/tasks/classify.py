@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from core.card import Calibration, ModelCard
+from core.images import roughness
 
 from .. import metrics
 from ..errors import check_fields, int_field
@@ -35,7 +36,7 @@ class Classify(Task):
         "out_of_distribution": {
             **BOOL,
             "description": "whether the input looks unlike the model's training data (the card's "
-            "calibration.ood rule: its logits' score or its pixels' score beyond the threshold fitted on "
+            "calibration.ood rule: its logits' score, its pixels' score or their roughness beyond what was fitted on "
             "validation); present when the card has a calibration section",
         },
         "ood_score": {
@@ -48,8 +49,14 @@ class Classify(Task):
             "description": "mean squared z-score of the input's pixels against the training inputs "
             "(calibration.ood.pixels; flagged above its threshold)",
         },
+        "roughness": {
+            **NUM,
+            "description": "mean squared difference of the input's neighbouring pixels (calibration.ood.roughness; "
+            "flagged outside the range of the validation inputs: noise is rougher, a blank canvas smoother); "
+            "present when the card's rule has a range",
+        },
     }
-    optional_answer = ("out_of_distribution", "ood_score", "pixel_score")
+    optional_answer = ("out_of_distribution", "ood_score", "pixel_score", "roughness")
 
     def options(self, card: ModelCard, fields: dict[str, Any]) -> Options:
         check_fields(fields, self.accepted)
@@ -73,12 +80,15 @@ class Classify(Task):
         if cal is not None:
             score = cal.score(outputs["logits"].tolist())
             pixel_score = _pixel_score(cal, pixels) if pixels is not None else 0.0
-            flagged = cal.flags(score, pixel_score)
+            rough = roughness(pixels.reshape(card.row_shape)) if pixels is not None and cal.roughness_range else None
+            flagged = cal.flags(score, pixel_score, rough)
             # The series exists from the model's first answer: a share of 0 flagged is a reading too.
             counter = metrics.flagged_answers().labels(model=card.name)
             if flagged:
                 counter.inc()
             answer.update(out_of_distribution=flagged, ood_score=round(score, 6), pixel_score=round(pixel_score, 6))
+            if rough is not None:
+                answer["roughness"] = round(rough, 6)
         return answer
 
 

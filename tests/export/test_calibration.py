@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -20,6 +21,7 @@ from export.calibration import (
     nll,
     ood_inputs,
 )
+from training.data import load_dataset
 from training.registry import served_graphs
 
 CLASSIFIERS = [name for name, (_, graph) in served_graphs().items() if "classify" in graph.tasks]
@@ -98,6 +100,17 @@ def test_calibration_rule_and_its_json():
     assert not rule.flags(-3.5, 4.0) and rule.flags(-2.5, 0.0) and rule.flags(-3.5, 4.5)
     msp = Calibration(1.0, "max_softmax", 0.9)
     assert msp.score([0.0, 0.0]) == pytest.approx(0.5) and msp.flags(0.5) and not msp.flags(0.95)
+    assert not msp.flags(0.95, 0.0, 123.0)  # no roughness range: roughness never flags
+    rough = replace(rule, roughness_range=(0.01, 0.05))
+    assert not rough.flags(-3.5, 0.0, 0.03) and not rough.flags(-3.5, 0.0, None)
+    assert rough.flags(-3.5, 0.0, 0.0) and rough.flags(-3.5, 0.0, 0.2)  # blank, noise
+    assert Calibration.from_json(json.loads(json.dumps(rough.to_json()))) == rough
+    assert rough.to_json()["ood"]["roughness"]["range"] == [0.01, 0.05]
+    for bad in ([0.05, 0.01], [0.01], [0.01, float("inf")], "0.01,0.05"):
+        data = rough.to_json()
+        data["ood"]["roughness"]["range"] = bad
+        with pytest.raises(CardError, match="roughness"):
+            Calibration.from_json(data)
     assert msp.pixel_score([9.0, 9.0]) == 0.0  # no pixel model: pixels never flag
     again = Calibration.from_json(json.loads(json.dumps(rule.to_json())))
     assert again == rule
@@ -108,6 +121,20 @@ def test_calibration_rule_and_its_json():
     ):
         with pytest.raises(CardError):
             Calibration.from_json(bad)
+
+
+def test_roughness_tells_noise_and_blank_canvases_from_pictures():
+    from core.images import roughness
+
+    rng = np.random.default_rng(0)
+    assert roughness(np.full((3, 32, 32), 0.4)) == 0.0
+    noise = roughness(rng.uniform(0, 1, (3, 32, 32)))
+    assert noise == pytest.approx(1 / 6, rel=0.1)  # 2 * var(U(0, 1)) for independent neighbours
+    scenes = load_dataset("scenes", 1234).test.x[:50]
+    assert max(roughness(x) for x in scenes) < noise / 4
+    x = rng.random((2, 3, 4))
+    want = (np.square(np.diff(x, axis=-1)).sum() + np.square(np.diff(x, axis=-2)).sum()) / (2 * 3 * 3 + 2 * 2 * 4)
+    assert roughness(x) == pytest.approx(want)
 
 
 def test_cards_without_calibration_still_load(exported):

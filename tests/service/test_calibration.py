@@ -4,6 +4,8 @@ section answers as before (T = 1, no flag); the answer schema documents the new 
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -55,11 +57,22 @@ def test_temperature_softens_and_the_rule_flags():
     assert flat["out_of_distribution"] is True  # max softmax 1/3 < 0.5
     odd = answer(card(RULE), LOGITS, np.full((1, 1, 2), 4.0, np.float32))  # pixel score 16 > 9
     assert odd["out_of_distribution"] is True and odd["pixel_score"] == pytest.approx(16.0)
+    assert "roughness" not in odd  # the rule has no roughness range
+
+
+def test_roughness_outside_the_cards_range_flags():
+    rule = replace(RULE, roughness_range=(0.01, 0.5))
+    smooth = answer(card(rule), LOGITS, np.zeros((1, 1, 2), np.float32))  # blank: roughness 0
+    assert smooth["out_of_distribution"] is True and smooth["roughness"] == 0.0
+    ordinary = answer(card(rule), LOGITS, np.array([[[0.0, 0.3]]], np.float32))  # 0.09
+    assert ordinary["out_of_distribution"] is False and ordinary["roughness"] == pytest.approx(0.09)
+    rough = answer(card(rule), LOGITS, np.array([[[0.0, 1.0]]], np.float32))  # 1.0
+    assert rough["out_of_distribution"] is True and rough["roughness"] == pytest.approx(1.0)
 
 
 def test_answer_schema_documents_the_flag_as_optional():
     schema = _answer(Classify())["200"]["content"]["application/json"]["schema"]
-    for f in ("out_of_distribution", "ood_score", "pixel_score"):
+    for f in ("out_of_distribution", "ood_score", "pixel_score", "roughness"):
         assert f in schema["properties"] and f not in schema["required"]
         assert schema["properties"][f]["description"]
     assert schema["properties"]["out_of_distribution"]["type"] == "boolean"

@@ -19,7 +19,7 @@ import requests
 from PIL import Image
 
 from core.card import ModelCard
-from core.images import png_bytes
+from core.images import png_bytes, roughness
 from core.session import _cuda_driver_present
 from training.data import load_dataset
 from training.registry import REGISTRY
@@ -329,8 +329,9 @@ def test_samples_scored_by_the_served_judge_match_training(server, exported, nam
     trained = json.loads(exported[name].read_text())["metrics"]
     assert classes == trained["test_judge_classes"]
     assert abs(confidence - trained["test_judge_mean_confidence"]) < 2e-3  # samples rounded to 4 decimals
-    if name == "dcgan":  # the ci preset's bar (the full run: 10 classes, 0.87 on real digits)
-        assert classes >= 9 and confidence >= 0.7, f"{classes} classes, mean confidence {confidence:.3f}"
+    # the ci preset's bar (trained a quarter to half as long); the full run's target is 10 classes and
+    # a mean confidence >= 0.9 (docs/models.md)
+    assert classes >= 9 and confidence >= 0.7, f"{classes} classes, mean confidence {confidence:.3f}"
 
 
 TEXT_MODELS = [n for n, e in REGISTRY.items() if "generate_text" in e.tasks]
@@ -749,9 +750,11 @@ def test_classify_flags_noise_and_not_held_out_examples(server, exported, name: 
             want = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
             assert np.allclose(body["probabilities"], want, atol=2e-6), (body["probabilities"], want)
             score, pixel_score = cal.score(logits.tolist()), cal.pixel_score(x.ravel().tolist())
+            rough = roughness(x)
             assert body["ood_score"] == pytest.approx(score, abs=1e-4)
             assert body["pixel_score"] == pytest.approx(pixel_score, rel=1e-4, abs=1e-4)
-            assert body["out_of_distribution"] is cal.flags(score, pixel_score)
+            assert body["roughness"] == pytest.approx(rough, rel=1e-4, abs=1e-6)
+            assert body["out_of_distribution"] is cal.flags(score, pixel_score, rough)
             flags[kind].append(body["out_of_distribution"])
     assert sum(flags["noise"]) >= 18, f"{name}: {sum(flags['noise'])}/20 noise images flagged"
     assert sum(flags["held-out"]) <= 3, f"{name}: {sum(flags['held-out'])}/{len(examples)} held-out examples flagged"

@@ -80,9 +80,7 @@ def test_ablate_trains_the_ablation_preset_unless_told_and_plain_training_the_fu
         return tmp_path
 
     monkeypatch.setattr(training.ablation, "run_ablation", lambda entry, dataset, preset, *a: record("ablate", preset))
-    monkeypatch.setattr(
-        training.train, "train_model", lambda entry, dataset, data_dir, preset, *a: record("train", preset)
-    )
+    monkeypatch.setattr(training.train, "train_model", lambda entry, **kw: record("train", kw["preset"]))
     assert main(["resnet", "--ablate"]) == 0
     assert main(["resnet", "--ablate", "--preset", "quick"]) == 0
     assert main(["resnet"]) == 0

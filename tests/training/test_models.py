@@ -129,3 +129,30 @@ def test_the_denoiser_gains_on_real_digits(exported):
 
     m = json.loads(exported["autoencoder"].read_text())["metrics"]
     assert m["test_psnr_denoised_db_ci95_lo"] > m["test_psnr_noisy_db_ci95_hi"] + 4.0  # ci bar; full run: +7 dB
+
+
+def test_the_dcgan_serves_a_moving_average_of_its_generator():
+    entry = REGISTRY["dcgan"]
+    torch.manual_seed(0)
+    model = entry.build()
+    with torch.no_grad():
+        for p in model.generator.parameters():
+            p.add_(0.05 * torch.randn_like(p))  # as if trained: the average now lags behind
+    z = torch.randn(3, model.cfg.latent)
+    model.eval()
+    model.after_step()  # the first updates follow the weights closely (decay (1 + n) / (10 + n))
+    first = [a.clone() for a in model.generator_ema.parameters()]
+    assert all(torch.allclose(a, p, atol=0.05) for a, p in zip(first, model.generator.parameters()))
+    assert not torch.allclose(model(z), model.generator(z))
+    for _ in range(2000):
+        model.after_step()
+    assert int(model.ema_updates) == 2001
+    torch.testing.assert_close(model(z), model.generator(z))  # converged on weights that stay put
+
+    # A checkpoint from before the average (no generator_ema) serves its trained generator.
+    old = {k: v for k, v in entry.build().state_dict().items() if not k.startswith("generator_ema.")}
+    old.pop("ema_updates")
+    rebuilt = entry.build()
+    rebuilt.load_state_dict(old)
+    rebuilt.eval()
+    torch.testing.assert_close(rebuilt(z), rebuilt.generator(z))

@@ -17,6 +17,10 @@ class DCGANConfig:
     latent: int = 32
     width: int = 64  # channels of the generator's last hidden layer
     label_smoothing: float = 0.9  # target for real images (Salimans et al.), keeps D from saturating
+    # The served generator is an exponential moving average of the trained one's weights (as in
+    # ProGAN, StyleGAN and BigGAN): a GAN's last step is one point of an oscillation, the average
+    # is steadier. 0 serves the trained weights themselves.
+    ema_decay: float = 0.999
     num_classes: int = 10  # unused by the model; datasets pass it to every registered model
 
 
@@ -31,6 +35,17 @@ def _init(m: nn.Module) -> None:
         nn.init.zeros_(m.bias)
 
 
+def _from_before_the_average(module: nn.Module, state_dict: dict[str, torch.Tensor], prefix: str, *_: object) -> None:
+    """A checkpoint written before the generator's moving average (2026-11-27) has none: it serves
+    its trained generator, as it did."""
+    if f"{prefix}generator_ema.0.weight" in state_dict:
+        return
+    trained = f"{prefix}generator."
+    for key in [k for k in state_dict if k.startswith(trained)]:
+        state_dict[f"{prefix}generator_ema.{key[len(trained) :]}"] = state_dict[key]
+    state_dict.setdefault(f"{prefix}ema_updates", torch.zeros((), dtype=torch.int64))
+
+
 class DCGAN(nn.Module):
     select_best_epoch = False  # train to the end: a GAN's losses do not rank its epochs
 
@@ -38,17 +53,8 @@ class DCGAN(nn.Module):
         super().__init__()
         self.cfg = cfg
         w, c = cfg.width, cfg.in_channels
-        self.generator = nn.Sequential(
-            nn.Linear(cfg.latent, 2 * w * 7 * 7, bias=False),
-            nn.BatchNorm1d(2 * w * 7 * 7),
-            nn.ReLU(),
-            nn.Unflatten(1, (2 * w, 7, 7)),
-            nn.ConvTranspose2d(2 * w, w, 4, 2, 1, bias=False),
-            nn.BatchNorm2d(w),
-            nn.ReLU(),  # (B, w, 14, 14)
-            nn.ConvTranspose2d(w, c, 4, 2, 1),
-            nn.Sigmoid(),  # (B, c, 28, 28) in [0, 1]
-        )
+        self.generator = self._generator(cfg)
+        self.generator_ema = self._generator(cfg).requires_grad_(False)  # what forward() serves
         self.discriminator = nn.Sequential(
             nn.Conv2d(c, w, 4, 2, 1),
             nn.LeakyReLU(0.2),  # (B, w, 14, 14)
@@ -59,10 +65,43 @@ class DCGAN(nn.Module):
             nn.Linear(2 * w * 7 * 7, 1),  # (B, 1) logit of "real"
         )
         self.apply(_init)
+        self.generator_ema.load_state_dict(self.generator.state_dict())
+        self.register_buffer("ema_updates", torch.zeros((), dtype=torch.int64))
+        self.register_load_state_dict_pre_hook(_from_before_the_average)
+
+    @staticmethod
+    def _generator(cfg: DCGANConfig) -> nn.Sequential:
+        w, c = cfg.width, cfg.in_channels
+        return nn.Sequential(
+            nn.Linear(cfg.latent, 2 * w * 7 * 7, bias=False),
+            nn.BatchNorm1d(2 * w * 7 * 7),
+            nn.ReLU(),
+            nn.Unflatten(1, (2 * w, 7, 7)),
+            nn.ConvTranspose2d(2 * w, w, 4, 2, 1, bias=False),
+            nn.BatchNorm2d(w),
+            nn.ReLU(),  # (B, w, 14, 14)
+            nn.ConvTranspose2d(w, c, 4, 2, 1),
+            nn.Sigmoid(),  # (B, c, 28, 28) in [0, 1]
+        )
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        """The served graph: latent noise (B, latent) -> images (B, c, 28, 28) in [0, 1]."""
-        return self.generator(z)
+        """The served graph: latent noise (B, latent) -> images (B, c, 28, 28) in [0, 1], from the
+        generator's moving average."""
+        return self.generator_ema(z)
+
+    @torch.no_grad()
+    def after_step(self) -> None:
+        """Called by the training loop after each optimiser step: move the average towards the
+        trained generator. The decay ramps up from 0.1 (TensorFlow's ExponentialMovingAverage with
+        num_updates), so that early on the average follows the weights; batch norm's running
+        statistics are copied, not averaged."""
+        self.ema_updates += 1
+        n = int(self.ema_updates)
+        decay = min(self.cfg.ema_decay, (1 + n) / (10 + n))
+        for avg, p in zip(self.generator_ema.parameters(), self.generator.parameters(), strict=True):
+            avg.lerp_(p, 1 - decay)
+        for avg, b in zip(self.generator_ema.buffers(), self.generator.buffers(), strict=True):
+            avg.copy_(b)
 
     def _d_frozen(self, x: torch.Tensor) -> torch.Tensor:
         """The discriminator with its parameters detached: the generator's loss flows back into
