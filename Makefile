@@ -52,8 +52,11 @@ lock: install
 		sed -i -E 's/^(torch==[^ +]+)\+[[:alnum:].]+$$/\1/' $$name.txt; \
 	done
 
+# Two models train at once, each in its own process on half the cores: small models use two
+# threads poorly (LeNet 1.6x faster on 2 threads than on 1, the MLP 1.2x; docs/models.md).
+TRAIN_JOBS ?= 2
 train: install
-	$(PY) -m training all $(REUSE)
+	$(PY) -m training all $(REUSE) --jobs $(TRAIN_JOBS)
 
 export: train
 	$(PY) -m export all $(REUSE)
