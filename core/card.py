@@ -158,7 +158,8 @@ class Calibration:
         mean, scale = pixels.get("mean", []), pixels.get("scale", [])
         if len(mean) != len(scale) or any(not isinstance(s, (int, float)) or s <= 0 for s in scale):
             raise CardError("'calibration.ood.pixels' needs 'mean' and 'scale' (> 0) of one length")
-        bounds = (ood.get("roughness") or {}).get("range", [])
+        rough = ood.get("roughness") or {}
+        bounds = rough.get("range", []) if isinstance(rough, dict) else None
         if not isinstance(bounds, list) or (
             bounds
             and (

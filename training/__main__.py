@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     ablatable = [n for n, e in registry.REGISTRY.items() if e.ablations]
     p = argparse.ArgumentParser(prog="python -m training", description=__doc__)
     p.add_argument("model", help=f"one of: {', '.join(registry.REGISTRY)}, or 'all'")
-    p.add_argument("--dataset", choices=DATASETS, help="default: the model's own (digits)")
+    p.add_argument("--dataset", choices=DATASETS, help="default: the model's own (real digits, scenes or text)")
     p.add_argument("--data-dir", type=Path, help="folder with MNIST IDX files (for --dataset mnist)")
     p.add_argument(
         "--corpus",
@@ -54,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
         f"their validation curves (models with variants: {', '.join(ablatable)}; 'all': each of them)",
     )
     args = p.parse_args(argv)
+    if args.jobs < 1:
+        p.error(f"--jobs is {args.jobs}; it takes 1 or more")
 
     from .parallel import train_in_parallel, train_one
     from .train import latest_checkpoint

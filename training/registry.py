@@ -79,6 +79,9 @@ class CourseModel:
     # `python -m training <model> --ablate`: variant name -> config overrides, the full model first
     # ({}); trained and compared on validation data, never exported.
     ablations: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Seconds the full preset trained for on this 2-core CPU (`make run`, 2026-11-27): `--jobs`
+    # starts the longest first, so that no long model trains alone at the end on one core.
+    train_seconds: float = 60.0
 
     @property
     def graphs(self) -> tuple[Graph, ...]:
@@ -104,6 +107,7 @@ REGISTRY: dict[str, CourseModel] = {
     for m in (
         CourseModel(
             name="mlp",
+            train_seconds=22,
             chapter="MLPs and back-propagation",
             config_cls=MLPConfig,
             model_cls=MLP,
@@ -120,6 +124,7 @@ REGISTRY: dict[str, CourseModel] = {
         ),
         CourseModel(
             name="lenet",
+            train_seconds=45,
             chapter="Convolutional networks",
             config_cls=LeNetConfig,
             model_cls=LeNet,
@@ -133,6 +138,7 @@ REGISTRY: dict[str, CourseModel] = {
         ),
         CourseModel(
             name="resnet",
+            train_seconds=38,
             chapter="Initialisation, optimisation, regularisation (BN, dropout, skip connections)",
             config_cls=ResNetConfig,
             model_cls=ResNet,
@@ -160,6 +166,7 @@ REGISTRY: dict[str, CourseModel] = {
         ),
         CourseModel(
             name="unet",
+            train_seconds=86,
             chapter="Deep models for computer vision (segmentation)",
             config_cls=UNetConfig,
             model_cls=UNet,
@@ -171,6 +178,7 @@ REGISTRY: dict[str, CourseModel] = {
         ),
         CourseModel(
             name="autoencoder",
+            train_seconds=12,
             chapter="Auto-encoders and embeddings (denoising)",
             config_cls=AutoencoderConfig,
             model_cls=DenoisingAutoencoder,
@@ -186,6 +194,7 @@ REGISTRY: dict[str, CourseModel] = {
         ),
         CourseModel(
             name="vae",
+            train_seconds=73,
             chapter="Generative models (variational auto-encoder)",
             config_cls=VAEConfig,
             model_cls=VAE,
@@ -202,6 +211,7 @@ REGISTRY: dict[str, CourseModel] = {
         ),
         CourseModel(
             name="dcgan",
+            train_seconds=245,
             chapter="Generative models (deep convolutional GAN)",
             config_cls=DCGANConfig,
             model_cls=DCGAN,
@@ -217,6 +227,7 @@ REGISTRY: dict[str, CourseModel] = {
         ),
         CourseModel(
             name="char_lstm",
+            train_seconds=225,
             chapter="Recurrent models and NLP (character-level LSTM)",
             config_cls=CharLSTMConfig,
             model_cls=CharLSTM,
@@ -231,6 +242,7 @@ REGISTRY: dict[str, CourseModel] = {
         ),
         CourseModel(
             name="gpt",
+            train_seconds=250,
             chapter="Attention and transformers (small character-level GPT with a KV cache)",
             config_cls=GPTConfig,
             model_cls=GPT,

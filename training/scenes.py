@@ -10,8 +10,8 @@ the batch (4,000 scenes in well under a second).
 
 Hard enough that the course's techniques show: rotation and scale change, clutter that looks like
 parts of shapes (a bar across a bar makes a cross), occlusion and textures; a plain CNN trained as
-briefly as the ResNet lags far behind it (`python -m training resnet --ablate --dataset scenes
---preset ablation`). `--dataset scenes` / `scene_masks` select them (training/data.py).
+briefly as the ResNet lags far behind it (`python -m training resnet --ablate`). The served
+`resnet` (`scenes`) and `unet` (`scene_masks`) learn them by default (training/registry.py).
 """
 
 from __future__ import annotations

@@ -308,8 +308,11 @@ def load_checkpoint(path: Path, entry: CourseModel) -> tuple[nn.Module, dict[str
     ckpt = torch.load(path, map_location="cpu", weights_only=True)  # never unpickle code
     if ckpt.get("name") != entry.name:
         raise ValueError(f"{path} holds a {ckpt.get('name')!r} checkpoint, not {entry.name!r}")
-    model = entry.build(ckpt["config"])
-    model.load_state_dict(ckpt["model"])
+    config, state = ckpt["config"], ckpt["model"]
+    if hasattr(entry.model_cls, "upgrade"):  # a checkpoint of an older layout of the model
+        config, state = entry.model_cls.upgrade(config, state)
+    model = entry.build(config)
+    model.load_state_dict(state)
     return model.eval(), ckpt
 
 

@@ -47,7 +47,7 @@ def test_model_metadata_from_the_card(client, exported, name: str):
     assert client.is_model_ready(name) and client.is_model_ready(name, card["version"])
     meta = client.get_model_metadata(name)
     assert meta["versions"] == [card["version"]]
-    spec = GRAPHS[name][1].spec
+    spec = GRAPHS[name][1].spec.resolve(card["config"])  # dimensions named by the config: the checkpoint's
     assert meta["inputs"] == [{"name": t.name, "datatype": "FP32", "shape": [-1, *t.shape[1:]]} for t in spec.inputs]
     assert meta["outputs"] == [{"name": t.name, "datatype": "FP32", "shape": [-1, *t.shape[1:]]} for t in spec.outputs]
     assert client.get_model_metadata(name, card["version"])["name"] == name
@@ -56,7 +56,7 @@ def test_model_metadata_from_the_card(client, exported, name: str):
 @pytest.mark.parametrize("binary_in, binary_out", [(False, False), (True, True), (True, False), (False, True)])
 @pytest.mark.parametrize("name", list(GRAPHS))
 def test_infer_matches_onnx_runtime(client, exported, served_provider, name: str, binary_in: bool, binary_out: bool):
-    spec = GRAPHS[name][1].spec
+    spec = GRAPHS[name][1].spec.resolve(json.loads(exported[name].read_text())["config"])
     x = np.random.default_rng(0).random((5, *spec.inputs[0].shape[1:]), dtype=np.float32)
     inp = th.InferInput(spec.inputs[0].name, list(x.shape), "FP32")
     inp.set_data_from_numpy(x, binary_data=binary_in)

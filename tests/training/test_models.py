@@ -156,3 +156,28 @@ def test_the_dcgan_serves_a_moving_average_of_its_generator():
     rebuilt.load_state_dict(old)
     rebuilt.eval()
     torch.testing.assert_close(rebuilt(z), rebuilt.generator(z))
+
+
+def test_a_unet_checkpoint_of_the_first_layout_loads(tmp_path: Path):
+    """Before 2026-11-27 the U-Net had two downsamplings, no `depth` in its config and layers named
+    enc1, enc2, up2, dec2, up1, dec1: such a checkpoint loads and computes what it did."""
+    from dataclasses import asdict
+
+    from training.models.unet import FIRST_LAYOUT
+
+    entry = REGISTRY["unet"]
+    torch.manual_seed(0)
+    model = entry.build({"depth": 2, "num_classes": 5}).eval()
+    back = {new: old for old, new in FIRST_LAYOUT.items()}
+    state = {}
+    for key, value in model.state_dict().items():
+        new = next((n for n in back if key.startswith(n)), None)
+        state[back[new] + key[len(new) :] if new else key] = value
+    config = {k: v for k, v in asdict(model.cfg).items() if k != "depth"}
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"name": "unet", "config": config, "model": state}, path)
+    rebuilt, _ = load_checkpoint(path, entry)
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(x), model(x))
+    assert rebuilt.cfg.depth == 2

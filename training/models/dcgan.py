@@ -1,6 +1,7 @@
 """DCGAN (course chapter: generative models), after Radford et al. and pytorch/examples' dcgan,
 sized for 28x28 digits: a transposed-convolution generator with batch norm and a strided-
-convolution discriminator with leaky ReLUs. Only the generator is exported and served."""
+convolution discriminator with leaky ReLUs. Only the generator is exported and served: the
+moving average of its weights over training (`generator_ema`)."""
 
 from __future__ import annotations
 
@@ -92,9 +93,11 @@ class DCGAN(nn.Module):
     @torch.no_grad()
     def after_step(self) -> None:
         """Called by the training loop after each optimiser step: move the average towards the
-        trained generator. The decay ramps up from 0.1 (TensorFlow's ExponentialMovingAverage with
-        num_updates), so that early on the average follows the weights; batch norm's running
-        statistics are copied, not averaged."""
+        trained generator. The decay is min(ema_decay, (1 + n) / (10 + n)) after n updates
+        (TensorFlow's ExponentialMovingAverage with num_updates): 0.18 at first, so that early on
+        the average follows the weights; 0.998 after the full preset's 5,040 steps. Batch norm's
+        running statistics are copied from the trained generator, not averaged (BigGAN recomputes
+        them for the averaged weights; not done here)."""
         self.ema_updates += 1
         n = int(self.ema_updates)
         decay = min(self.cfg.ema_decay, (1 + n) / (10 + n))

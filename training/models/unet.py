@@ -34,6 +34,11 @@ def double_conv(c_in: int, c_out: int) -> nn.Sequential:
     )
 
 
+# Checkpoints before 2026-11-27: two downsamplings, no `depth` in the config, layers named thus.
+FIRST_LAYOUT = {"enc1.": "encoders.0.", "enc2.": "encoders.1.", "up2.": "ups.0.", "dec2.": "decoders.0."}
+FIRST_LAYOUT |= {"up1.": "ups.1.", "dec1.": "decoders.1."}
+
+
 class UNet(nn.Module):
     def __init__(self, cfg: UNetConfig) -> None:
         super().__init__()
@@ -48,6 +53,17 @@ class UNet(nn.Module):
         self.ups = nn.ModuleList(nn.ConvTranspose2d(2 * w, w, 2, stride=2) for w in reversed(widths[:-1]))
         self.decoders = nn.ModuleList(double_conv(2 * w, w) for w in reversed(widths[:-1]))
         self.head = nn.Conv2d(cfg.base, cfg.num_classes, 1)
+
+    @classmethod
+    def upgrade(cls, config: dict, state: dict[str, torch.Tensor]) -> tuple[dict, dict[str, torch.Tensor]]:
+        """A checkpoint of the first layout as this one (training/train.py load_checkpoint)."""
+        if "depth" in config or "enc1.0.weight" not in state:
+            return config, state
+        renamed = {}
+        for key, value in state.items():
+            old = next((o for o in FIRST_LAYOUT if key.startswith(o)), None)
+            renamed[FIRST_LAYOUT[old] + key[len(old) :] if old else key] = value
+        return {**config, "depth": 2}, renamed
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, skips = self.norm(x), []
