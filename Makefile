@@ -52,8 +52,9 @@ lock: install
 		sed -i -E 's/^(torch==[^ +]+)\+[[:alnum:].]+$$/\1/' $$name.txt; \
 	done
 
-# Two models train at once, each in its own process on half the cores: small models use two
-# threads poorly (LeNet 1.6x faster on 2 threads than on 1, the MLP 1.2x; docs/models.md).
+# Two models train at once, each in its own process on half the cores, judges and the longest
+# first: small models use two threads poorly (an epoch on 2 threads against 1: LeNet 1.6x faster,
+# the MLP 1.2x, the U-Net 1.6x, the DCGAN 1.6x; 2026-11-27). TRAIN_JOBS=1: one after the other.
 TRAIN_JOBS ?= 2
 train: install
 	$(PY) -m training all $(REUSE) --jobs $(TRAIN_JOBS)

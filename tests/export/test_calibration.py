@@ -164,6 +164,7 @@ def test_classifier_cards_carry_a_sane_calibration(exported, name: str):
     assert ood["flagged_validation"] <= OOD_RATE + 3 / ood["fit_examples"] + 1e-9
     assert ood["flagged_in_distribution"] <= 0.15
     assert ood["noise_examples"] >= 100 and ood["flagged_noise"] >= 0.9, ood
+    assert cal.roughness_range and ood["flagged_blank"] >= 0.9, ood  # the scenes' noise and blanks: roughness
     assert all(s["examples"] > 0 and 0 <= s["share"] <= 1 for s in ood["flagged"].values())
     assert len(cal.pixel_mean) == math.prod(card.row_shape)
     if card.row_shape[0] == 1:  # the digit models: letters and shapes framed as uploads are
