@@ -512,10 +512,10 @@ def test_classify_accepts_chw_and_top_k(server, held_out):
     assert probs == sorted(probs, reverse=True)
 
 
-def test_classify_png_upload_multipart_and_raw(server, held_out):
+def test_classify_png_upload_multipart_and_raw(server, exported, held_out):
     x, y = held_out
     right = 0
-    for i in range(20):
+    for i in range(100):
         data = png_bytes(x[i])
         r1 = requests.post(
             f"{server}/classify", data={"model": "lenet"}, files={"image": ("digit.png", data, "image/png")}, timeout=30
@@ -530,7 +530,10 @@ def test_classify_png_upload_multipart_and_raw(server, held_out):
         assert r1.status_code == r2.status_code == 200, r1.text + r2.text
         assert r1.json()["class_index"] == r2.json()["class_index"]
         right += r1.json()["class_index"] == y[i]
-    assert right >= 18
+    # each 28x28 frame sent as a PNG is framed again on the way in: near training's accuracy on the
+    # frames (ci preset: 98.2% of the 500 test digits as such PNGs, 99.0% as frames; 17 of the first 20)
+    expected = json.loads(exported["lenet"].read_text())["metrics"]["test_accuracy"]
+    assert right >= 100 * expected - 8, f"{right}/100 PNG uploads right, training measured {expected:.1%}"
 
 
 def test_concurrent_requests_are_batched(server, held_out):
