@@ -34,13 +34,13 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from core.card import OOD_SCORES, Calibration
-from core.images import decode_image, frame_digit, roughness
+from core.images import frame_digit, roughness
 from core.session import make_session
+from training.train import canvas_uploads
 
 ECE_BINS = 15
-OOD_RATE = (
-    0.05  # share of validation inputs the rule flags: 1/2 the logits' score, 1/4 the pixels', 1/8 each roughness bound
-)
+# Share of validation inputs the rule flags: 1/2 the logits' score, 1/4 the pixels', 1/8 each roughness bound.
+OOD_RATE = 0.05
 PIXEL_SCALE_FLOOR = 0.05  # a pixel that never changes (the MNIST frame's margin) still has a scale
 OOD_EXAMPLES = 200  # per generated set
 T_BOUNDS = (0.05, 20.0)
@@ -132,14 +132,6 @@ def pixel_scores(x: np.ndarray, rule: Calibration) -> np.ndarray:
 def roughnesses(x: np.ndarray) -> np.ndarray:
     """core.images.roughness of each input (N, C, H, W), as the service computes it."""
     return np.array([roughness(row) for row in x])
-
-
-def as_uploads(x: np.ndarray) -> np.ndarray:
-    """One-channel inputs (N, 1, H, W) as people send them: large dark-on-light PNG canvases
-    (training/train.py canvas_upload), decoded by the service's upload path."""
-    from training.train import canvas_upload
-
-    return np.stack([decode_image(canvas_upload(d[0]), d.shape[-2:]) for d in x]).astype(np.float32)
 
 
 def flagged_share(logit_scores: np.ndarray, pix_scores: np.ndarray, rough: np.ndarray, rule: Calibration) -> float:
@@ -283,7 +275,7 @@ def calibrate(
     v_pixels, v_rough = pixel_scores(vx, pixels), roughnesses(vx)
     # Digits also arrive as pictures, which framing resamples into smoother strokes: the roughness
     # range covers validation both ways (as the JSON frame and as a large dark-on-light upload).
-    fit_rough = np.concatenate([v_rough, roughnesses(as_uploads(vx))]) if row_shape[0] == 1 else v_rough
+    fit_rough = np.concatenate([v_rough, roughnesses(canvas_uploads(vx))]) if row_shape[0] == 1 else v_rough
     rule = Calibration(
         t,
         best,
@@ -322,7 +314,7 @@ def calibrate(
         "flagged": flagged,
     }
     if row_shape[0] == 1:  # the test digits as a person's upload: how many the rule wrongly flags then
-        uploads = as_uploads(tx)
+        uploads = canvas_uploads(tx)
         ood["flagged_test_uploads"] = share(uploads, logits_of(uploads))
     for group, members in GROUPS.items():
         present = [m for m in members if m in sets]

@@ -215,13 +215,19 @@ def canvas_upload(digit: np.ndarray, scale: int = 12, margin: int = 40) -> bytes
     return png_bytes(1.0 - np.clip(paper, 0, 1)[None])
 
 
+def canvas_uploads(x: np.ndarray) -> np.ndarray:
+    """One-channel inputs (N, 1, H, W) as people send them: canvas_upload each, decoded by the
+    service's own upload path (core/images.py decode_image); float32 (N, 1, H, W)."""
+    from core.images import decode_image
+
+    return np.stack([decode_image(canvas_upload(d[0]), d.shape[-2:]) for d in x]).astype(np.float32)
+
+
 @torch.no_grad()
 def canvas_accuracy(model: nn.Module, split: Split) -> dict[str, float]:
     """Accuracy on the test digits sent as large dark-on-light PNG canvases through the service's
-    own upload path (core/images.py decode_image), with its Wilson interval."""
-    from core.images import decode_image
-
-    x = np.stack([decode_image(canvas_upload(d[0]), d.shape[-2:]) for d in split.x])
+    own upload path (canvas_uploads), with its Wilson interval."""
+    x = canvas_uploads(split.x)
     correct = int((model.eval()(torch.from_numpy(x)).argmax(1).numpy() == split.y).sum())
     lo, hi = wilson(correct, len(split))
     return {
