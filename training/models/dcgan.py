@@ -36,17 +36,6 @@ def _init(m: nn.Module) -> None:
         nn.init.zeros_(m.bias)
 
 
-def _from_before_the_average(module: nn.Module, state_dict: dict[str, torch.Tensor], prefix: str, *_: object) -> None:
-    """A checkpoint written before the generator's moving average (2026-11-27) has none: it serves
-    its trained generator, as it did."""
-    if f"{prefix}generator_ema.0.weight" in state_dict:
-        return
-    trained = f"{prefix}generator."
-    for key in [k for k in state_dict if k.startswith(trained)]:
-        state_dict[f"{prefix}generator_ema.{key[len(trained) :]}"] = state_dict[key]
-    state_dict.setdefault(f"{prefix}ema_updates", torch.zeros((), dtype=torch.int64))
-
-
 class DCGAN(nn.Module):
     select_best_epoch = False  # train to the end: a GAN's losses do not rank its epochs
 
@@ -68,7 +57,17 @@ class DCGAN(nn.Module):
         self.apply(_init)
         self.generator_ema.load_state_dict(self.generator.state_dict())
         self.register_buffer("ema_updates", torch.zeros((), dtype=torch.int64))
-        self.register_load_state_dict_pre_hook(_from_before_the_average)
+
+    @classmethod
+    def upgrade(cls, config: dict, state: dict[str, torch.Tensor]) -> tuple[dict, dict[str, torch.Tensor]]:
+        """A checkpoint written before the generator's moving average (2026-11-27) has none: it
+        serves its trained generator, as it did (training/train.py load_checkpoint)."""
+        if "generator_ema.0.weight" in state:
+            return config, state
+        average = {
+            "generator_ema." + k.removeprefix("generator."): v for k, v in state.items() if k.startswith("generator.")
+        }
+        return config, {**state, **average, "ema_updates": torch.zeros((), dtype=torch.int64)}
 
     @staticmethod
     def _generator(cfg: DCGANConfig) -> nn.Sequential:
