@@ -1,5 +1,6 @@
 """python -m training <model>|all [--dataset NAME] [--data-dir DIR] [--corpus FILE] [--epochs N]
-[--preset quick|ci|full|ablation] [--out DIR] [--seed S] [--if-missing] [--jobs N] [--ablate]
+[--preset quick|ci|full|ablation] [--out DIR] [--seed S] [--precision auto|fp32|bf16] [--if-missing] [--jobs N]
+[--ablate]
 
 --ablate trains the variants of the model that its chapter compares (e.g. the ResNet without batch
 norm, skip connections or dropout, or with N(0, 1) weights) and writes a table and a plot of their
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from . import registry
 from .data import DATASETS
-from .runtime import DEFAULT_SEED
+from .runtime import DEFAULT_SEED, PRECISIONS
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,6 +40,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, help="runs directory (default: $EE559_RUNS or ./runs)")
     p.add_argument("--seed", type=int, default=DEFAULT_SEED)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        help="training arithmetic: bf16 is mixed precision (products in bfloat16, weights in float32); "
+        "auto (the presets' default): bf16 where the CPU or GPU computes it natively, else fp32",
+    )
     p.add_argument("--if-missing", action="store_true", help="skip models that already have a checkpoint")
     p.add_argument(
         "--jobs",
@@ -70,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         out=args.out,
         seed=args.seed,
         device=args.device,
+        precision=args.precision,
     )
     names = (ablatable if args.ablate else list(registry.REGISTRY)) if args.model == "all" else [args.model]
     to_train: list[str] = []

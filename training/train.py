@@ -22,7 +22,7 @@ from .augment import AUGMENTATIONS
 from .data import Split, Splits, load_dataset
 from .plots import loss_curve_png
 from .registry import CourseModel, TrainConfig
-from .runtime import DEFAULT_SEED, pick_device, runs_dir, seed_everything
+from .runtime import DEFAULT_SEED, autocast, pick_device, resolve_precision, runs_dir, seed_everything
 from .stats import BLOCK, bootstrap, described, summed, wilson
 
 CHECKPOINT = "checkpoint.pt"
@@ -58,11 +58,13 @@ def train_epoch(
         disable=None,
     )
     augment = AUGMENTATIONS[tc.augment] if tc.augment else None
+    precision = resolve_precision(tc.precision, device)
     for x, y in bar:
         x, y = x.to(device), y.to(device)
         if augment is not None:
             x = augment(x, gen)
-        loss = model.loss(x, y) if hasattr(model, "loss") else nn.functional.cross_entropy(model(x), y)
+        with autocast(precision, device):
+            loss = model.loss(x, y) if hasattr(model, "loss") else nn.functional.cross_entropy(model(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if tc.grad_clip is not None:
@@ -154,6 +156,7 @@ def fit(
     validation epoch."""
     gen = seed_everything(seed)
     dev = pick_device(device)
+    tc = replace(tc, precision=resolve_precision(tc.precision, dev))
     model = entry.build({**(config or {}), "num_classes": splits.num_classes}).to(dev)
     train = (
         splits.train
@@ -196,6 +199,7 @@ def fit(
         **{f"test_{k}": v for k, v in test.items()},
         "best_val_score": best_score,
         "train_seconds": round(time.perf_counter() - start, 2),
+        "train_precision": tc.precision,
         "history": history,
     }
     return model.cpu(), metrics
@@ -355,14 +359,18 @@ def train_model(
     out: Path | None = None,
     seed: int = DEFAULT_SEED,
     device: str = "auto",
+    precision: str | None = None,
 ) -> Path:
-    """Train one registered model end to end and write its checkpoint; return the checkpoint path."""
+    """Train one registered model end to end and write its checkpoint; return the checkpoint path.
+    `precision` (training/runtime.py PRECISIONS) replaces the preset's; the checkpoint records
+    what it meant on this device (fp32 or bf16)."""
     dataset = dataset or entry.dataset
     tc = preset_config(entry, preset, epochs)
+    tc = replace(tc, precision=resolve_precision(precision or tc.precision, pick_device(device)))
     splits = load_dataset(dataset, seed, data_dir)
     print(
         f"{entry.name}: {len(splits.train)} train / {len(splits.val)} val / {len(splits.test)} test "
-        f"from {splits.source}",
+        f"from {splits.source}; trains in {tc.precision}",
         flush=True,
     )
     model, metrics = fit(entry, splits, tc, seed, device)

@@ -196,3 +196,21 @@ def test_a_unet_checkpoint_of_the_first_layout_loads(tmp_path: Path):
     with torch.no_grad():
         torch.testing.assert_close(rebuilt(x), model(x))
     assert rebuilt.cfg.depth == 2
+
+
+def test_a_vae_checkpoint_of_the_first_width_loads(tmp_path: Path):
+    """Before 2026-11-27 the VAE's convolutions had 32 and 64 channels and its config no `width`:
+    such a checkpoint loads as that narrower model and computes what it did."""
+    entry = REGISTRY["vae"]
+    torch.manual_seed(0)
+    model = entry.build({"width": 32}).eval()
+    assert entry.build().cfg.width != 32  # the default moved on
+    config = {k: v for k, v in asdict(model.cfg).items() if k not in ("width", "hidden")}
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"name": "vae", "config": config, "model": model.state_dict()}, path)
+    rebuilt, _ = load_checkpoint(path, entry)
+    z, x = torch.randn(2, model.cfg.latent), torch.rand(2, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt.decode(z), model.decode(z))
+        torch.testing.assert_close(rebuilt(x)[0], model(x)[0])
+    assert rebuilt.cfg.width == 32

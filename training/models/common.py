@@ -18,20 +18,20 @@ class Normalize(nn.Module):
         return (x - self.mean) / self.std
 
 
-def conv_down(channels: int) -> list[nn.Module]:
-    """28x28 -> 7x7 in two strided convolutions: (B, c, 28, 28) -> (B, 64, 7, 7)."""
+def conv_down(channels: int, width: int = 32) -> list[nn.Module]:
+    """28x28 -> 7x7 in two strided convolutions: (B, c, 28, 28) -> (B, 2 * width, 7, 7)."""
     return [
-        nn.Conv2d(channels, 32, 3, 2, 1),
-        nn.ReLU(),  # (B, 32, 14, 14)
-        nn.Conv2d(32, 64, 3, 2, 1),
+        nn.Conv2d(channels, width, 3, 2, 1),
+        nn.ReLU(),  # (B, width, 14, 14)
+        nn.Conv2d(width, 2 * width, 3, 2, 1),
         nn.ReLU(),
-    ]  # (B, 64, 7, 7)
+    ]  # (B, 2 * width, 7, 7)
 
 
-def conv_up(channels: int) -> list[nn.Module]:
-    """The mirror of conv_down: (B, 64, 7, 7) -> (B, c, 28, 28), without a final activation."""
+def conv_up(channels: int, width: int = 32) -> list[nn.Module]:
+    """The mirror of conv_down: (B, 2 * width, 7, 7) -> (B, c, 28, 28), without a final activation."""
     return [
-        nn.ConvTranspose2d(64, 32, 4, 2, 1),
-        nn.ReLU(),  # (B, 32, 14, 14)
-        nn.ConvTranspose2d(32, channels, 4, 2, 1),
+        nn.ConvTranspose2d(2 * width, width, 4, 2, 1),
+        nn.ReLU(),  # (B, width, 14, 14)
+        nn.ConvTranspose2d(width, channels, 4, 2, 1),
     ]  # (B, c, 28, 28)

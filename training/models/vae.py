@@ -16,6 +16,10 @@ from .common import conv_down, conv_up
 class VAEConfig:
     in_channels: int = 1
     latent: int = 16
+    # Channels of the first convolution (conv_down, conv_up; the second has twice as many). 64
+    # rather than 32: LeNet's mean confidence in 1,000 samples rose from 0.906 to 0.923 (docs/models.md).
+    width: int = 64
+    hidden: int = 256  # the fully connected layer between the convolutions and the latent code
     num_classes: int = 10  # unused by the model; datasets pass it to every registered model
 
 
@@ -23,22 +27,28 @@ class VAE(nn.Module):
     def __init__(self, cfg: VAEConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        c = cfg.in_channels
+        c, w, h = cfg.in_channels, cfg.width, cfg.hidden
         self.encoder = nn.Sequential(
-            *conv_down(c),
+            *conv_down(c, w),
             nn.Flatten(),
-            nn.Linear(64 * 7 * 7, 256),
+            nn.Linear(2 * w * 7 * 7, h),
             nn.ReLU(),
-            nn.Linear(256, 2 * cfg.latent),  # (B, 2 * latent): mean and log-variance
+            nn.Linear(h, 2 * cfg.latent),  # (B, 2 * latent): mean and log-variance
         )
         self.decoder = nn.Sequential(
-            nn.Linear(cfg.latent, 256),
+            nn.Linear(cfg.latent, h),
             nn.ReLU(),
-            nn.Linear(256, 64 * 7 * 7),
+            nn.Linear(h, 2 * w * 7 * 7),
             nn.ReLU(),
-            nn.Unflatten(1, (64, 7, 7)),
-            *conv_up(c),  # (B, c, 28, 28) Bernoulli logits
+            nn.Unflatten(1, (2 * w, 7, 7)),
+            *conv_up(c, w),  # (B, c, 28, 28) Bernoulli logits
         )
+
+    @classmethod
+    def upgrade(cls, config: dict, state: dict[str, torch.Tensor]) -> tuple[dict, dict[str, torch.Tensor]]:
+        """A checkpoint written before the width was a setting (2026-11-27) has width 32 (training/
+        train.py load_checkpoint)."""
+        return {"width": 32, "hidden": 256, **config}, state
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mean, logvar = self.encoder(x).chunk(2, dim=1)
