@@ -55,6 +55,7 @@ lock: install
 # Two models train at once, each in its own process on half the cores, judges and the longest
 # first: small models use two threads poorly (an epoch on 2 threads against 1: LeNet 1.6x faster,
 # the MLP 1.2x, the U-Net 1.6x, the DCGAN 1.6x; 2026-11-27). TRAIN_JOBS=1: one after the other.
+# Each trains in bf16 mixed precision where the CPU has it (AMX or AVX512-BF16; `make stepbench`).
 TRAIN_JOBS ?= 2
 train: install
 	$(PY) -m training all $(REUSE) --jobs $(TRAIN_JOBS)
@@ -138,6 +139,12 @@ ops-test: install ops-tools
 textbench: export
 	$(PY) -m loadtests.textbench $(TEXTBENCH_ARGS)
 	$(PY) -m loadtests.textload $(TEXTLOAD_ARGS)
+
+# One training step of every model in fp32 and in bf16 mixed precision, side by side in one run
+# (training/stepbench.py): what `--precision auto` gains on this machine.
+.PHONY: stepbench
+stepbench: install
+	$(PY) -m training.stepbench $(STEPBENCH_ARGS)
 
 # The GPU proof in one command (docs/gpu.md, loadtests/gpu_check.py): export parity gates on the
 # provider, `bentoml serve` on it answering every route, readiness, the device micro-benchmark, the

@@ -344,7 +344,12 @@ def build_card(
         generation=spec.generation,
         metrics={k: v for k, v in ckpt["metrics"].items() if k != "history"},
         dataset={"name": ckpt["dataset"], "source": ckpt["data_source"], "seed": ckpt["seed"]},
-        checkpoint={"path": str(ckpt_path), "sha256": sha256_file(ckpt_path)},
+        # the arithmetic the weights were trained in (training/runtime.py); fp32 before it was recorded
+        checkpoint={
+            "path": str(ckpt_path),
+            "sha256": sha256_file(ckpt_path),
+            "trained_in": ckpt.get("train", {}).get("precision", "fp32"),
+        },
         config=cfg,
         libraries=library_versions(),
         examples=examples(spec, *held_out, labels),

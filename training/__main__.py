@@ -44,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
         "--precision",
         choices=PRECISIONS,
         help="training arithmetic: bf16 is mixed precision (products in bfloat16, weights in float32); "
-        "auto (the presets' default): bf16 where the CPU or GPU computes it natively, else fp32",
+        "auto (the presets' default): bf16 where the CPU or GPU computes it natively, else fp32. "
+        "Validation, test figures and the exported graphs are float32 either way",
     )
     p.add_argument("--if-missing", action="store_true", help="skip models that already have a checkpoint")
     p.add_argument(
@@ -92,7 +93,9 @@ def main(argv: list[str] | None = None) -> int:
             from .ablation import PLOT, TABLE, run_ablation
 
             preset = args.preset or ("ablation" if "ablation" in entry.presets else "full")
-            run_dir = run_ablation(entry, args.dataset, preset, args.epochs, args.out, args.seed, args.device)
+            run_dir = run_ablation(
+                entry, args.dataset, preset, args.epochs, args.out, args.seed, args.device, args.precision
+            )
             print((run_dir / TABLE).read_text())
             print(f"{name}: ablation table {run_dir / TABLE}, validation curves {run_dir / PLOT}")
             continue

@@ -11,7 +11,7 @@ checkpoint or exported: the served model stays the full one.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ from core.plots import PALETTE, Line, chart, save
 
 from .data import load_dataset
 from .registry import CourseModel
-from .runtime import DEFAULT_SEED, runs_dir
+from .runtime import DEFAULT_SEED, pick_device, resolve_precision, runs_dir
 from .train import fit, new_run_dir, preset_config
 
 TABLE = "ablation.md"
@@ -54,12 +54,15 @@ def run_ablation(
     out: Path | None = None,
     seed: int = DEFAULT_SEED,
     device: str = "auto",
+    precision: str | None = None,
 ) -> Path:
-    """Train every variant of `entry` on `dataset` (default: its own); return the run folder, which holds
-    the table (ablation.md), the curves (ablation.png) and every epoch's figures (ablation.json)."""
+    """Train every variant of `entry` on `dataset` (default: its own), in `precision` (default: the
+    preset's; training/runtime.py); return the run folder, which holds the table (ablation.md),
+    the curves (ablation.png) and every epoch's figures (ablation.json)."""
     if not entry.ablations:
         raise ValueError(f"{entry.name} has no ablation variants (CourseModel.ablations)")
     tc = preset_config(entry, preset, epochs)
+    tc = replace(tc, precision=resolve_precision(precision or tc.precision, pick_device(device)))
     splits = load_dataset(dataset or entry.dataset, seed)
     print(
         f"{entry.name} ablation: {len(entry.ablations)} variants, {tc.epochs} epochs each ({preset} preset), "
@@ -85,7 +88,8 @@ def run_ablation(
     run_dir.mkdir(parents=True)
     caption = (
         f"{entry.name}, {splits.source}: {len(splits.val)} validation images, {len(splits.test)} test images "
-        f"(test accuracy with its 95% Wilson interval); {tc.epochs} epochs ({preset} preset), seed {seed}"
+        f"(test accuracy with its 95% Wilson interval); {tc.epochs} epochs ({preset} preset), seed {seed}, "
+        f"trained in {tc.precision}"
     )
     (run_dir / TABLE).write_text(table(outcomes, caption))
     plot(outcomes, run_dir / PLOT, entry.name)

@@ -80,8 +80,8 @@ class CourseModel:
     # `python -m training <model> --ablate`: variant name -> config overrides, the full model first
     # ({}); trained and compared on validation data, never exported.
     ablations: dict[str, dict[str, Any]] = field(default_factory=dict)
-    # Seconds the full preset trained for on this 2-core CPU (`make run`, 2026-11-27): `--jobs`
-    # starts the longest first, so that no long model trains alone at the end on one core.
+    # Seconds the full preset trained for on this 2-core CPU (`make run`, bf16, one thread each,
+    # 2026-11-27): `--jobs` starts the longest first, so that no long model trains alone at the end.
     train_seconds: float = 60.0
 
     @property
@@ -108,7 +108,7 @@ REGISTRY: dict[str, CourseModel] = {
     for m in (
         CourseModel(
             name="mlp",
-            train_seconds=22,
+            train_seconds=33,
             chapter="MLPs and back-propagation",
             config_cls=MLPConfig,
             model_cls=MLP,
@@ -125,7 +125,7 @@ REGISTRY: dict[str, CourseModel] = {
         ),
         CourseModel(
             name="lenet",
-            train_seconds=45,
+            train_seconds=60,
             chapter="Convolutional networks",
             config_cls=LeNetConfig,
             model_cls=LeNet,
@@ -139,7 +139,7 @@ REGISTRY: dict[str, CourseModel] = {
         ),
         CourseModel(
             name="resnet",
-            train_seconds=38,
+            train_seconds=48,
             chapter="Initialisation, optimisation, regularisation (BN, dropout, skip connections)",
             config_cls=ResNetConfig,
             model_cls=ResNet,
@@ -167,7 +167,7 @@ REGISTRY: dict[str, CourseModel] = {
         ),
         CourseModel(
             name="unet",
-            train_seconds=86,
+            train_seconds=103,
             chapter="Deep models for computer vision (segmentation)",
             config_cls=UNetConfig,
             model_cls=UNet,
@@ -179,7 +179,7 @@ REGISTRY: dict[str, CourseModel] = {
         ),
         CourseModel(
             name="autoencoder",
-            train_seconds=12,
+            train_seconds=16,
             chapter="Auto-encoders and embeddings (denoising)",
             config_cls=AutoencoderConfig,
             model_cls=DenoisingAutoencoder,
@@ -195,7 +195,7 @@ REGISTRY: dict[str, CourseModel] = {
         ),
         CourseModel(
             name="vae",
-            train_seconds=73,
+            train_seconds=226,
             chapter="Generative models (variational auto-encoder)",
             config_cls=VAEConfig,
             model_cls=VAE,
@@ -206,14 +206,14 @@ REGISTRY: dict[str, CourseModel] = {
             presets={
                 "quick": QUICK,
                 # 30 epochs drew samples LeNet scored 0.87 on average (seed 0, 100 samples), 60 drew 0.905
-                # (fp32, width 32); in bf16, width 32 drew 0.914 and width 64 0.942 (docs/models.md)
+                # (fp32, width 32); width 64 in bf16: 0.924 in make run (docs/models.md)
                 "ci": TrainConfig(epochs=15, lr=2e-3, weight_decay=0.0),
                 "full": TrainConfig(epochs=60, lr=2e-3, weight_decay=0.0),
             },
         ),
         CourseModel(
             name="dcgan",
-            train_seconds=245,
+            train_seconds=272,
             chapter="Generative models (deep convolutional GAN)",
             config_cls=DCGANConfig,
             model_cls=DCGAN,
@@ -223,14 +223,15 @@ REGISTRY: dict[str, CourseModel] = {
             presets={
                 "quick": QUICK,
                 # 40 epochs drew samples LeNet scored 0.89 on average (seed 0, 100 samples), 80 drew 0.906,
-                # both without the moving average; with it, make run's gives 0.913 (docs/models.md)
+                # both without the moving average; with it, make run's gave 0.913 in fp32, 0.904 in bf16
+                # (judged by a LeNet trained in the same precision; docs/models.md)
                 "ci": TrainConfig(epochs=20, lr=2e-4, weight_decay=0.0, betas=(0.5, 0.999)),
                 "full": TrainConfig(epochs=80, lr=2e-4, weight_decay=0.0, betas=(0.5, 0.999)),
             },
         ),
         CourseModel(
             name="char_lstm",
-            train_seconds=225,
+            train_seconds=103,
             chapter="Recurrent models and NLP (character-level LSTM)",
             config_cls=CharLSTMConfig,
             model_cls=CharLSTM,
@@ -245,7 +246,7 @@ REGISTRY: dict[str, CourseModel] = {
         ),
         CourseModel(
             name="gpt",
-            train_seconds=250,
+            train_seconds=211,
             chapter="Attention and transformers (small character-level GPT with a KV cache)",
             config_cls=GPTConfig,
             model_cls=GPT,

@@ -30,9 +30,12 @@ def pick_device(name: str = "auto") -> torch.device:
 
 
 # Training's arithmetic (TrainConfig.precision, `python -m training --precision`). bf16: mixed
-# precision, as on GPUs: matrix products and convolutions in bfloat16 under torch.autocast, the
-# weights, optimiser, losses and reductions in float32 (no loss scaling: bfloat16 has float32's
-# range). Evaluation, the figures training prints and the exported graphs are float32 either way.
+# precision under torch.autocast, as on GPUs: matrix products and convolutions in bfloat16, the
+# weights, gradients and optimiser state in float32 (no loss scaling: bfloat16 has float32's
+# range). On the CPU, autocast also leaves elementwise ops and normalisations (layer norm, softmax,
+# the VAE's KL term) in bfloat16 where their inputs are, and computes the losses (cross-entropy,
+# MSE, BCE with logits) in float32. Validation, the test figures, the generators' scores and the
+# exported graphs are computed in float32 either way; the per-epoch train loss is bf16's.
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
@@ -50,9 +53,9 @@ def native_bf16(device: torch.device) -> bool:
 
 def resolve_precision(precision: str, device: torch.device) -> str:
     """The precision to train in, fp32 or bf16: auto is bf16 where the device computes it natively
-    (native_bf16), else fp32. On this project's 2-core CPU (AMX), a training step of the
-    convolutional and text models took 1.6 to 1.9 times less time in bf16 than in fp32 on one
-    thread; the MLP's and the VAE's 1.1 to 1.2 (2026-11-27)."""
+    (native_bf16), else fp32. On this project's 2-core CPU (AMX), a training step took 1.5 to 2.1
+    times less time in bf16 than in fp32 on one thread for the convolutional and text models, 1.06x
+    for the MLP (`make stepbench`, 2026-11-27)."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision is {precision!r}; it takes one of: {', '.join(PRECISIONS)}")
     if precision == "auto":

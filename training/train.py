@@ -37,6 +37,23 @@ def batches(split: Split, batch_size: int, generator: torch.Generator | None = N
         yield torch.from_numpy(split.x[idx]), torch.from_numpy(split.y[idx])
 
 
+def train_step(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, opt: torch.optim.Optimizer, tc: TrainConfig, precision: str
+) -> torch.Tensor:
+    """One optimiser step on a batch, the forward pass and loss in `precision` (resolved: fp32 or
+    bf16); returns the loss (detached)."""
+    with autocast(precision, x.device):
+        loss = model.loss(x, y) if hasattr(model, "loss") else nn.functional.cross_entropy(model(x), y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if tc.grad_clip is not None:
+        nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+    opt.step()
+    if hasattr(model, "after_step"):  # e.g. the DCGAN's moving average of its generator
+        model.after_step()
+    return loss.detach()
+
+
 def train_epoch(
     model: nn.Module,
     split: Split,
@@ -58,20 +75,12 @@ def train_epoch(
         disable=None,
     )
     augment = AUGMENTATIONS[tc.augment] if tc.augment else None
-    precision = resolve_precision(tc.precision, device)
+    precision = resolve_precision(tc.precision, device)  # auto: what it means on this device
     for x, y in bar:
         x, y = x.to(device), y.to(device)
         if augment is not None:
             x = augment(x, gen)
-        with autocast(precision, device):
-            loss = model.loss(x, y) if hasattr(model, "loss") else nn.functional.cross_entropy(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if tc.grad_clip is not None:
-            nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-        opt.step()
-        if hasattr(model, "after_step"):  # e.g. the DCGAN's moving average of its generator
-            model.after_step()
+        loss = train_step(model, x, y, opt, tc, precision)
         if step_sched is not None:
             step_sched.step()
         total += loss.item() * len(y)
@@ -156,7 +165,6 @@ def fit(
     validation epoch."""
     gen = seed_everything(seed)
     dev = pick_device(device)
-    tc = replace(tc, precision=resolve_precision(tc.precision, dev))
     model = entry.build({**(config or {}), "num_classes": splits.num_classes}).to(dev)
     train = (
         splits.train
@@ -199,7 +207,6 @@ def fit(
         **{f"test_{k}": v for k, v in test.items()},
         "best_val_score": best_score,
         "train_seconds": round(time.perf_counter() - start, 2),
-        "train_precision": tc.precision,
         "history": history,
     }
     return model.cpu(), metrics

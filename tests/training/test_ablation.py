@@ -33,7 +33,7 @@ def test_ablation_cli_writes_a_table_and_curves_per_variant(name: str, tmp_path:
     # The quick preset (256 training images), 2 epochs: seconds; "scenes" is what the ResNet's
     # variants are compared on (docs/models.md).
     args = [name, "--ablate", "--dataset", "scenes", "--preset", "quick", "--epochs", "2", "--out", str(tmp_path)]
-    assert main(args) == 0
+    assert main([*args, "--precision", "fp32"]) == 0
     printed = capsys.readouterr().out
     (run_dir,) = (tmp_path / "ablation" / name).iterdir()
     assert str(run_dir / TABLE) in printed and str(run_dir / PLOT) in printed
@@ -43,6 +43,7 @@ def test_ablation_cli_writes_a_table_and_curves_per_variant(name: str, tmp_path:
     assert [row.split(" | ")[0].removeprefix("| ") for row in rows] == variants
 
     results = json.loads((run_dir / RESULTS).read_text())
+    assert results["train"]["precision"] == "fp32" and results["caption"].endswith("trained in fp32")
     outcomes = [Outcome(**v) for v in results["variants"]]
     assert [o.variant for o in outcomes] == variants
     lines = curves(outcomes, "val_accuracy")

@@ -48,16 +48,38 @@ def test_a_training_step_multiplies_in_its_precision_and_keeps_float32_weights(p
     assert losses[1] < losses[0] * 0.7  # it learns
 
 
-def test_the_checkpoint_records_the_precision_it_trained_in(tmp_path: Path, monkeypatch):
+def test_the_checkpoint_and_the_card_record_the_precision_it_trained_in(tmp_path: Path, monkeypatch):
+    from export.onnx_export import build_card
     from training.__main__ import main
 
     entry = REGISTRY["lenet"]
     monkeypatch.setitem(entry.presets, "quick", replace(entry.presets["quick"], limit_train=128))
-    assert main(["lenet", "--preset", "quick", "--precision", "bf16", "--out", str(tmp_path)]) == 0
-    model, ckpt = load_checkpoint(latest_checkpoint("lenet", tmp_path), entry)
-    assert ckpt["train"]["precision"] == "bf16" and ckpt["metrics"]["train_precision"] == "bf16"
+    quick = ["lenet", "--preset", "quick", "--device", "cpu"]
+    assert main([*quick, "--precision", "bf16", "--out", str(tmp_path / "bf16")]) == 0
+    model, ckpt = load_checkpoint(latest_checkpoint("lenet", tmp_path / "bf16"), entry)
+    assert ckpt["train"]["precision"] == "bf16"
     assert all(p.dtype == torch.float32 for p in model.state_dict().values() if p.is_floating_point())
-    # auto is written as what it meant here, never as "auto"
-    assert main(["lenet", "--preset", "quick", "--out", str(tmp_path)]) == 0
-    _, ckpt = load_checkpoint(latest_checkpoint("lenet", tmp_path), entry)
-    assert ckpt["train"]["precision"] == runtime.resolve_precision("auto", torch.device("cpu"))
+    # auto is written as what it meant on this machine, never as "auto"
+    monkeypatch.setattr(runtime, "native_bf16", lambda device: False)
+    assert main([*quick, "--out", str(tmp_path / "auto")]) == 0
+    path = latest_checkpoint("lenet", tmp_path / "auto")
+    assert load_checkpoint(path, entry)[1]["train"]["precision"] == "fp32"
+    ckpt = load_checkpoint(path, entry)[1]
+    held_out = (np.zeros((2, 1, 28, 28), np.float32), np.zeros(2, np.int64))
+    card = build_card(entry, entry.graphs[0], ckpt, path, path, [], held_out)  # the card of its graph
+    assert card.checkpoint["trained_in"] == "fp32" and card.precision == "fp32"  # the graph's own: fp32
+    assert "trained_in" in card.public()["checkpoint"]
+
+
+def test_the_step_benchmark_prints_both_precisions_and_their_ratio(capsys):
+    from training.stepbench import main
+
+    assert main(["mlp", "autoencoder", "--steps", "1", "--rounds", "1"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| `")]
+    assert [row.split("`")[1] for row in rows] == ["mlp", "autoencoder"]
+    for row in rows:
+        batch, fp32, bf16, ratio = (cell.strip() for cell in row.split("|")[2:6])
+        assert int(batch) > 0 and float(fp32) > 0 and float(bf16) > 0
+        assert float(ratio.removesuffix("x")) == pytest.approx(float(fp32) / float(bf16), rel=0.05)
+    with pytest.raises(SystemExit):
+        main(["nosuchmodel"])
