@@ -53,9 +53,9 @@ def native_bf16(device: torch.device) -> bool:
 
 def resolve_precision(precision: str, device: torch.device) -> str:
     """The precision to train in, fp32 or bf16: auto is bf16 where the device computes it natively
-    (native_bf16), else fp32. On this project's 2-core CPU (AMX), a training step took 1.5 to 2.1
-    times less time in bf16 than in fp32 on one thread for the convolutional and text models, 1.06x
-    for the MLP (`make stepbench`, 2026-11-27)."""
+    (native_bf16), else fp32. On this project's 2-core CPU (AMX), a training step took 1.3 to 2.1
+    times less time in bf16 than in fp32 on one thread for the convolutional and text models, 1.06
+    times for the MLP (`make stepbench`, 2026-11-27)."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision is {precision!r}; it takes one of: {', '.join(PRECISIONS)}")
     if precision == "auto":
