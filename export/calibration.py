@@ -307,7 +307,7 @@ def calibrate(
         },
         "pixels_fitted_on": f"training inputs (n={len(train_x)}), threshold on validation",
         "roughness_fitted_on": "validation" + (", as JSON frames and as uploads" if row_shape[0] == 1 else ""),
-        "flagged_validation": share(vx, v_logits),
+        "flagged_validation": round(flagged_share(scores(v_logits, rule), v_pixels, v_rough, rule), 4),
         "flagged_in_distribution": share(tx, t_logits),
         "in_distribution_examples": len(ty),
         "generated_seed": seed,

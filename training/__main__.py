@@ -102,8 +102,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.if_missing and (ckpt := latest_checkpoint(name, args.out)) is not None:
             print(f"{name}: reusing {ckpt} (to retrain: make run RETRAIN=1, or drop --if-missing)")
             continue
-        if (args.preset or "full") not in entry.presets:
-            p.error(f"{name} has no preset {args.preset!r}; its presets: {', '.join(entry.presets)}")
+        if train_args["preset"] not in entry.presets:
+            p.error(f"{name} has no preset {train_args['preset']!r}; its presets: {', '.join(entry.presets)}")
         to_train.append(name)
     if args.jobs > 1 and len(to_train) > 1:
         train_in_parallel(to_train, args.jobs, train_args)

@@ -11,7 +11,7 @@ checkpoint or exported: the served model stays the full one.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ from core.plots import PALETTE, Line, chart, save
 
 from .data import load_dataset
 from .registry import CourseModel
-from .runtime import DEFAULT_SEED, pick_device, resolve_precision, runs_dir
+from .runtime import DEFAULT_SEED, runs_dir
 from .train import fit, new_run_dir, preset_config
 
 TABLE = "ablation.md"
@@ -61,8 +61,7 @@ def run_ablation(
     the curves (ablation.png) and every epoch's figures (ablation.json)."""
     if not entry.ablations:
         raise ValueError(f"{entry.name} has no ablation variants (CourseModel.ablations)")
-    tc = preset_config(entry, preset, epochs)
-    tc = replace(tc, precision=resolve_precision(precision or tc.precision, pick_device(device)))
+    tc = preset_config(entry, preset, epochs, precision, device)
     splits = load_dataset(dataset or entry.dataset, seed)
     print(
         f"{entry.name} ablation: {len(entry.ablations)} variants, {tc.epochs} epochs each ({preset} preset), "

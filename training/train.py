@@ -342,10 +342,15 @@ def latest_checkpoint(name: str, root: Path | None = None) -> Path | None:
     return runs[-1] if runs else None
 
 
-def preset_config(entry: CourseModel, preset: str, epochs: int | None = None) -> TrainConfig:
-    """The entry's preset, with `epochs` instead of its own when given."""
+def preset_config(
+    entry: CourseModel, preset: str, epochs: int | None = None, precision: str | None = None, device: str = "auto"
+) -> TrainConfig:
+    """The entry's preset, with `epochs` and `precision` instead of its own when given, and the
+    precision resolved to what it means on `device` (fp32 or bf16, training/runtime.py): what a
+    checkpoint or an ablation table records."""
     tc = entry.presets[preset]
-    return tc if epochs is None else replace(tc, epochs=epochs)
+    tc = tc if epochs is None else replace(tc, epochs=epochs)
+    return replace(tc, precision=resolve_precision(precision or tc.precision, pick_device(device)))
 
 
 def new_run_dir(parent: Path) -> Path:
@@ -372,8 +377,7 @@ def train_model(
     `precision` (training/runtime.py PRECISIONS) replaces the preset's; the checkpoint records
     what it meant on this device (fp32 or bf16)."""
     dataset = dataset or entry.dataset
-    tc = preset_config(entry, preset, epochs)
-    tc = replace(tc, precision=resolve_precision(precision or tc.precision, pick_device(device)))
+    tc = preset_config(entry, preset, epochs, precision, device)
     splits = load_dataset(dataset, seed, data_dir)
     print(
         f"{entry.name}: {len(splits.train)} train / {len(splits.val)} val / {len(splits.test)} test "
